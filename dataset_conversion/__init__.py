@@ -1,0 +1,1 @@
+"""Dataset conversion: BraTS, autoPET and HECKTOR into nnU-Net raw datasets, and predictions back to submissions."""

@@ -1,0 +1,56 @@
+"""``nnunetv2_ciml evaluate {brats,autopet,hecktor,nnunet} -ref REF_DIR -pred PRED_DIR -o OUT_DIR``.
+
+Thin glue over :func:`nnunetv2_ciml.evaluation.evaluate_folder`; conventions are documented there.
+"""
+import argparse
+import sys
+
+HELP = "Score predictions the way BraTS, autoPET or HECKTOR do (or any nnU-Net dataset): per_case.csv, summary.json."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("mode", choices=["brats", "autopet", "hecktor", "nnunet"],
+                        help="brats: Dice/HD95 of WT, TC, ET with the BraTS 2020 empty-case rules; autopet: Dice, "
+                             "FPvol, FNvol (mL); hecktor: aggregated Dice of GTVp, GTVn; nnunet: Dice/HD95 per "
+                             "label or region of a dataset.json")
+    parser.add_argument("-ref", required=True, metavar="REF_DIR",
+                        help="folder of reference segmentations, one file per case; defines the set of cases")
+    parser.add_argument("-pred", required=True, metavar="PRED_DIR",
+                        help="folder of predictions named like the references; a missing one counts as empty")
+    parser.add_argument("-o", required=True, metavar="OUT_DIR", help="where per_case.csv and summary.json go")
+    parser.add_argument("-np", type=int, default=1, metavar="N", help="worker processes (default 1)")
+    parser.add_argument("--labels", choices=["brats2020", "brats2023", "nnunet"], default=None,
+                        help="brats only: label convention, brats2020 (1 NCR/NET, 2 edema, 4 ET; default), "
+                             "brats2023 (ET = 3) or nnunet (1 edema, 2 NCR, 3 ET)")
+    parser.add_argument("-dj", metavar="DATASET_JSON", default=None,
+                        help="nnunet only (required there): the dataset's dataset.json (labels or regions, "
+                             "file_ending)")
+    parser.add_argument("-fe", "--file_ending", default=None,
+                        help="file ending of the case files (default .nii.gz; nnunet: dataset.json's file_ending)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from nnunetv2_ciml.evaluation import EvaluationError, evaluate_folder
+
+    options = {}
+    if args.labels is not None:
+        if args.mode != "brats":
+            print("nnunetv2_ciml evaluate: error: --labels applies to the brats mode only", file=sys.stderr)
+            return 2
+        options["labels"] = args.labels
+    if args.mode == "nnunet":
+        if args.dj is None:
+            print("nnunetv2_ciml evaluate: error: the nnunet mode needs -dj dataset.json", file=sys.stderr)
+            return 2
+        options["dataset_json"] = args.dj
+    elif args.dj is not None:
+        print("nnunetv2_ciml evaluate: error: -dj applies to the nnunet mode only", file=sys.stderr)
+        return 2
+    if args.file_ending is not None:
+        options["file_ending"] = args.file_ending
+    try:
+        evaluate_folder(args.mode, args.ref, args.pred, args.o, num_processes=args.np, **options)
+    except EvaluationError as e:
+        print(f"nnunetv2_ciml evaluate: error: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,107 @@
+"""BraTS evaluation: Dice and HD95 per region WT/TC/ET with the BraTS 2020 empty-case rules.
+
+Regions, by label convention (``labels``):
+
+==============  ==========================================  =============  ==========  ======
+convention      labels                                      WT             TC          ET
+==============  ==========================================  =============  ==========  ======
+``brats2020``   1 NCR/NET, 2 edema, 4 ET (default)          {1, 2, 4}      {1, 4}      {4}
+``brats2023``   1 NCR, 2 edema, 3 ET                        {1, 2, 3}      {1, 3}      {3}
+``nnunet``      1 edema, 2 NCR, 3 ET (nnU-Net Dataset137)   {1, 2, 3}      {2, 3}      {3}
+==============  ==========================================  =============  ==========  ======
+
+Any other label value in a reference or prediction is an error (a wrong convention would
+silently give wrong regions).
+
+Per case and region (nnU-Net's re-implementation of the BraTS/CaPTk scheme,
+``compute_BraTS_dice``/``compute_BraTS_HD95`` in nnU-Net v1's ``Task082_BraTS_2020.py``):
+
+============  ============  ======  ============
+reference     prediction    Dice    HD95 (mm)
+============  ============  ======  ============
+empty         empty         1       0
+empty         non-empty     0       373.12866
+non-empty     empty         0       373.12866
+non-empty     non-empty     Dice    HD95
+============  ============  ======  ============
+
+HD95 is the pooled 95th-percentile surface distance of
+:mod:`nnunetv2_ciml.evaluation.surface_distance` in mm with the image spacing (BraTS data is 1 mm,
+so this equals the challenge's voxel-unit value there). 373.12866 mm is the diagonal of the
+240 x 240 x 155 mm SRI24 box, ``sqrt(240^2 + 240^2 + 155^2)``; the penalty is the same whatever the
+image size (the newer ``brats-evaluation`` package uses 373). A reference case without a
+prediction file is scored as an empty prediction and listed under ``missing`` by the runner.
+
+``summary.json``: ``per_case``, and ``mean``/``std``/``median`` over all cases per region and metric
+(``std`` is the population standard deviation, ``ddof=0``).
+"""
+from functools import partial
+from typing import Dict, Sequence, Tuple
+
+import numpy as np
+
+from nnunetv2_ciml.evaluation.base import (EvaluationError, EvaluationMode, case_statistics, dice,
+                                           format_grouped_table)
+from nnunetv2_ciml.evaluation.surface_distance import hd95
+
+__all__ = ["BRATS_HD95_PENALTY_MM", "BRATS_LABEL_CONVENTIONS", "dice_and_hd95", "brats_region_metrics",
+           "make_brats_mode"]
+
+BRATS_HD95_PENALTY_MM = 373.12866
+REGION_NAMES = ("WT", "TC", "ET")
+# convention -> (valid label values, {region: labels})
+BRATS_LABEL_CONVENTIONS: Dict[str, Tuple[Tuple[int, ...], Dict[str, Tuple[int, ...]]]] = {
+    "brats2020": ((0, 1, 2, 4), {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}),
+    "brats2023": ((0, 1, 2, 3), {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}),
+    "nnunet": ((0, 1, 2, 3), {"WT": (1, 2, 3), "TC": (2, 3), "ET": (3,)}),
+}
+
+
+def dice_and_hd95(ref_mask: np.ndarray, pred_mask: np.ndarray, spacing: Sequence[float]) -> Dict[str, float]:
+    """``{"Dice", "HD95"}`` of two boolean masks with the BraTS empty-case rules (table above)."""
+    ref_empty, pred_empty = not ref_mask.any(), not pred_mask.any()
+    if ref_empty and pred_empty:
+        return {"Dice": 1.0, "HD95": 0.0}
+    if ref_empty or pred_empty:
+        return {"Dice": 0.0, "HD95": BRATS_HD95_PENALTY_MM}
+    return {"Dice": dice(ref_mask, pred_mask), "HD95": hd95(ref_mask, pred_mask, spacing)}
+
+
+def _check_convention(labels: str) -> None:
+    if labels not in BRATS_LABEL_CONVENTIONS:
+        raise EvaluationError(f"unknown BraTS label convention {labels!r}; "
+                              f"choose one of {sorted(BRATS_LABEL_CONVENTIONS)}")
+
+
+def brats_region_metrics(ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float],
+                         labels: str = "brats2020") -> Dict[str, Dict[str, float]]:
+    """``{"WT"|"TC"|"ET": {"Dice", "HD95"}}`` of one case.
+
+    Args:
+        ref, pred: label maps of the same shape, e.g. ``(Z, Y, X)``, in the ``labels`` convention.
+        spacing: voxel size in mm per array axis.
+        labels: ``"brats2020"``, ``"brats2023"`` or ``"nnunet"`` (see the module docstring).
+    """
+    _check_convention(labels)
+    regions = BRATS_LABEL_CONVENTIONS[labels][1]
+    return {name: dice_and_hd95(np.isin(ref, region), np.isin(pred, region), spacing)
+            for name, region in regions.items()}
+
+
+def summarize_brats(per_case: Dict[str, dict]) -> dict:
+    return {stat: case_statistics(per_case, ("Dice", "HD95"), fn, REGION_NAMES)
+            for stat, fn in (("mean", np.nanmean), ("std", np.nanstd), ("median", np.nanmedian))}
+
+
+def format_brats_table(summary: dict) -> str:
+    rows = {r: {f"{m} {stat}": summary[stat][r][m] for m in ("Dice", "HD95") for stat in ("mean", "std", "median")}
+            for r in REGION_NAMES}
+    return format_grouped_table("region", rows)
+
+
+def make_brats_mode(labels: str = "brats2020", file_ending: str = ".nii.gz") -> EvaluationMode:
+    _check_convention(labels)
+    return EvaluationMode(name="brats", file_ending=file_ending, valid_labels=BRATS_LABEL_CONVENTIONS[labels][0],
+                          label_convention=f"BraTS {labels}", resample_prediction=False,
+                          case_metrics=partial(brats_region_metrics, labels=labels),
+                          summarize=summarize_brats, format_table=format_brats_table)

@@ -1,0 +1,84 @@
+"""Reading label images with SimpleITK, checking their values and geometry, nearest-neighbour resampling.
+
+Arrays are in SimpleITK array order, ``(Z, Y, X)`` for 3D and ``(Y, X)`` for 2D; spacings returned
+here are in mm in that same order (``GetSpacing()`` reversed). Geometry tolerances: spacing and
+origin equal within 1e-3 mm, direction cosines within 1e-4.
+"""
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnunetv2_ciml.evaluation.base import EvaluationError
+
+__all__ = ["read_label_image", "array_spacing", "check_label_values", "geometry_mismatch",
+           "resample_nearest_to"]
+
+SPACING_ORIGIN_ATOL_MM = 1e-3
+DIRECTION_ATOL = 1e-4
+
+
+def array_spacing(image: sitk.Image) -> Tuple[float, ...]:
+    """Voxel size in mm in array axis order."""
+    return tuple(float(s) for s in reversed(image.GetSpacing()))
+
+
+def read_label_image(path: Path, case: str, role: str) -> Tuple[sitk.Image, np.ndarray]:
+    """The image and its integer label array; ``role`` ("reference"/"prediction") goes into error messages."""
+    where = f"case {case!r}: {role} file {str(path)!r}"
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        reason = str(e).strip().splitlines()
+        raise EvaluationError(f"{where} cannot be read: {reason[-1] if reason else e}") from None
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise EvaluationError(f"{where} has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
+                              f"a label map has one")
+    if image.GetDimension() not in (2, 3):
+        raise EvaluationError(f"{where} is {image.GetDimension()}D; expected a 2D or 3D label map")
+    array = sitk.GetArrayFromImage(image)
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
+            raise EvaluationError(f"{where} holds non-integer values; expected integer labels")
+        array = array.astype(np.int64)
+    elif array.dtype.kind not in "iub":
+        raise EvaluationError(f"{where} has pixel type {array.dtype}; expected integer labels")
+    return image, array
+
+
+def _label_values(array: np.ndarray) -> np.ndarray:
+    if array.dtype.kind in "ub" or (array.dtype.kind == "i" and array.size and array.min() >= 0):
+        if array.size and int(array.max()) < 65536:
+            return np.flatnonzero(np.bincount(array.ravel().astype(np.intp, copy=False)))
+    return np.unique(array)
+
+
+def check_label_values(array: np.ndarray, valid: Sequence[int], case: str, role: str, path: Path,
+                       convention: str) -> None:
+    """Raise EvaluationError if ``array`` holds values outside ``valid``."""
+    unexpected = np.setdiff1d(_label_values(array), np.asarray(valid))
+    if unexpected.size:
+        raise EvaluationError(f"case {case!r}: {role} file {str(path)!r} has label values "
+                              f"{unexpected.tolist()} outside {list(valid)} ({convention})")
+
+
+def geometry_mismatch(reference: sitk.Image, prediction: sitk.Image) -> Optional[str]:
+    """A description of the first difference in dimension, size, spacing, origin or direction, or None."""
+    if reference.GetDimension() != prediction.GetDimension():
+        return f"dimension {prediction.GetDimension()}D vs reference {reference.GetDimension()}D"
+    checks = (("shape (x, y, z)", reference.GetSize(), prediction.GetSize(), 0),
+              ("spacing (mm, x, y, z)", reference.GetSpacing(), prediction.GetSpacing(), SPACING_ORIGIN_ATOL_MM),
+              ("origin (mm, x, y, z)", reference.GetOrigin(), prediction.GetOrigin(), SPACING_ORIGIN_ATOL_MM),
+              ("direction", reference.GetDirection(), prediction.GetDirection(), DIRECTION_ATOL))
+    for what, ref_value, pred_value, atol in checks:
+        if not np.allclose(ref_value, pred_value, rtol=0, atol=atol):
+            return f"{what} {tuple(pred_value)} vs reference {tuple(ref_value)}"
+    return None
+
+
+def resample_nearest_to(prediction: sitk.Image, reference: sitk.Image) -> np.ndarray:
+    """``prediction`` resampled onto ``reference``'s grid (nearest neighbour, 0 outside), as an array."""
+    resampled = sitk.Resample(prediction, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+                              prediction.GetPixelID())
+    return sitk.GetArrayFromImage(resampled)

@@ -1,0 +1,27 @@
+"""Make nnU-Net's own trainer lookup find our trainers.
+
+nnU-Net 2.8 searches its built-in trainer folder and then each folder listed in the environment
+variable ``nnUNet_extTrainer`` (``os.pathsep``-separated). Every module in such a folder is
+imported as a *top-level* module and purged afterwards, so the folder we list holds a single shim
+module that re-exports our trainers by absolute import (their identity and pickling stay intact).
+
+``register_ext_trainer_dir`` runs at interpreter start-up through ``nnunetv2_ciml.pth``; it only
+edits one environment variable and must stay that cheap.
+"""
+import os
+from typing import MutableMapping
+
+EXT_TRAINER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_nnunet_ext")
+ENV_VAR = "nnUNet_extTrainer"
+
+
+def register_ext_trainer_dir(environ: MutableMapping[str, str] = os.environ) -> str:
+    """Append our shim folder to ``nnUNet_extTrainer``, keeping the user's folders first.
+
+    Returns the new value. Idempotent.
+    """
+    parts = [p for p in environ.get(ENV_VAR, "").split(os.pathsep) if p]
+    if EXT_TRAINER_DIR not in parts:
+        parts.append(EXT_TRAINER_DIR)
+    environ[ENV_VAR] = os.pathsep.join(parts)
+    return environ[ENV_VAR]

@@ -1,0 +1,27 @@
+"""nnU-Net's segmentation loss plus the weighted KL of CIML's messages."""
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+class KLRegularizedLoss(nn.Module):
+    """``segmentation_loss(output, target) + beta * KL``.
+
+    The KL is the network's mean message KL of the forward pass that produced ``output``, read
+    through ``kl_of_last_forward`` (the network keeps it, so the output format stays exactly
+    nnU-Net's and ``DeepSupervisionWrapper``, DDP and torch.compile are untouched). ``beta`` is set
+    by the trainer each epoch (warm-up); with ``beta == 0`` the KL is left out of the graph.
+    """
+
+    def __init__(self, segmentation_loss: nn.Module, kl_of_last_forward: Callable[[], torch.Tensor]):
+        super().__init__()
+        self.segmentation_loss = segmentation_loss
+        self.kl_of_last_forward = kl_of_last_forward
+        self.beta = 0.0
+
+    def forward(self, output, target) -> torch.Tensor:
+        loss = self.segmentation_loss(output, target)
+        if self.beta:
+            loss = loss + self.beta * self.kl_of_last_forward()
+        return loss

@@ -1,0 +1,154 @@
+"""``nnUNetTrainerCIML`` and its named variants.
+
+Use them exactly like nnU-Net's own trainers::
+
+    nnUNetv2_train DATASET 3d_fullres 0 -tr nnUNetTrainerCIML
+    nnUNetv2_predict -i IN -o OUT -d DATASET -c 3d_fullres -tr nnUNetTrainerCIML -f 0
+"""
+from os.path import isdir, join
+from typing import List
+
+import numpy as np
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring import \
+    nnUNetTrainerNoMirroring
+from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+from torch import nn
+
+from nnunetv2_ciml.decomposition import count_label_voxels, resolve_decomposition
+from nnunetv2_ciml.planning import CIML_NETWORK, ciml_architecture
+from nnunetv2_ciml.training.loss import KLRegularizedLoss
+from nnunetv2_ciml.training.progress import plot_ciml_progress
+
+__all__ = ["nnUNetTrainerCIML", "nnUNetTrainerCIML_beta1e2", "nnUNetTrainerCIML_beta1e4",
+           "nnUNetTrainerCIML_noMessages", "nnUNetTrainerCIML_CPUtest", "nnUNetTrainerCIML_noMessages_CPUtest"]
+
+LOG_KEYS = ("ciml_beta", "ciml_kl", "ciml_message_kl", "ciml_message_magnitude")
+
+
+def unwrap(network: nn.Module) -> nn.Module:
+    """The module behind DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    network = getattr(network, "module", network)
+    return getattr(network, "_orig_mod", network)
+
+
+class nnUNetTrainerCIML(nnUNetTrainer):
+    """nnU-Net training of a :class:`~nnunetv2_ciml.network.CIMLUNet`; loss = nnU-Net's + beta(t) * KL.
+
+    ``initialize`` resolves the decomposition (``ciml`` block of dataset.json, or the defaults) and
+    writes the CIML network into the plans this trainer saves with its checkpoints, so that
+    ``nnUNetv2_predict`` rebuilds the identical network from the model folder alone. beta rises
+    linearly from 0 to ``kl_weight`` over the first ``kl_warmup_fraction`` of the epochs. Per epoch
+    it logs beta, the mean KL, and each message's KL and mean magnitude (``ciml_progress.png``).
+    """
+
+    kl_weight: float = 1e-3
+    kl_warmup_fraction: float = 0.1
+    messages: bool = True
+
+    def initialize(self):
+        # The network must come from CIML plans before nnU-Net builds it from them.
+        if not self.was_initialized:
+            self._use_ciml_architecture()
+        super().initialize()
+        for key in LOG_KEYS:
+            self.logger.local_logger.my_fantastic_logging.setdefault(key, [])
+
+    def _use_ciml_architecture(self) -> None:
+        plans = self.plans_manager.plans
+        architecture = self.configuration_manager.configuration["architecture"]
+        if architecture["network_class_name"] == CIML_NETWORK:
+            self.print_to_log_file("Plans already describe a CIML network; using them as they are.")
+            return
+        counts = None
+        if self.preprocessed_dataset_folder_base is not None:
+            gt_folder = join(self.preprocessed_dataset_folder_base, "gt_segmentations")
+            if isdir(gt_folder):
+                counts = lambda: count_label_voxels(gt_folder, self.dataset_json["file_ending"])  # noqa: E731
+        decomposition, origin = resolve_decomposition(
+            self.dataset_json, determine_num_input_channels(self.plans_manager, self.configuration_manager,
+                                                            self.dataset_json),
+            counts, source=f"dataset.json of {self.plans_manager.dataset_name}")
+        ciml = ciml_architecture(architecture, decomposition, self.configuration_manager.patch_size,
+                                 self.label_manager.num_segmentation_heads, messages=self.messages)
+        plans["configurations"][self.configuration_name]["architecture"] = ciml
+        self.plans_manager = PlansManager(plans)
+        self.configuration_manager = self.plans_manager.get_configuration(self.configuration_name)
+        self.print_to_log_file(f"{decomposition.describe()}\n  (from {origin})\n"
+                               f"  branch features per stage {ciml['arch_kwargs']['features_per_stage']} "
+                               f"(width factor {ciml['branch_width_factor']}), messages: {self.messages}, "
+                               f"beta {self.kl_weight}", also_print_to_console=True)
+
+    def _build_loss(self):
+        return KLRegularizedLoss(super()._build_loss(), lambda: unwrap(self.network).kl)
+
+    def on_train_epoch_start(self):
+        warmup_epochs = max(1.0, self.kl_warmup_fraction * self.num_epochs)
+        self.loss.beta = self.kl_weight * min(1.0, self.current_epoch / warmup_epochs)
+        super().on_train_epoch_start()
+
+    def train_step(self, batch: dict) -> dict:
+        # Message statistics of the step just taken, for the per-epoch log.
+        result = super().train_step(batch)
+        network = unwrap(self.network)
+        result["ciml_kl"] = network.kl.detach().float().cpu().numpy()
+        result["ciml_message_kl"] = network.message_kl.float().cpu().numpy()
+        result["ciml_message_magnitude"] = network.message_magnitude.float().cpu().numpy()
+        return result
+
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        super().on_train_epoch_end(train_outputs)
+        epoch = self.current_epoch
+        self.logger.log("ciml_beta", float(self.loss.beta), epoch)
+        self.logger.log("ciml_kl", float(np.mean([o["ciml_kl"] for o in train_outputs])), epoch)
+        for key in ("ciml_message_kl", "ciml_message_magnitude"):
+            self.logger.log(key, np.mean([o[key] for o in train_outputs], axis=0).tolist(), epoch)
+
+    def on_epoch_end(self):
+        super().on_epoch_end()
+        if self.local_rank == 0:
+            plot_ciml_progress(self.logger.local_logger.my_fantastic_logging, self.message_pair_names(),
+                               join(self.output_folder, "ciml_progress.png"))
+
+    def message_pair_names(self) -> List[str]:
+        network = unwrap(self.network)
+        return [f"{network.modality_names[j]}->{network.subtask_names[i]}" for j, i in network.message_pairs]
+
+
+class nnUNetTrainerCIML_beta1e2(nnUNetTrainerCIML):
+    """Stronger bottleneck: only clearly complementary information passes."""
+
+    kl_weight = 1e-2
+
+
+class nnUNetTrainerCIML_beta1e4(nnUNetTrainerCIML):
+    """Weaker bottleneck: messages pass more freely."""
+
+    kl_weight = 1e-4
+
+
+class nnUNetTrainerCIML_noMessages(nnUNetTrainerCIML):
+    """Ablation: the same unimodal branches and widths, no messages."""
+
+    messages = False
+
+
+class _CPUTestBudget(nnUNetTrainerNoMirroring):
+    """2 epochs of 4 iterations (2 validation iterations), no mirroring: CPU tests, not results."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 2
+        self.num_iterations_per_epoch = 4
+        self.num_val_iterations_per_epoch = 2
+
+
+class nnUNetTrainerCIML_CPUtest(nnUNetTrainerCIML, _CPUTestBudget):
+    """``nnUNetTrainerCIML`` on the CPU-test budget."""
+
+
+class nnUNetTrainerCIML_noMessages_CPUtest(nnUNetTrainerCIML_noMessages, _CPUTestBudget):
+    """``nnUNetTrainerCIML_noMessages`` on the CPU-test budget."""

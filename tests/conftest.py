@@ -1,0 +1,22 @@
+"""Shared test settings: deterministic, CPU, few processes (nnU-Net reads some of these at import)."""
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("nnUNet_compile", "f")
+os.environ.setdefault("nnUNet_def_n_proc", "1")
+os.environ.setdefault("nnUNet_n_proc_DA", "0")
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/synthetic.py
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,141 @@
+"""BraTS mode: label conventions, empty-case rules, spacing, real data against an independent computation."""
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy.spatial.distance import cdist
+
+from nnunetv2_ciml.evaluation import (BRATS_HD95_PENALTY_MM, EvaluationError, brats_region_metrics,
+                                      evaluate_folder)
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats_TCGA-DU-7294"
+TEAMS = ("hnfnetv1-20", "sanet0-20", "scan-20", "yixinmpl-20")
+needs_data = pytest.mark.skipif(not (DATA / "isen-20.nii.gz").is_file(),
+                                reason=f"shared BraTS sample case not found at {DATA}")
+
+
+def independent_dice_hd95(ref: np.ndarray, pred: np.ndarray, spacing):
+    """Dice by counting; HD95 by explicit 6-neighbour surfaces and all pairwise distances (scipy cdist)."""
+    def surface_points(m):
+        padded = np.pad(m, 1)
+        interior = np.ones_like(m)
+        for axis in range(3):
+            for step in (-1, 1):
+                interior &= np.roll(padded, step, axis)[1:-1, 1:-1, 1:-1]
+        return np.argwhere(m & ~interior) * np.asarray(spacing, float)
+
+    if not ref.any() and not pred.any():
+        return 1.0, 0.0
+    if not ref.any() or not pred.any():
+        return 0.0, BRATS_HD95_PENALTY_MM
+    dice = 2 * np.sum(ref & pred) / (np.sum(ref) + np.sum(pred))
+    pr, pp = surface_points(ref), surface_points(pred)
+    distances = np.concatenate([cdist(p[i:i + 2000], q).min(1) for p, q in ((pr, pp), (pp, pr))
+                                for i in range(0, len(p), 2000)])
+    return dice, np.percentile(distances, 95)
+
+
+def read(path: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def test_empty_case_rules():
+    ref = np.zeros((8, 9, 10), np.uint8)
+    ref[2:5, 2:6, 3:7] = 2  # edema only: WT non-empty, TC and ET empty
+    pred = np.zeros_like(ref)
+    m = brats_region_metrics(ref, pred, (1, 1, 1))
+    assert m["WT"] == {"Dice": 0.0, "HD95": BRATS_HD95_PENALTY_MM}  # prediction empty
+    assert m["TC"] == {"Dice": 1.0, "HD95": 0.0} and m["ET"] == {"Dice": 1.0, "HD95": 0.0}  # both empty
+    m = brats_region_metrics(pred, ref, (1, 1, 1))
+    assert m["WT"] == {"Dice": 0.0, "HD95": 373.12866}  # reference empty
+    assert BRATS_HD95_PENALTY_MM == pytest.approx(np.sqrt(240 ** 2 + 240 ** 2 + 155 ** 2), abs=1e-5)
+
+
+@pytest.mark.parametrize("labels, value, expected_non_empty", [
+    ("brats2020", 1, {"WT", "TC"}), ("brats2020", 2, {"WT"}), ("brats2020", 4, {"WT", "TC", "ET"}),
+    ("brats2023", 1, {"WT", "TC"}), ("brats2023", 2, {"WT"}), ("brats2023", 3, {"WT", "TC", "ET"}),
+    ("nnunet", 1, {"WT"}), ("nnunet", 2, {"WT", "TC"}), ("nnunet", 3, {"WT", "TC", "ET"}),
+])
+def test_label_conventions(labels, value, expected_non_empty):
+    ref = np.zeros((8, 8, 8), np.uint8)
+    ref[2:6, 2:6, 2:6] = value
+    m = brats_region_metrics(ref, np.zeros_like(ref), (1, 1, 1), labels=labels)
+    non_empty = {r for r, v in m.items() if v["Dice"] == 0.0}  # empty prediction: 0 where reference is non-empty
+    assert non_empty == expected_non_empty
+
+
+def test_hd95_uses_the_spacing():
+    ref = np.zeros((12, 6, 6), np.uint8)
+    pred = np.zeros_like(ref)
+    ref[2] = 2
+    pred[6] = 2
+    assert brats_region_metrics(ref, pred, (3.0, 1.0, 1.0))["WT"]["HD95"] == pytest.approx(12.0)
+    assert brats_region_metrics(ref, pred, (1.0, 1.0, 1.0))["WT"]["HD95"] == pytest.approx(4.0)
+
+
+def test_unknown_convention():
+    with pytest.raises(EvaluationError, match="brats2021"):
+        brats_region_metrics(np.zeros((2, 2, 2)), np.zeros((2, 2, 2)), (1, 1, 1), labels="brats2021")
+
+
+@needs_data
+@pytest.mark.parametrize("team", TEAMS)
+def test_real_case_against_independent_computation(team):
+    ref, pred = read(DATA / "isen-20.nii.gz"), read(DATA / f"{team}.nii.gz")
+    metrics = brats_region_metrics(ref, pred, (1.0, 1.0, 1.0))
+    for region, labels in (("WT", (1, 2, 4)), ("TC", (1, 4)), ("ET", (4,))):
+        dice, hd = independent_dice_hd95(np.isin(ref, labels), np.isin(pred, labels), (1.0, 1.0, 1.0))
+        assert metrics[region]["Dice"] == pytest.approx(dice, abs=1e-12), region
+        assert metrics[region]["HD95"] == pytest.approx(hd, abs=1e-12), region
+    # isen-20 has no enhancing tumour: hnfnetv1-20 and sanet0-20 predict some, the others none
+    predicts_et = team in ("hnfnetv1-20", "sanet0-20")
+    assert metrics["ET"] == ({"Dice": 0.0, "HD95": 373.12866} if predicts_et else {"Dice": 1.0, "HD95": 0.0})
+    assert 0.9 < metrics["WT"]["Dice"] < 1.0 and 0 < metrics["WT"]["HD95"] < 10
+
+
+@needs_data
+def test_folder_with_real_segmentations(tmp_path):
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    ref_dir.mkdir()
+    pred_dir.mkdir()
+    for team in TEAMS + ("nobody",):
+        shutil.copy(DATA / "isen-20.nii.gz", ref_dir / f"case_{team}.nii.gz")
+    for team in TEAMS:
+        shutil.copy(DATA / f"{team}.nii.gz", pred_dir / f"case_{team}.nii.gz")
+    shutil.copy(DATA / "scan-20.nii.gz", pred_dir / "not_a_reference_case.nii.gz")
+    (pred_dir / "notes.txt").write_text("not a case")
+
+    summary = evaluate_folder("brats", ref_dir, pred_dir, tmp_path / "out", num_processes=2)
+
+    cases = sorted(f"case_{t}" for t in TEAMS + ("nobody",))  # cases come in sorted file-name order
+    assert list(summary["per_case"]) == cases
+    assert summary["missing"] == ["case_nobody"] and summary["unmatched_predictions"] == ["not_a_reference_case"]
+    ref = read(DATA / "isen-20.nii.gz")
+    for team in TEAMS:
+        expected = brats_region_metrics(ref, read(DATA / f"{team}.nii.gz"), (1, 1, 1))
+        assert summary["per_case"][f"case_{team}"] == expected
+    # missing prediction = empty prediction: WT/TC penalised, ET (empty in isen-20) both empty
+    assert summary["per_case"]["case_nobody"] == {"WT": {"Dice": 0.0, "HD95": 373.12866},
+                                                  "TC": {"Dice": 0.0, "HD95": 373.12866},
+                                                  "ET": {"Dice": 1.0, "HD95": 0.0}}
+    for region in ("WT", "TC", "ET"):
+        for metric in ("Dice", "HD95"):
+            values = [summary["per_case"][c][region][metric] for c in cases]
+            assert summary["mean"][region][metric] == pytest.approx(np.mean(values))
+            assert summary["std"][region][metric] == pytest.approx(np.std(values))
+            assert summary["median"][region][metric] == pytest.approx(np.median(values))
+
+    assert json.loads((tmp_path / "out" / "summary.json").read_text()) == summary
+    with open(tmp_path / "out" / "per_case.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["case"] for r in rows] == cases
+    assert list(rows[0]) == ["case", "missing", "WT_Dice", "WT_HD95", "TC_Dice", "TC_HD95", "ET_Dice", "ET_HD95"]
+    assert [r["missing"] for r in rows] == [str(c == "case_nobody") for c in cases]
+    assert float(rows[0]["WT_HD95"]) == summary["per_case"]["case_hnfnetv1-20"]["WT"]["HD95"]
+    # inputs untouched
+    assert sorted(p.name for p in pred_dir.iterdir()) == sorted([f"case_{t}.nii.gz" for t in TEAMS] +
+                                                                ["not_a_reference_case.nii.gz", "notes.txt"])

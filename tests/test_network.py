@@ -1,0 +1,146 @@
+"""CIMLUNet built the way nnU-Net builds it (plans -> get_network_from_plans), tiny widths."""
+import pytest
+import torch
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from torch.distributions import Normal, kl_divergence
+
+from nnunetv2_ciml.decomposition import resolve_decomposition
+from nnunetv2_ciml.network import CIMLUNet, ComplementaryMessage
+from nnunetv2_ciml.planning import ciml_architecture, conv_macs
+
+REGIONS = {"channel_names": {"0": "T1ce", "1": "T2", "2": "FLAIR"},
+           "labels": {"background": 0, "whole tumor": [1, 2], "tumor core": [2]}, "regions_class_order": [1, 2]}
+LABELS = {"channel_names": {"0": "CT", "1": "PET"}, "labels": {"background": 0, "GTVp": 1, "GTVn": 2}}
+
+
+def plain_architecture(dim: int, n_stages: int = 3, residual: bool = False, base: int = 4) -> dict:
+    conv = f"torch.nn.modules.conv.Conv{dim}d"
+    kwargs = {"n_stages": n_stages, "features_per_stage": [base * 2 ** s for s in range(n_stages)], "conv_op": conv,
+              "kernel_sizes": [[3] * dim] * n_stages, "strides": [[1] * dim] + [[2] * dim] * (n_stages - 1),
+              "n_conv_per_stage_decoder": [1] * (n_stages - 1), "conv_bias": True,
+              "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dim}d",
+              "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
+              "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}}
+    kwargs["n_blocks_per_stage" if residual else "n_conv_per_stage"] = [1] * n_stages
+    name = "ResidualEncoderUNet" if residual else "PlainConvUNet"
+    return {"network_class_name": f"dynamic_network_architectures.architectures.unet.{name}", "arch_kwargs": kwargs,
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
+
+
+def build(dataset_json, dim=3, residual=False, deep_supervision=True, messages=True, patch=None, width=0.75):
+    d, _ = resolve_decomposition(dataset_json)
+    num_classes = len(d.output_names)
+    patch = patch or (16,) * dim
+    arch = ciml_architecture(plain_architecture(dim, residual=residual), d, patch, num_classes, messages=messages,
+                             width_factor=width)
+    net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
+                                 len(d.modalities), num_classes, allow_init=True, deep_supervision=deep_supervision)
+    return net, arch
+
+
+def randomize_messages(net: CIMLUNet) -> None:
+    for m in net.modules():
+        if isinstance(m, ComplementaryMessage):
+            torch.nn.init.normal_(m.project.weight, std=0.5)
+
+
+@pytest.mark.parametrize("dataset_json, dim, residual", [
+    (REGIONS, 3, False), (REGIONS, 2, False), (LABELS, 3, False), (LABELS, 2, True), (REGIONS, 3, True)])
+def test_output_shapes_and_deep_supervision(dataset_json, dim, residual):
+    net, _ = build(dataset_json, dim, residual)
+    num_classes = 2 if dataset_json is REGIONS else 3
+    x = torch.randn(2, len(dataset_json["channel_names"]), *(16,) * dim)
+    out = net(x)
+    assert isinstance(out, list) and len(out) == 2  # n_stages - 1, highest resolution first
+    assert [tuple(o.shape) for o in out] == [(2, num_classes, *(16,) * dim), (2, num_classes, *(8,) * dim)]
+    net.decoder.deep_supervision = False  # what nnU-Net's set_deep_supervision_enabled does
+    assert tuple(net(x).shape) == (2, num_classes, *(16,) * dim)
+
+
+def test_outputs_are_assembled_in_nnunet_channel_order():
+    dj = dict(LABELS, ciml={"subtasks": {"n": {"primary": "PET", "outputs": ["GTVn"]},
+                                         "p": {"primary": "CT", "outputs": ["GTVp", "background"]}}})
+    net, _ = build(dj, dim=2, deep_supervision=False)
+    net.eval()
+    x = torch.randn(1, 2, 16, 16)
+    out = net(x)
+    features = [e(x[:, c:c + 1]) for c, e in enumerate(net.encoders)]
+    per_subtask = [dec(features[p]) for p, dec in zip(net.subtask_primaries, net.decoder)]  # messages are zero
+    torch.testing.assert_close(out[:, 2], per_subtask[0][:, 0])
+    torch.testing.assert_close(out[:, 1], per_subtask[1][:, 0])
+    torch.testing.assert_close(out[:, 0], per_subtask[1][:, 1])
+
+
+def test_same_parameters_whatever_the_deep_supervision_flag():
+    with_ds, _ = build(REGIONS, deep_supervision=True)
+    without, _ = build(REGIONS, deep_supervision=False)
+    without.load_state_dict(with_ds.state_dict(), strict=True)  # as nnU-Net's predictor does
+    assert not any(k.startswith("decoder.0.encoder") for k in with_ds.state_dict())  # no duplicated encoders
+
+
+def test_kl_matches_the_closed_form():
+    message = ComplementaryMessage(torch.nn.Conv3d, 4, 3, (3, 3, 3))
+    sender, receiver = torch.randn(2, 4, 5, 5, 5), torch.randn(2, 4, 5, 5, 5)
+    _, kl = message(sender, receiver)
+    mu, logvar = message.posterior(torch.cat((sender, receiver), 1)).chunk(2, 1)
+    expected = kl_divergence(Normal(mu, torch.exp(0.5 * logvar)), Normal(0.0, 1.0)).sum(1).mean()
+    torch.testing.assert_close(kl, expected)
+
+
+def test_untrained_network_equals_the_no_message_network():
+    net, _ = build(REGIONS)
+    ablation, _ = build(REGIONS, messages=False)
+    missing, unexpected = ablation.load_state_dict(net.state_dict(), strict=False)
+    assert not missing and all(k.startswith("messages.") for k in unexpected)
+    x = torch.randn(2, 3, 16, 16, 16)
+    net.train(), ablation.train()
+    for a, b in zip(net(x), ablation(x)):
+        torch.testing.assert_close(a, b)
+    assert net.kl.requires_grad and net.kl > 0 and float(ablation.kl) == 0.0
+
+
+def test_gradients_reach_sender_only_encoders_once_messages_are_nonzero():
+    net, _ = build(REGIONS)
+    t2 = net.modality_names.index("T2")  # T2 is nobody's primary: messages are its only path
+    x = torch.randn(2, 3, 16, 16, 16)
+
+    def encoder_grads():
+        net.zero_grad()
+        sum(o.square().mean() for o in net(x)).backward()
+        return [sum(p.grad.abs().sum() for p in e.parameters() if p.grad is not None) for e in net.encoders]
+
+    grads = encoder_grads()
+    assert grads[t2] == 0 and all(g > 0 for c, g in enumerate(grads) if c != t2)
+    randomize_messages(net)
+    assert all(g > 0 for g in encoder_grads())
+
+
+def test_eval_is_deterministic_and_training_is_stochastic():
+    net, _ = build(LABELS, deep_supervision=False)
+    randomize_messages(net)
+    x = torch.randn(1, 2, 16, 16, 16)
+    net.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), net(x))
+    net.train()
+    assert not torch.allclose(net(x), net(x))
+
+
+def test_branch_width_matches_the_plain_convolution_cost():
+    d, _ = resolve_decomposition(REGIONS)
+    plain = plain_architecture(3, n_stages=4, base=16)
+    arch = ciml_architecture(plain, d, (32, 32, 32), 2)
+    budget = conv_macs(plain, 3, 2, (32, 32, 32))
+    cost = conv_macs(arch, 3, 2, (32, 32, 32))
+    assert 0.85 * budget <= cost <= 1.1 * budget  # rounding of widths only
+    assert 0.3 < arch["branch_width_factor"] < 1.0
+    ablation = ciml_architecture(plain, d, (32, 32, 32), 2, messages=False)
+    assert ablation["arch_kwargs"]["features_per_stage"] == arch["arch_kwargs"]["features_per_stage"]
+
+
+def test_unsupported_plans_and_inconsistent_kwargs_are_errors():
+    d, _ = resolve_decomposition(REGIONS)
+    with pytest.raises(ValueError, match="PlainConvUNet and ResidualEncoderUNet"):
+        ciml_architecture({"network_class_name": "x.Primus", "arch_kwargs": {}, "_kw_requires_import": []}, d, (8,), 2)
+    with pytest.raises(ValueError, match="exactly once"):
+        CIMLUNet(3, 2, 4, torch.nn.Conv2d, 3, [1, 2], 2, 1, [0, 1], [[0], [0]], n_conv_per_stage=1)
