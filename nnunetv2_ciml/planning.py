@@ -8,8 +8,8 @@ convolutions per stage, plus the decomposition, with narrower branches.
 Branch width rule: every branch (encoder or decoder) gets ``round(w * features_per_stage)``
 features, where ``w`` is the largest factor for which the CIML network's convolution MACs on one
 patch (messages included, counted by ``torch.utils.flop_counter`` on the meta device) do not exceed
-the plain U-Net's from the same plans. Widths of 32 or more are rounded to a multiple of 8 (tensor
-cores). The no-message ablation keeps the widths of the full CIML network so that it isolates the
+the plain U-Net's from the same plans, with widths rounded to multiples of 8 (``round_channels``:
+odd widths make CPU and tensor-core convolutions several times slower). The no-message ablation keeps the widths of the full CIML network so that it isolates the
 messages. Pass ``width_factor`` to choose ``w`` yourself.
 """
 import pydoc
@@ -20,6 +20,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from nnunetv2_ciml.decomposition import Decomposition
+from nnunetv2_ciml.network.ciml_unet import round_channels
 
 CIML_NETWORK = "nnunetv2_ciml.network.ciml_unet.CIMLUNet"
 SUPPORTED = {
@@ -50,7 +51,7 @@ def conv_macs(architecture: dict, input_channels: int, num_classes: int, patch_s
 
 
 def _branch_widths(features: Sequence[int], w: float) -> list:
-    return [max(1, 8 * round(w * f / 8) if w * f >= 32 else round(w * f)) for f in features]
+    return [round_channels(w * f) for f in features]
 
 
 def ciml_architecture(architecture: dict, decomposition: Decomposition, patch_size: Sequence[int],

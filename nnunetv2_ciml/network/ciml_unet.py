@@ -23,6 +23,12 @@ _DECODER_READS = ("output_channels", "strides", "conv_op", "conv_bias", "norm_op
                   "dropout_op", "dropout_op_kwargs", "nonlin", "nonlin_kwargs", "kernel_sizes")
 
 
+def round_channels(channels: float) -> int:
+    """Round to a multiple of 8 from 8 channels up (CPU and tensor-core kernels are much faster on
+    those), to an integer >= 1 below that (tiny test networks)."""
+    return 8 * max(1, round(channels / 8)) if channels >= 8 else max(1, round(channels))
+
+
 class SubtaskDecoders(nn.ModuleList):
     """One ``UNetDecoder`` per subtask. Setting ``deep_supervision`` sets it on all of them, which is
     what nnU-Net's ``set_deep_supervision_enabled`` does to ``network.decoder``."""
@@ -55,7 +61,10 @@ class CIMLUNet(nn.Module):
     mean absolute message per (sender, subtask) pair, averaged over stages.
 
     ``features_per_stage`` are the widths of each branch (see ``nnunetv2_ciml.planning`` for how
-    they are chosen from the plain plans). ``messages=False`` builds the unimodal-branch ablation.
+    they are chosen from the plain plans); ``z`` has ``message_latent_fraction`` of the stage's
+    channels (rounded as :func:`round_channels`). ``messages=False`` builds the unimodal-branch
+    ablation. ``checkpoint_messages`` recomputes message intermediates in the backward pass instead
+    of storing them (less activation memory for a little more compute).
     """
 
     def __init__(self,
@@ -83,7 +92,7 @@ class CIMLUNet(nn.Module):
                  bottleneck_channels: Optional[IntOrSeq] = None,
                  stem_channels: Optional[int] = None,
                  messages: bool = True,
-                 message_latent_fraction: float = 0.5,
+                 message_latent_fraction: float = 0.25,
                  checkpoint_messages: bool = True,
                  modality_names: Optional[Sequence[str]] = None,
                  subtask_names: Optional[Sequence[str]] = None):
@@ -132,7 +141,7 @@ class CIMLUNet(nn.Module):
             (j, i) for i, p in enumerate(self.subtask_primaries) for j in range(input_channels) if j != p
         ] if messages else []
         self.messages = nn.ModuleList([
-            nn.ModuleList([ComplementaryMessage(conv_op, c, max(1, round(message_latent_fraction * c)), k)
+            nn.ModuleList([ComplementaryMessage(conv_op, c, round_channels(message_latent_fraction * c), k)
                            for _ in self.message_pairs])
             for c, k in zip(spec.output_channels, kernel_sizes)
         ]) if self.message_pairs else None

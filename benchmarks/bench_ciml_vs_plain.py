@@ -1,0 +1,229 @@
+"""CIML vs plain nnU-Net at equal plans: training step, peak memory, parameters, sliding-window inference.
+
+Both networks come from the same plans: the U-Net topology that nnU-Net's planner derives for a patch
+size and spacing (``get_pool_and_conv_props``, nnU-Net's feature widths), and for CIML the
+architecture :func:`nnunetv2_ciml.planning.ciml_architecture` writes into the trainer's plans.
+Each model runs in a fresh process so that peak memory is its own:
+
+- step time: forward + nnU-Net's loss (+ beta * KL for CIML) + backward + SGD step, median of
+  ``--steps`` after warm-up, autocast on CUDA as nnU-Net trains;
+- peak memory: CUDA ``max_memory_allocated`` over the training steps; on CPU the growth of the
+  process's peak RSS over its size before the first step;
+- inference: ``nnUNetPredictor.predict_sliding_window_return_logits`` on a whole volume (nnU-Net's
+  own tiling and Gaussian weighting, no mirroring).
+
+Targets (issue 2): step time and inference <= 1.25x plain, peak memory <= 1.3x plain.
+
+    python benchmarks/bench_ciml_vs_plain.py                 # CPU defaults (small patches)
+    python benchmarks/bench_ciml_vs_plain.py --device cuda   # nnU-Net-sized patches
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Dict, List
+
+# name: modalities, outputs (labels or regions), spacing (mm), patch (CPU), patch (CUDA), volume factor
+SETUPS = {
+    "brats": dict(channels={"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"},
+                  labels={"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]},
+                  regions_class_order=[1, 2, 3], spacing=[1.0, 1.0, 1.0], cpu_patch=[32, 32, 32],
+                  cuda_patch=[128, 128, 128]),
+    "petct": dict(channels={"0": "CT", "1": "PET"}, labels={"background": 0, "lesion": 1}, regions_class_order=None,
+                  spacing=[3.0, 2.0, 2.0], cpu_patch=[24, 48, 48], cuda_patch=[112, 160, 160]),
+}
+
+
+def plans_for(setup: dict, patch: List[int]) -> dict:
+    """A ``plans`` dict with one 3d_fullres configuration, its topology from nnU-Net's planner code."""
+    from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
+
+    _, strides, kernels, patch, _ = get_pool_and_conv_props(setup["spacing"], patch, 4, 999999)
+    n = len(strides)
+    architecture = {
+        "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+        "arch_kwargs": {"n_stages": n, "features_per_stage": [min(32 * 2 ** s, 320) for s in range(n)],
+                        "conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": kernels, "strides": strides,
+                        "n_conv_per_stage": [2] * n, "n_conv_per_stage_decoder": [2] * (n - 1), "conv_bias": True,
+                        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+                        "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None,
+                        "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
+        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
+    return {"dataset_name": "Dataset999_Bench", "plans_name": "nnUNetPlans", "image_reader_writer": "SimpleITKIO",
+            "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2], "label_manager": "LabelManager",
+            "original_median_spacing_after_transp": setup["spacing"],
+            "configurations": {"3d_fullres": {"data_identifier": "bench", "preprocessor_name": "DefaultPreprocessor",
+                                              "batch_size": 2, "patch_size": [int(p) for p in patch],
+                                              "spacing": setup["spacing"], "architecture": architecture,
+                                              "batch_dice": False}}}
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def worker(setup_name: str, model: str, device_name: str, steps: int, compile_: bool) -> Dict[str, float]:
+    import numpy as np
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss, DC_and_CE_loss
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunetv2_ciml.decomposition import resolve_decomposition
+    from nnunetv2_ciml.planning import ciml_architecture
+    from nnunetv2_ciml.training.loss import KLRegularizedLoss
+
+    torch.manual_seed(0)
+    device = torch.device(device_name)
+    setup = SETUPS[setup_name]
+    plans = plans_for(setup, setup["cuda_patch" if device.type == "cuda" else "cpu_patch"])
+    config = plans["configurations"]["3d_fullres"]
+    dataset_json = {"channel_names": setup["channels"], "labels": setup["labels"], "file_ending": ".nii.gz"}
+    if setup["regions_class_order"]:
+        dataset_json["regions_class_order"] = setup["regions_class_order"]
+    plans_manager = PlansManager(plans)
+    label_manager = plans_manager.get_label_manager(dataset_json)
+    num_in, num_out = len(setup["channels"]), label_manager.num_segmentation_heads
+    if model != "plain":
+        decomposition, _ = resolve_decomposition(dataset_json, num_in)
+        config["architecture"] = ciml_architecture(config["architecture"], decomposition, config["patch_size"],
+                                                   num_out, messages=model != "ciml_noMessages")
+        config["architecture"]["arch_kwargs"]["checkpoint_messages"] = model != "ciml_storedMessages"
+    arch = config["architecture"]
+    network = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
+                                     num_in, num_out, allow_init=True, deep_supervision=True).to(device)
+    params = sum(p.numel() for p in network.parameters())
+    train_net = torch.compile(network) if compile_ else network
+
+    patch = config["patch_size"]
+    n_ds = len(arch["arch_kwargs"]["strides"]) - 1
+    scales = np.cumprod(np.array(arch["arch_kwargs"]["strides"]), axis=0)[:n_ds]
+    if label_manager.has_regions:
+        seg_loss = DC_and_BCE_loss({}, {"batch_dice": False, "do_bg": True, "smooth": 1e-5, "ddp": False},
+                                   use_ignore_label=False, dice_class=MemoryEfficientSoftDiceLoss)
+        targets = [(torch.rand(2, num_out, *[p // s for p, s in zip(patch, sc)], device=device) > 0.5).float()
+                   for sc in scales]
+    else:
+        seg_loss = DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
+                                  weight_ce=1, weight_dice=1, ignore_label=None, dice_class=MemoryEfficientSoftDiceLoss)
+        targets = [torch.randint(0, num_out, (2, 1, *[p // s for p, s in zip(patch, sc)]), device=device).float()
+                   for sc in scales]
+    weights = np.array([1 / 2 ** i for i in range(n_ds)])
+    weights[-1] = 0
+    loss_fn = DeepSupervisionWrapper(seg_loss, weights / weights.sum())
+    if model != "plain":
+        loss_fn = KLRegularizedLoss(loss_fn, lambda: network.kl)
+        loss_fn.beta = 1e-3
+    optimizer = torch.optim.SGD(network.parameters(), 1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+    data = torch.randn(2, num_in, *patch, device=device)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, enabled=device.type == "cuda"):
+            loss = loss_fn(train_net(data), targets)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
+            optimizer.step()
+
+    network.train()
+    step()  # warm-up (and compilation)
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = rss_bytes()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t)
+    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before)
+
+    network.eval()
+    network.decoder.deep_supervision = False  # as nnU-Net's trainer does before inference
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
+                                allow_tqdm=False)
+    predictor.manual_initialization(network, plans_manager, plans_manager.get_configuration("3d_fullres"), None,
+                                    dataset_json, "benchmark", None)
+    volume = torch.randn(num_in, *[2 * p for p in patch])  # 2x the patch per axis: 27 tiles at step 0.5
+    predictor.predict_sliding_window_return_logits(volume)  # warm-up
+    sync()
+    t = time.perf_counter()
+    predictor.predict_sliding_window_return_logits(volume)
+    sync()
+    inference = time.perf_counter() - t
+    return {"step_s": statistics.median(times), "peak_mem_bytes": float(peak), "params": float(params),
+            "inference_s": inference, "patch": patch, "features": arch["arch_kwargs"]["features_per_stage"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
+    parser.add_argument("--models", nargs="+", default=["plain", "ciml", "ciml_noMessages"],
+                        choices=["plain", "ciml", "ciml_noMessages", "ciml_storedMessages"],
+                        help="ciml_storedMessages: CIML without message checkpointing (memory/speed trade-off)")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the networks (CUDA)")
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(*args.worker, args.device, args.steps, args.compile)))
+        return
+
+    results: Dict[str, Dict[str, dict]] = {}
+    for setup in args.setups:
+        results[setup] = {}
+        for model in args.models:
+            cmd = [sys.executable, __file__, "--worker", setup, model, "--device", args.device, "--steps",
+                   str(args.steps)] + (["--compile"] if args.compile else [])
+            out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, nnUNet_compile="f"))
+            if out.returncode != 0:
+                sys.exit(f"{setup}/{model} failed:\n{out.stderr[-3000:]}")
+            results[setup][model] = json.loads(out.stdout.strip().splitlines()[-1])
+            r = results[setup][model]
+            print(f"{setup:6s} {model:16s} patch {r['patch']} features {r['features']}: step {r['step_s']:.3f} s, "
+                  f"peak {r['peak_mem_bytes'] / 2 ** 20:.0f} MiB, params {r['params'] / 1e6:.2f} M, "
+                  f"inference {r['inference_s']:.2f} s", flush=True)
+
+    print(f"\nratios to plain nnU-Net, measured in this run on {args.device} (targets: step, inference <= 1.25; "
+          "memory <= 1.3)")
+    print(f"{'setup':6s} {'model':16s} {'step':>6s} {'memory':>7s} {'params':>7s} {'inference':>9s}")
+    for setup, per_model in results.items():
+        plain = per_model.get("plain")
+        for model, r in per_model.items():
+            if model == "plain" or plain is None:
+                continue
+            print(f"{setup:6s} {model:16s} {r['step_s'] / plain['step_s']:6.2f} "
+                  f"{r['peak_mem_bytes'] / plain['peak_mem_bytes']:7.2f} {r['params'] / plain['params']:7.2f} "
+                  f"{r['inference_s'] / plain['inference_s']:9.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": args.device, "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
