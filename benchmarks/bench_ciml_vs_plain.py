@@ -97,6 +97,9 @@ def worker(setup_name: str, model: str, device_name: str, steps: int, compile_: 
         config["architecture"] = ciml_architecture(config["architecture"], decomposition, config["patch_size"],
                                                    num_out, messages=model != "ciml_noMessages")
         config["architecture"]["arch_kwargs"]["checkpoint_messages"] = model != "ciml_storedMessages"
+        if model == "ciml_coarseMessages":
+            n_stages = config["architecture"]["arch_kwargs"]["n_stages"]
+            config["architecture"]["arch_kwargs"]["message_stages"] = list(range(1, n_stages))
     arch = config["architecture"]
     network = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
                                      num_in, num_out, allow_init=True, deep_supervision=True).to(device)
@@ -159,6 +162,7 @@ def worker(setup_name: str, model: str, device_name: str, steps: int, compile_: 
         times.append(time.perf_counter() - t)
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before)
+    kl = float(network.kl) if model != "plain" else 0.0  # also shows that compiled forwards update it
 
     network.eval()
     network.decoder.deep_supervision = False  # as nnU-Net's trainer does before inference
@@ -175,7 +179,7 @@ def worker(setup_name: str, model: str, device_name: str, steps: int, compile_: 
     sync()
     inference = time.perf_counter() - t
     return {"step_s": statistics.median(times), "peak_mem_bytes": float(peak), "params": float(params),
-            "inference_s": inference, "patch": patch, "features": arch["arch_kwargs"]["features_per_stage"]}
+            "inference_s": inference, "kl": kl, "patch": patch, "features": arch["arch_kwargs"]["features_per_stage"]}
 
 
 def main() -> None:
@@ -183,8 +187,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
     parser.add_argument("--models", nargs="+", default=["plain", "ciml", "ciml_noMessages"],
-                        choices=["plain", "ciml", "ciml_noMessages", "ciml_storedMessages"],
-                        help="ciml_storedMessages: CIML without message checkpointing (memory/speed trade-off)")
+                        choices=["plain", "ciml", "ciml_noMessages", "ciml_storedMessages", "ciml_coarseMessages"],
+                        help="ciml_storedMessages: without message checkpointing (memory/speed trade-off); "
+                             "ciml_coarseMessages: no messages at the full-resolution stage")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks (CUDA)")
     parser.add_argument("--json", help="also write the results here")
@@ -207,7 +212,7 @@ def main() -> None:
             r = results[setup][model]
             print(f"{setup:6s} {model:16s} patch {r['patch']} features {r['features']}: step {r['step_s']:.3f} s, "
                   f"peak {r['peak_mem_bytes'] / 2 ** 20:.0f} MiB, params {r['params'] / 1e6:.2f} M, "
-                  f"inference {r['inference_s']:.2f} s", flush=True)
+                  f"inference {r['inference_s']:.2f} s, KL {r['kl']:.4f}", flush=True)
 
     print(f"\nratios to plain nnU-Net, measured in this run on {args.device} (targets: step, inference <= 1.25; "
           "memory <= 1.3)")

@@ -56,14 +56,16 @@ class CIMLUNet(nn.Module):
     ``n_stages - 1`` such tensors, highest resolution first. The parameters do not depend on
     ``deep_supervision`` (nnU-Net loads weights strictly).
 
-    After each forward, ``kl`` holds the mean KL over all messages (a scalar with grad),
+    After each training-mode forward, ``kl`` holds the mean KL over all messages (a scalar with grad),
     ``message_kl`` and ``message_magnitude`` (detached, shape ``(len(message_pairs),)``) the KL and
-    mean absolute message per (sender, subtask) pair, averaged over stages.
+    mean absolute message per (sender, subtask) pair, averaged over stages. Eval mode skips these
+    statistics (``kl`` is 0): inference pays only for the messages themselves.
 
     ``features_per_stage`` are the widths of each branch (see ``nnunetv2_ciml.planning`` for how
     they are chosen from the plain plans); ``z`` has ``message_latent_fraction`` of the stage's
     channels (rounded as :func:`round_channels`). ``messages=False`` builds the unimodal-branch
-    ablation. ``checkpoint_messages`` recomputes message intermediates in the backward pass instead
+    ablation; ``message_stages`` lists the encoder stages that receive messages (default: all).
+    ``checkpoint_messages`` recomputes message intermediates in the backward pass instead
     of storing them (less activation memory for a little more compute).
     """
 
@@ -92,6 +94,7 @@ class CIMLUNet(nn.Module):
                  bottleneck_channels: Optional[IntOrSeq] = None,
                  stem_channels: Optional[int] = None,
                  messages: bool = True,
+                 message_stages: Optional[Sequence[int]] = None,
                  message_latent_fraction: float = 0.25,
                  checkpoint_messages: bool = True,
                  modality_names: Optional[Sequence[str]] = None,
@@ -140,10 +143,12 @@ class CIMLUNet(nn.Module):
         self.message_pairs: List[Tuple[int, int]] = [
             (j, i) for i, p in enumerate(self.subtask_primaries) for j in range(input_channels) if j != p
         ] if messages else []
+        self.message_stages = sorted(range(n_stages) if message_stages is None else set(message_stages))
+        # messages[s][p]: stage s, pair p (an empty list at stages without messages).
         self.messages = nn.ModuleList([
             nn.ModuleList([ComplementaryMessage(conv_op, c, round_channels(message_latent_fraction * c), k)
-                           for _ in self.message_pairs])
-            for c, k in zip(spec.output_channels, kernel_sizes)
+                           for _ in self.message_pairs] if s in self.message_stages else [])
+            for s, (c, k) in enumerate(zip(spec.output_channels, kernel_sizes))
         ]) if self.message_pairs else None
 
         order = [k for outs in self.subtask_outputs for k in outs]
@@ -154,8 +159,8 @@ class CIMLUNet(nn.Module):
         self.message_kl = torch.zeros(len(self.message_pairs))
         self.message_magnitude = torch.zeros(len(self.message_pairs))
 
-    def _message(self, level: int, pair: int, sender: torch.Tensor, receiver: torch.Tensor):
-        module = self.messages[level][pair]
+    def _message(self, stage: int, pair: int, sender: torch.Tensor, receiver: torch.Tensor):
+        module = self.messages[stage][pair]
         if self.checkpoint_messages and self.training and torch.is_grad_enabled():
             # Message intermediates (posterior, z, attention) would dominate activation memory; recompute them.
             return checkpoint(module, sender, receiver, use_reentrant=False)
@@ -171,13 +176,15 @@ class CIMLUNet(nn.Module):
                 if receiver != i:
                     continue
                 pair_kl, pair_magnitude = [], []
-                for s in range(len(skips)):
+                for s in self.message_stages:
                     message, kl = self._message(s, p, features[sender][s], features[primary][s])
                     skips[s] = skips[s] + message
-                    pair_kl.append(kl)
-                    pair_magnitude.append(message.detach().abs().mean().float())
-                kls.append(torch.stack(pair_kl).mean())
-                magnitudes.append(torch.stack(pair_magnitude).mean())
+                    if self.training:
+                        pair_kl.append(kl)
+                        pair_magnitude.append(message.detach().abs().mean().float())
+                if self.training:
+                    kls.append(torch.stack(pair_kl).mean())
+                    magnitudes.append(torch.stack(pair_magnitude).mean())
             logits.append(decoder(skips))
         if kls:
             kl = torch.stack(kls)

@@ -14,7 +14,7 @@ class ComplementaryMessage(nn.Module):
     (one channel) says where the receiver needs outside information; ``W`` is a zero-initialised 1x1
     projection, so an untrained message is exactly zero. ``kl`` is ``KL(N(mu, sigma^2) || N(0, I))``
     summed over latent channels and averaged over batch and voxels (nats per voxel), in float32 so that
-    it is safe under AMP.
+    it is safe under AMP; it is only computed in training mode (0 in eval mode, where nothing uses it).
 
     Args:
         conv_op: ``nn.Conv2d`` or ``nn.Conv3d``.
@@ -43,6 +43,8 @@ class ComplementaryMessage(nn.Module):
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if self.training else mu
         attention = torch.sigmoid(self.attention(torch.cat((receiver, z), 1)))
         message = self.message(attention * self.project(z))
+        if not self.training:
+            return message, message.new_zeros((), dtype=torch.float32)
         mu32, logvar32 = mu.float(), logvar.float()
         kl = 0.5 * (mu32.square() + logvar32.exp() - 1.0 - logvar32).sum(1).mean()
         return message, kl

@@ -1,0 +1,206 @@
+"""BraTS into nnU-Net (region training, as nnU-Net's Dataset137_BraTS21) and predictions back to BraTS labels.
+
+Source layouts, found anywhere below the source folders and detected per case from the file names:
+
+- BraTS 2020/2021: ``CASE_{t1,t1ce,t2,flair}.nii.gz`` and ``CASE_seg.nii.gz``; labels 1 NCR/NET, 2 edema, 4 ET.
+- BraTS 2023 and later (GLI, SSA, MET): ``CASE-{t1n,t1c,t2w,t2f}.nii.gz`` and ``CASE-seg.nii.gz``;
+  labels 1 NETC, 2 SNFH (edema), 3 ET. A label 4 (the 2024 post-treatment resection cavity) has no
+  region in BraTS region training and is refused.
+
+``.nii`` files are read as well (and written as ``.nii.gz``). Case folders of a source folder without
+any ``seg`` file (validation/test sets) go to ``imagesTs``. Known quirk: BraTS 2020's
+``BraTS20_Training_355`` ships its label as ``W39_1998.09.19_Segm.nii``; copy the folder and rename the
+file to ``BraTS20_Training_355_seg.nii``, or use ``--skip-incomplete``.
+
+nnU-Net dataset: channels 0 T1, 1 T1ce, 2 T2, 3 FLAIR (images copied byte for byte); labels remapped
+with nnU-Net's own function to 1 edema, 2 NCR/NETC, 3 ET; regions whole tumor (1, 2, 3), tumor core
+(2, 3), enhancing tumor (3) with ``regions_class_order`` (1, 2, 3). CIML default (DESIGN §4): FLAIR owns
+whole tumor, T1ce owns tumor core and enhancing tumor; T1 and T2 only send messages.
+
+Export: predictions (nnU-Net labels 0-3) back to the BraTS labels, geometry unchanged, one
+``CASE.nii.gz`` per case (the names the BraTS portals expect). ``labels="auto"`` takes the label set
+from the source naming (with ``source``) or from the case identifier (``BraTS-...``: 2023 set,
+``BraTS20_``/``BraTS2021_``: 2020 set).
+"""
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+from nnunetv2.dataset_conversion.Dataset137_BraTS21 import (convert_labels_back_to_BraTS,
+                                                            copy_BraTS_segmentation_and_convert_labels_to_nnUNet)
+
+from .common import (FILE_ENDING, CaseCandidate, ConversionError, ConversionReport, DatasetSpec, ExportReport,
+                     SourceCase, check_label_values, check_same_grid, check_sources, convert_dataset, copy_image,
+                     export_predictions, image_file, read_image, resolve_candidates, rglob_files)
+from .grid import Grid
+
+BRATS2020, BRATS2023 = "brats2020", "brats2023"
+# channel order of nnU-Net's Dataset137: T1, T1ce, T2, FLAIR
+_MODALITIES = {BRATS2020: ("t1", "t1ce", "t2", "flair"), BRATS2023: ("t1n", "t1c", "t2w", "t2f")}
+_SEPARATOR = {BRATS2020: "_", BRATS2023: "-"}
+_FILE_PATTERNS = {conv: re.compile(rf"^(?P<case>.+){_SEPARATOR[conv]}(?P<part>{'|'.join(mods + ('seg',))})"
+                                   r"\.nii(\.gz)?$") for conv, mods in _MODALITIES.items()}
+_BRATS_LABELS = {BRATS2020: (0, 1, 2, 4), BRATS2023: (0, 1, 2, 3)}
+_LABEL_MEANING = {BRATS2020: "BraTS 2020: 1 NCR/NET, 2 edema, 4 enhancing tumor",
+                  BRATS2023: "BraTS 2023: 1 NETC, 2 SNFH, 3 enhancing tumor"}
+# BraTS 2023 labels -> nnU-Net's BraTS labels (same meaning as nnU-Net's 2020 mapping: 2->1, 1->2, ET->3)
+_BRATS2023_TO_NNUNET = np.array([0, 2, 1, 3], dtype=np.uint8)
+
+SPEC = DatasetSpec(
+    channel_names={0: "T1", 1: "T1ce", 2: "T2", 3: "FLAIR"},
+    labels={"background": 0, "whole tumor": (1, 2, 3), "tumor core": (2, 3), "enhancing tumor": (3,)},
+    regions_class_order=(1, 2, 3),
+    ciml={"subtasks": {"whole tumor": {"primary": "FLAIR", "outputs": ["whole tumor"]},
+                       "tumor core": {"primary": "T1ce", "outputs": ["tumor core", "enhancing tumor"]}}},
+    description="BraTS multimodal MRI, region training (nnU-Net labels: 1 edema, 2 NCR/NETC, 3 ET)",
+    reference="https://www.synapse.org/brats",
+    license="see the BraTS data terms of use",
+)
+
+
+def discover(sources: Sequence[Path]) -> List[CaseCandidate]:
+    """BraTS cases below ``sources``: one per (folder, case prefix, naming convention)."""
+    parts: Dict[tuple, Dict[str, Path]] = defaultdict(dict)
+    for path in rglob_files(sources, "*.nii*"):
+        for conv, pattern in _FILE_PATTERNS.items():
+            m = pattern.match(path.name)
+            if m:
+                key = (path.parent, m["case"], conv)
+                if m["part"] in parts[key]:
+                    raise ConversionError(f"case '{m['case']}': two files for '{m['part']}': "
+                                          f"'{parts[key][m['part']]}' and '{path}'")
+                parts[key][m["part"]] = path
+    candidates = []
+    for (folder, case_id, conv), files in sorted(parts.items()):
+        sep = _SEPARATOR[conv]
+        patient = re.sub(r"-\d{3}$", "", case_id) if conv == BRATS2023 else case_id  # 2023: -NNN is the timepoint
+        candidates.append(CaseCandidate(
+            case_id=case_id, patient=patient, group=folder.parent,
+            images=[files.get(m) for m in _MODALITIES[conv]],
+            image_descriptions=[f"'{folder / (case_id + sep + m + FILE_ENDING)}'" for m in _MODALITIES[conv]],
+            label=files.get("seg"), label_description=f"label file '{folder / (case_id + sep + 'seg' + FILE_ENDING)}'",
+            convention=conv))
+    return candidates
+
+
+def convert_case(case: SourceCase, out: Path) -> List[str]:
+    """Copy the four channels, convert the label to nnU-Net's BraTS labels. Shapes: all (X, Y, Z) on one grid."""
+    images = [read_image(p, case.case_id) for p in case.images]
+    files = list(case.images)
+    if case.label is not None:
+        label = read_image(case.label, case.case_id)
+        check_same_grid(case.case_id, files + [case.label], images + [label])
+    else:
+        check_same_grid(case.case_id, files, images)
+    sub = "imagesTr" if case.label is not None else "imagesTs"
+    for c, (src, img) in enumerate(zip(files, images)):
+        copy_image(src, img, image_file(out / sub, case.case_id, c))
+    if case.label is not None:
+        array = sitk.GetArrayViewFromImage(label)
+        check_label_values(case.case_id, case.label, array, _BRATS_LABELS[case.convention],
+                           _LABEL_MEANING[case.convention])
+        dst = out / "labelsTr" / f"{case.case_id}{FILE_ENDING}"
+        if case.convention == BRATS2020:
+            copy_BraTS_segmentation_and_convert_labels_to_nnUNet(str(case.label), str(dst))
+        else:
+            converted = sitk.GetImageFromArray(_BRATS2023_TO_NNUNET[np.asarray(array).astype(np.uint8)])
+            converted.CopyInformation(label)
+            sitk.WriteImage(converted, str(dst), True)
+    return []
+
+
+def default_name(sources: Sequence[Path]) -> str:
+    cases, _ = resolve_candidates(discover(check_sources(sources)))
+    conventions = {c.convention for c in cases}
+    return "BraTS2023" if conventions == {BRATS2023} else "BraTS2020" if conventions == {BRATS2020} else "BraTS"
+
+
+def convert_brats(sources: Sequence[Path], dataset_id: int, name: Optional[str] = None,
+                  num_processes: Optional[int] = None, overwrite: bool = False,
+                  skip_incomplete: bool = False) -> ConversionReport:
+    """Convert BraTS folders into ``$nnUNet_raw/DatasetXXX_NAME`` (NAME defaults to BraTS2020/BraTS2023)."""
+    sources = [Path(s) for s in sources]
+    return convert_dataset("BraTS", sources, discover, convert_case, SPEC, dataset_id,
+                           name or default_name(sources), num_processes, overwrite, skip_incomplete)
+
+
+# ----------------------------------------------------------------------------------------------- export
+
+
+def labels_convention_of(case_id: str) -> Optional[str]:
+    """The BraTS label set implied by a case identifier, or None if it says nothing."""
+    if case_id.startswith("BraTS-"):
+        return BRATS2023
+    if re.match(r"^BraTS(20|2021)?_", case_id):
+        return BRATS2020
+    return None
+
+
+def nnunet_to_brats_labels(seg: np.ndarray, convention: str) -> np.ndarray:
+    """nnU-Net BraTS labels (1 edema, 2 NCR, 3 ET) -> BraTS labels of ``convention``; shape unchanged."""
+    brats = convert_labels_back_to_BraTS(seg)
+    if convention == BRATS2023:
+        brats[brats == 4] = 3
+    return brats.astype(np.uint8)
+
+
+def _export_case(job: tuple) -> List[str]:
+    case_id, pred_file, dst, convention, reference = job
+    pred = read_image(pred_file, case_id)
+    if reference is not None:
+        ref_file, ref_grid = reference
+        if not Grid.of(pred).same_as(ref_grid):
+            raise ConversionError(f"case '{case_id}': prediction '{pred_file}' is not on the grid of '{ref_file}' "
+                                  f"({Grid.of(pred).differences(ref_grid)})")
+    array = sitk.GetArrayFromImage(pred)
+    check_label_values(case_id, pred_file, array, (0, 1, 2, 3), "nnU-Net BraTS labels: 1 edema, 2 NCR, 3 ET")
+    out = sitk.GetImageFromArray(nnunet_to_brats_labels(array, convention))
+    out.CopyInformation(pred)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(out, str(dst), True)
+    return []
+
+
+def export_brats(pred_dir: Path, out_dir: Path, labels: str = "auto", source: Optional[Sequence[Path]] = None,
+                 num_processes: Optional[int] = None, overwrite: bool = False) -> ExportReport:
+    """nnU-Net predictions -> ``out_dir/CASE.nii.gz`` with BraTS labels (``labels``: auto, brats2020, brats2023).
+
+    With ``source`` (the BraTS folders the cases came from), every prediction must match a source
+    case and lie on its grid, and ``auto`` uses the case's naming convention.
+    """
+    if labels not in ("auto", BRATS2020, BRATS2023):
+        raise ConversionError(f"labels must be 'auto', '{BRATS2020}' or '{BRATS2023}', got '{labels}'")
+    from .grid import header_grid
+
+    sources = check_sources(source) if source else []
+    known = {c.case_id: c for c in resolve_candidates(discover(sources))[0]} if sources else {}
+
+    def plan(case_id: str, pred_file: Path):
+        reference, convention = None, labels
+        if sources:
+            case = known.get(case_id)
+            if case is None:
+                raise ConversionError(f"prediction '{pred_file}': no complete BraTS case '{case_id}' under "
+                                      f"{', '.join(map(str, sources))}")
+            reference = (case.images[3], header_grid(case.images[3]))
+            if convention == "auto":
+                convention = case.convention
+        if convention == "auto":
+            convention = labels_convention_of(case_id)
+            if convention is None:
+                raise ConversionError(f"prediction '{pred_file}': cannot tell the BraTS label set from the case name "
+                                      f"'{case_id}'; pass --labels {BRATS2020} or --labels {BRATS2023} (or --source)")
+        dst = Path(out_dir) / f"{case_id}{FILE_ENDING}"
+        return dst, (case_id, pred_file, dst, convention, reference)
+
+    return export_predictions("BraTS", Path(pred_dir), Path(out_dir), plan, _export_case, sources,
+                              num_processes, overwrite)
+
+
+__all__ = ["convert_brats", "export_brats", "discover", "convert_case", "nnunet_to_brats_labels", "SPEC",
+           "BRATS2020", "BRATS2023"]
