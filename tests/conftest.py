@@ -20,3 +20,11 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def nnunet_env(tmp_path, monkeypatch):
+    """nnU-Net's three folders inside the test's tmp_path; returns nnUNet_raw."""
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(var, str(tmp_path / var))
+    return tmp_path / "nnUNet_raw"

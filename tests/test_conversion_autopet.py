@@ -1,5 +1,4 @@
 """autoPET conversion and export on a synthetic FDG-PET-CT-Lesions layout (tiny images, fixed seeds)."""
-import hashlib
 import json
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import SimpleITK as sitk
 from nnunetv2_ciml.dataset_conversion.autopet import convert_autopet, export_autopet
 from nnunetv2_ciml.dataset_conversion.common import ConversionError
 from nnunetv2_ciml.decomposition import resolve_decomposition
+from helpers import tree_digest
 
 # PET grid (CTres, SUV and SEG live on it): anisotropic spacing, far-off origin, flipped x/y axes
 PET_SIZE, PET_SPACING = (12, 10, 8), (4.07, 3.5, 3.0)
@@ -18,15 +18,6 @@ MARKER_INDEX = (7, 4, 5)  # (x, y, z) on the PET grid
 PATIENTS = {"PETCT_0a1b2c": ["03-23-2003-NA-PET-CT Ganzkoerper  primaer mit KM-10445", "11-02-2004-NA-PET-CT-77"],
             "PETCT_1d2e3f": ["01-01-2001-NA-PET-CT-1"], "PETCT_2f3a4b": ["02-02-2002-NA-PET-CT-2"],
             "PETCT_3a4b5c": ["03-03-2003-NA-PET-CT-3"], "PETCT_4b5c6d": ["04-04-2004-NA-PET-CT-4"]}
-
-
-def tree_digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        h.update(str(p.relative_to(root)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def image(array_zyx: np.ndarray, spacing, origin, direction) -> sitk.Image:
@@ -58,13 +49,6 @@ def make_study(folder: Path, seed: int) -> None:
     # the original CT, on its own finer grid, is not used by the conversion
     ct = rng.integers(-1000, 1000, (12, 20, 24)).astype(np.int16)
     sitk.WriteImage(image(ct, (2.0, 1.75, 2.0), (330.0, 220.0, -1190.0), PET_DIRECTION), str(folder / "CT.nii.gz"))
-
-
-@pytest.fixture
-def nnunet_env(tmp_path, monkeypatch):
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(var, str(tmp_path / var))
-    return tmp_path / "nnUNet_raw"
 
 
 @pytest.fixture

@@ -1,5 +1,4 @@
 """BraTS conversion on the real case in ../shared/data (BraTS 2020 and 2023 layouts), and export back."""
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -11,6 +10,7 @@ import SimpleITK as sitk
 from nnunetv2_ciml.dataset_conversion.brats import convert_brats, export_brats
 from nnunetv2_ciml.dataset_conversion.common import ConversionError
 from nnunetv2_ciml.decomposition import resolve_decomposition
+from helpers import tree_digest
 
 CASE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats_TCGA-DU-7294"
 pytestmark = pytest.mark.skipif(not CASE_DIR.is_dir(), reason=f"real BraTS sample data not found at {CASE_DIR}")
@@ -23,16 +23,6 @@ LABELS = {"BraTS20_Training_001": "isen-20.nii.gz", "BraTS20_Training_002": "hnf
 CHANNEL_ORDER = ("t1", "t1ce", "t2", "flair")
 
 
-def tree_digest(root: Path) -> str:
-    """Hash of every file's relative path and content below ``root`` (symlinks followed)."""
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        h.update(str(p.relative_to(root)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
-
-
 def array(path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
@@ -40,13 +30,6 @@ def array(path) -> np.ndarray:
 def same_geometry(a: sitk.Image, b: sitk.Image) -> bool:
     return (a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing())
             and np.allclose(a.GetOrigin(), b.GetOrigin()) and np.allclose(a.GetDirection(), b.GetDirection()))
-
-
-@pytest.fixture
-def nnunet_env(tmp_path, monkeypatch):
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(var, str(tmp_path / var))
-    return tmp_path / "nnUNet_raw"
 
 
 @pytest.fixture(scope="module")

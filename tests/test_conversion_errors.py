@@ -1,5 +1,4 @@
 """Error paths and output safety of the converters, on tiny synthetic BraTS cases, and the CLI glue."""
-import hashlib
 import json
 from pathlib import Path
 
@@ -10,17 +9,9 @@ import SimpleITK as sitk
 from nnunetv2_ciml import cli
 from nnunetv2_ciml.dataset_conversion.brats import convert_brats, export_brats
 from nnunetv2_ciml.dataset_conversion.common import ConversionError
+from helpers import tree_digest
 
 MODS_2020 = ("t1", "t1ce", "t2", "flair")
-
-
-def tree_digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        h.update(str(p.relative_to(root)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def write(array_zyx, path: Path, origin=(0.0, 0.0, 0.0)) -> None:
@@ -42,13 +33,6 @@ def make_brats_case(root: Path, case_id: str, seed: int, label: bool = True) -> 
         seg[2, 2, 3] = 1
         write(seg, folder / f"{case_id}_seg.nii.gz")
     return folder
-
-
-@pytest.fixture
-def nnunet_env(tmp_path, monkeypatch):
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(var, str(tmp_path / var))
-    return tmp_path / "nnUNet_raw"
 
 
 @pytest.fixture

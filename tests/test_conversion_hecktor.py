@@ -1,5 +1,4 @@
 """HECKTOR 2022 conversion (CT and PET onto one grid) and export back to the CT grid, on synthetic cases."""
-import hashlib
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from nnunetv2_ciml.dataset_conversion.common import ConversionError
 from nnunetv2_ciml.dataset_conversion.grid import Grid, common_fov_grid, resample_to_grid
 from nnunetv2_ciml.dataset_conversion.hecktor import convert_hecktor, export_hecktor
 from nnunetv2_ciml.decomposition import resolve_decomposition
+from helpers import tree_digest
 
 # CT and PET with different spacings, origins and fields of view (they overlap partly along every axis)
 CT_SIZE, CT_SPACING, CT_ORIGIN = (40, 36, 24), (1.0, 1.25, 2.0), (-20.0, -22.5, -24.0)
@@ -18,15 +18,6 @@ PET_SIZE, PET_SPACING, PET_ORIGIN = (12, 14, 10), (4.0, 3.5, 3.0), (-30.0, -18.0
 IDENTITY = (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)
 GTVP_INDEX, GTVN_INDEX = (20, 18, 12), (10, 24, 16)  # CT voxels; physical (0, 0, 0) and (-10, 7.5, 8) mm
 OUTSIDE_INDEX = (30, 10, 1)  # a CT voxel at z = -22 mm, below the PET's field of view
-
-
-def tree_digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        h.update(str(p.relative_to(root)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def image(array_zyx, spacing, origin) -> sitk.Image:
@@ -64,13 +55,6 @@ def make_case(images_dir: Path, labels_dir, case_id: str, seed: int, outside_vox
         if outside_voxel:
             label[OUTSIDE_INDEX[::-1]] = 2
         sitk.WriteImage(image(label, CT_SPACING, CT_ORIGIN), str(labels_dir / f"{case_id}.nii.gz"))
-
-
-@pytest.fixture
-def nnunet_env(tmp_path, monkeypatch):
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(var, str(tmp_path / var))
-    return tmp_path / "nnUNet_raw"
 
 
 @pytest.fixture
