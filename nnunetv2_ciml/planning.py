@@ -23,6 +23,7 @@ from nnunetv2_ciml.decomposition import Decomposition
 from nnunetv2_ciml.network.ciml_unet import round_channels
 
 CIML_NETWORK = "nnunetv2_ciml.network.ciml_unet.CIMLUNet"
+MESSAGE_LATENT_FRACTION = 0.25
 SUPPORTED = {
     "dynamic_network_architectures.architectures.unet.PlainConvUNet",
     "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet",
@@ -63,8 +64,12 @@ def ciml_architecture(architecture: dict, decomposition: Decomposition, patch_si
                          f"configuration uses '{name}'")
     kwargs = deepcopy(architecture["arch_kwargs"])
     features = list(kwargs["features_per_stage"])
+    # Every parameter-shaping choice is written out, so that later changes of defaults never change
+    # the network that a saved model folder describes.
     ciml = {"network_class_name": CIML_NETWORK, "_kw_requires_import": list(architecture["_kw_requires_import"]),
-            "arch_kwargs": {**kwargs, **decomposition.to_arch_kwargs(), "messages": messages}}
+            "arch_kwargs": {**kwargs, **decomposition.to_arch_kwargs(), "messages": messages,
+                            "message_stages": list(range(kwargs["n_stages"])),
+                            "message_latent_fraction": MESSAGE_LATENT_FRACTION}}
     m = len(decomposition.modalities)
 
     def with_factor(w: float) -> dict:

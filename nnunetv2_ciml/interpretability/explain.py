@@ -1,0 +1,404 @@
+"""Where did each modality contribute? Grad-CAM maps of CIML's messages, in the input's geometry.
+
+For every (sender modality j -> receiving subtask i) of a trained CIML model and every case, a map
+of where j's messages ``m_{j->i}^s`` contributed to i's predicted outputs (Grad-CAM on the message
+tensors, summed over skip levels: :mod:`nnunetv2_ciml.interpretability.message_gradcam`), computed
+through nnU-Net's own pipeline: the model folder's preprocessing (``run_case_npy`` of the
+configuration's preprocessor), its prediction (``nnUNetPredictor.predict_sliding_window_return_logits``,
+which defines the Grad-CAM target), its sliding-window tiles and Gaussian weights, and its way back
+to the input grid (:mod:`nnunetv2_ciml.interpretability.geometry`).
+
+A sender's *share* for a subtask is its map's mass (sum over the input's voxels) divided by the
+mass of all senders to that subtask; it is ``None`` when the model predicts none of the subtask's
+outputs in the case (no target, all maps zero). Restricting ``senders`` changes what is returned
+and written, not the numbers: maps and shares are always computed for all senders of the selected
+subtasks.
+
+Python API::
+
+    predictor = load_predictor(model_folder, fold=0, device="cpu")
+    result = explain_case(predictor, ["case_0000.nii.gz", "case_0001.nii.gz"])
+    result.maps[("T2", "whole tumor")]          # (*input spatial) float32, reader array order
+    result.shares["whole tumor"]                # {"T1ce": 0.6, "T2": 0.4}
+    write_case_explanation(result, out_dir)     # NIfTI maps, prediction, overlay PNGs
+
+    summary = explain_folder(model_folder, 0, input_dir, out_dir)   # all of it, plus explain.json
+"""
+import contextlib
+import io
+import re
+from copy import deepcopy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from batchgenerators.utilities.file_and_folder_operations import save_json
+from nnunetv2.configuration import default_num_processes
+from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from tqdm import tqdm
+
+from nnunetv2_ciml.interpretability.geometry import can_write_map, to_input_geometry, write_map
+from nnunetv2_ciml.interpretability.message_gradcam import MessageGradCAM, sliding_window_message_cams
+from nnunetv2_ciml.interpretability.overlay import render_subtask_overlay
+from nnunetv2_ciml.network import CIMLUNet
+
+__all__ = ["ExplainError", "CaseExplanation", "load_predictor", "ciml_network", "find_cases", "explain_image",
+           "explain_case", "map_file_name", "write_case_explanation", "explain_folder"]
+
+SUMMARY_FILE = "explain.json"
+
+
+class ExplainError(ValueError):
+    """The model folder, the inputs or the requested subtasks/senders cannot be explained."""
+
+
+@dataclass
+class CaseExplanation:
+    """Message maps of one case, in the geometry of its input images.
+
+    ``maps[(sender, subtask)]``: ``(*input_spatial)`` float32 (the reader's array order: for SimpleITK
+    ``sitk.GetArrayFromImage``, 2D images as ``(1, Y, X)``), for the selected senders.
+    ``shares[subtask][sender]`` and ``masses[subtask][sender]``: for all senders of each selected
+    subtask. ``target_voxels[subtask]``: predicted voxels of the subtask on nnU-Net's preprocessed grid
+    (0: nothing to explain). ``segmentation``: nnU-Net's prediction ``(*input_spatial)``;
+    ``predicted[subtask]``: its voxels of the subtask's outputs (bool). ``image``: ``(M, *input_spatial)``.
+    """
+
+    case: str
+    maps: Dict[Tuple[str, str], np.ndarray]
+    shares: Dict[str, Dict[str, Optional[float]]]
+    masses: Dict[str, Dict[str, float]]
+    target_voxels: Dict[str, int]
+    segmentation: np.ndarray
+    predicted: Dict[str, np.ndarray]
+    image: np.ndarray
+    properties: dict
+    modalities: List[str]
+    primaries: Dict[str, str]
+    senders: Dict[str, List[str]] = field(default_factory=dict)
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_predictor(model_folder: Union[str, Path], fold: Union[int, str] = 0,
+                   device: Union[str, torch.device, None] = None, checkpoint_name: str = "checkpoint_final.pth",
+                   tile_step_size: float = 0.5, use_mirroring: bool = True,
+                   allow_tqdm: bool = True) -> nnUNetPredictor:
+    """An ``nnUNetPredictor`` initialised from a CIML model folder (one fold), checked to hold a CIML network
+    with messages. ``device``: default CUDA when available, else CPU."""
+    model_folder = Path(model_folder)
+    if not model_folder.is_dir():
+        raise ExplainError(f"model folder {str(model_folder)!r} does not exist")
+    for name in ("plans.json", "dataset.json"):
+        if not (model_folder / name).is_file():
+            raise ExplainError(f"{str(model_folder)!r} is not an nnU-Net model folder: it has no {name} "
+                               f"(expected $nnUNet_results/DatasetXXX_Name/TRAINER__PLANS__CONFIGURATION)")
+    fold = str(fold)
+    if fold != "all" and not fold.isdigit():
+        raise ExplainError(f"fold must be an integer or 'all', not {fold!r}")
+    checkpoint = model_folder / f"fold_{fold}" / checkpoint_name
+    if not checkpoint.is_file():
+        available = sorted(p.parent.name for p in model_folder.glob(f"fold_*/{checkpoint_name}"))
+        others = sorted(p.name for p in (model_folder / f"fold_{fold}").glob("checkpoint_*.pth"))
+        hint = f"folds with a {checkpoint_name}: {', '.join(available) or 'none'}"
+        if others:
+            hint += f"; fold_{fold} holds {', '.join(others)} (choose one with -chk)"
+        raise ExplainError(f"missing checkpoint {str(checkpoint)!r} ({hint})")
+    device = _default_device() if device is None else torch.device(device)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its device choice and trainer search
+            predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True,
+                                        use_mirroring=use_mirroring, perform_everything_on_device=device.type == "cuda",
+                                        device=device, allow_tqdm=allow_tqdm)
+            predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=(fold,),
+                                                           checkpoint_name=checkpoint_name)
+    except Exception as e:
+        raise ExplainError(f"cannot load the model in {str(model_folder)!r} (fold {fold}): {e}") from e
+    ciml_network(predictor, str(model_folder))
+    if predictor.configuration_manager.previous_stage_name is not None:
+        raise ExplainError(f"{str(model_folder)!r} is a cascade stage; explain supports single-stage models only")
+    return predictor
+
+
+def ciml_network(predictor: nnUNetPredictor, where: str = "the predictor") -> CIMLUNet:
+    """The predictor's CIML network (behind ``torch.compile``/DDP wrappers); ExplainError if it is none."""
+    network = getattr(predictor.network, "module", predictor.network)
+    network = getattr(network, "_orig_mod", network)
+    if not isinstance(network, CIMLUNet):
+        raise ExplainError(f"{where} holds a {type(network).__name__} (trainer {predictor.trainer_name}), not a "
+                           f"CIML network: explain needs a model trained with -tr nnUNetTrainerCIML (or a variant)")
+    if not network.message_pairs:
+        raise ExplainError(f"{where} is a CIML network without messages (trainer {predictor.trainer_name}): "
+                           f"there is no cross-modal contribution to explain")
+    return network
+
+
+def _match(name: str, options: Sequence[str], what: str) -> str:
+    for option in options:
+        if option.lower() == name.lower():
+            return option
+    raise ExplainError(f"unknown {what} {name!r}; this model's {what}s are: {', '.join(map(repr, options))}")
+
+
+def _selection(network: CIMLUNet, subtasks: Optional[Sequence[str]],
+               senders: Optional[Sequence[str]]) -> Tuple[List[int], List[int], List[int]]:
+    """(subtask indices, message pairs to compute, message pairs to return)."""
+    names = network.subtask_names
+    chosen = sorted({names.index(_match(s, names, "subtask")) for s in subtasks}) if subtasks else \
+        sorted({i for _, i in network.message_pairs})
+    sender_names = network.modality_names
+    sending = {sender_names.index(_match(s, sender_names, "sender modality")) for s in senders} if senders else \
+        set(range(len(sender_names)))
+    computed = [p for p, (_, i) in enumerate(network.message_pairs) if i in chosen]
+    if not computed:
+        raise ExplainError(f"subtask(s) {[names[i] for i in chosen]} receive no messages")
+    shown = [p for p in computed if network.message_pairs[p][0] in sending]
+    if not shown:
+        valid = sorted({sender_names[network.message_pairs[p][0]] for p in computed})
+        raise ExplainError(f"sender(s) {sorted(sender_names[j] for j in sending)} send no messages to subtask(s) "
+                           f"{[names[i] for i in chosen]} (a subtask's primary modality does not message it); "
+                           f"their senders are: {', '.join(map(repr, valid))}")
+    return chosen, computed, shown
+
+
+def _target_channels(network: CIMLUNet, has_regions: bool) -> Dict[int, List[int]]:
+    # Softmax channel 0 is background: what a subtask finds is its foreground.
+    return {i: [k for k in outs if has_regions or k != 0] for i, outs in enumerate(network.subtask_outputs)}
+
+
+def _predicted_channels(logits: torch.Tensor, has_regions: bool) -> torch.Tensor:
+    """``(K, *spatial)`` uint8: where the model predicts each output channel (sigmoid > 0.5 or argmax)."""
+    logits = np.asarray(logits.detach().float().cpu())
+    if has_regions:
+        return torch.from_numpy((logits > 0).astype(np.uint8))
+    winner = logits.argmax(0)
+    return torch.from_numpy(np.stack([winner == k for k in range(logits.shape[0])]).astype(np.uint8))
+
+
+def _predicted_outputs(segmentation: np.ndarray, channels: Sequence[int], label_manager) -> np.ndarray:
+    """Voxels of nnU-Net's exported segmentation that belong to these output channels (bool)."""
+    if label_manager.has_regions:
+        regions = [label_manager.foreground_regions[k] for k in channels]
+        values = sorted({int(v) for r in regions for v in np.atleast_1d(r)})
+    else:
+        values = [int(label_manager.all_labels[k]) for k in channels]
+    return np.isin(segmentation, values)
+
+
+def explain_image(predictor: nnUNetPredictor, image: np.ndarray, properties: dict,
+                  subtasks: Optional[Sequence[str]] = None, senders: Optional[Sequence[str]] = None,
+                  case: str = "case") -> CaseExplanation:
+    """Explain one case given as the model's reader returns it: ``image`` ``(M, *spatial)``, ``properties``.
+
+    ``subtasks``/``senders``: names (case-insensitive) to restrict to; default all. Uses the predictor's
+    network with the weights it holds now (after ``initialize_from_trained_model_folder``: the first fold's;
+    weights edited in memory included); the predictor's ``use_mirroring`` and ``tile_step_size`` apply.
+    """
+    network = ciml_network(predictor)
+    chosen, computed, shown = _selection(network, subtasks, senders)
+    if image.shape[0] != len(network.modality_names):
+        raise ExplainError(f"case {case!r} has {image.shape[0]} channels; the model expects "
+                           f"{len(network.modality_names)} ({', '.join(network.modality_names)})")
+    # CPU threads as nnU-Net's own inference sets them (predict_logits_from_preprocessed_data).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(default_num_processes, threads))
+    try:
+        return _explain_image(predictor, network, image, properties, chosen, computed, shown, case)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _explain_image(predictor: nnUNetPredictor, network: CIMLUNet, image: np.ndarray, properties: dict,
+                   chosen: List[int], computed: List[int], shown: List[int], case: str) -> CaseExplanation:
+    plans_manager, configuration_manager = predictor.plans_manager, predictor.configuration_manager
+    label_manager = predictor.label_manager
+    preprocessor = configuration_manager.preprocessor_class(verbose=predictor.verbose_preprocessing)
+    data, _, props = preprocessor.run_case_npy(image, None, deepcopy(properties), plans_manager,
+                                               configuration_manager, predictor.dataset_json)
+    data = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+
+    show_progress, predictor.allow_tqdm = predictor.allow_tqdm, False  # one progress bar (the Grad-CAM tiles)
+    try:
+        logits = predictor.predict_sliding_window_return_logits(data).cpu()
+    finally:
+        predictor.allow_tqdm = show_progress
+    targets = _predicted_channels(logits, label_manager.has_regions)
+    target_channels = _target_channels(network, label_manager.has_regions)
+    with MessageGradCAM(network, computed, target_channels) as gradcam:
+        cams = sliding_window_message_cams(predictor, gradcam, data, targets)
+    maps = to_input_geometry(cams, props, plans_manager, configuration_manager)
+    segmentation = convert_predicted_logits_to_segmentation_with_correct_shape(
+        logits.float(), plans_manager, configuration_manager, label_manager, props)
+    segmentation = np.asarray(segmentation)
+
+    modalities, subtask_names = network.modality_names, network.subtask_names
+    result = CaseExplanation(case=case, maps={}, shares={}, masses={}, target_voxels={},
+                             segmentation=segmentation, predicted={}, image=image, properties=props,
+                             modalities=list(modalities), primaries={})
+    for i in chosen:
+        subtask = subtask_names[i]
+        result.primaries[subtask] = modalities[network.subtask_primaries[i]]
+        result.predicted[subtask] = _predicted_outputs(segmentation, target_channels[i], label_manager)
+        result.target_voxels[subtask] = int(targets[target_channels[i]].amax(0).sum()) if target_channels[i] else 0
+        pairs = [p for p in computed if network.message_pairs[p][1] == i]
+        masses = {modalities[network.message_pairs[p][0]]: float(maps[computed.index(p)].sum(dtype=np.float64))
+                  for p in pairs}
+        total = sum(masses.values())
+        result.masses[subtask] = masses
+        result.shares[subtask] = {s: (m / total if total > 0 else None) for s, m in masses.items()}
+        result.senders[subtask] = [modalities[network.message_pairs[p][0]] for p in pairs if p in shown]
+        for p in pairs:
+            if p in shown:
+                result.maps[(modalities[network.message_pairs[p][0]], subtask)] = maps[computed.index(p)]
+    return result
+
+
+def explain_case(predictor: nnUNetPredictor, image_files: Sequence[Union[str, Path]],
+                 subtasks: Optional[Sequence[str]] = None, senders: Optional[Sequence[str]] = None,
+                 case: Optional[str] = None) -> CaseExplanation:
+    """Explain one case from its channel files (``_0000``, ``_0001``, ... in order), read with the model's reader."""
+    files = [str(f) for f in image_files]
+    if case is None:
+        name = Path(files[0]).name
+        case = re.sub(r"_\d{4}$", "", name[:-len(predictor.dataset_json["file_ending"])]) \
+            if name.endswith(predictor.dataset_json["file_ending"]) else name
+    reader = predictor.plans_manager.image_reader_writer_class()
+    try:
+        image, properties = reader.read_images(files)
+    except Exception as e:
+        raise ExplainError(f"case {case!r}: cannot read {files} with {type(reader).__name__}: {e}") from e
+    if not can_write_map(properties):
+        raise ExplainError(f"case {case!r}: maps are written as NIfTI in the input's geometry, which needs a "
+                           f"SimpleITK or nibabel reader; this model reads with {type(reader).__name__}")
+    return explain_image(predictor, image, properties, subtasks, senders, case)
+
+
+def _file_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", name).strip("_") or "unnamed"
+
+
+def map_file_name(sender: str, subtask: str) -> str:
+    """``<sender>_to_<subtask>.nii.gz`` (characters other than letters, digits, ``.+-`` become ``_``)."""
+    return f"{_file_name(sender)}_to_{_file_name(subtask)}.nii.gz"
+
+
+def write_case_explanation(explanation: CaseExplanation, out_dir: Union[str, Path]) -> dict:
+    """Write ``out_dir/<case>/``: one NIfTI map per (sender, subtask) ``<sender>_to_<subtask>.nii.gz``,
+    ``prediction.nii.gz`` (nnU-Net's segmentation) and ``messages_to_<subtask>.png``, all in the input's
+    geometry. Returns the case's summary (shares, masses, file names relative to ``out_dir``).
+    """
+    out_dir = Path(out_dir)
+    case_dir = out_dir / explanation.case
+    case_dir.mkdir(parents=True, exist_ok=True)
+    props = explanation.properties
+    prediction = case_dir / "prediction.nii.gz"
+    write_map(explanation.segmentation.astype(np.uint8 if explanation.segmentation.max(initial=0) < 256
+                                              else np.uint16), prediction, props)
+    spacing = props["spacing"]
+    aspect = float(spacing[-2]) / float(spacing[-1]) if len(spacing) >= 2 else 1.0
+    images = {m: explanation.image[c] for c, m in enumerate(explanation.modalities)}
+    summary = {"prediction": prediction.relative_to(out_dir).as_posix(), "subtasks": {}}
+    for subtask, shares in explanation.shares.items():
+        entry = {"primary": explanation.primaries[subtask], "target_voxels": explanation.target_voxels[subtask],
+                 "senders": {}}
+        for sender, share in shares.items():
+            entry["senders"][sender] = {"share": share, "mass": explanation.masses[subtask][sender]}
+            if (sender, subtask) in explanation.maps:
+                path = case_dir / map_file_name(sender, subtask)
+                write_map(explanation.maps[(sender, subtask)], path, props)
+                entry["senders"][sender]["map"] = path.relative_to(out_dir).as_posix()
+        shown = {s: explanation.maps[(s, subtask)] for s in explanation.senders[subtask]}
+        if shown:
+            png = case_dir / f"messages_to_{_file_name(subtask)}.png"
+            entry["slices"] = render_subtask_overlay(png, explanation.case, subtask, explanation.primaries[subtask],
+                                                     images, shown, shares, explanation.predicted[subtask], aspect)
+            entry["overlay"] = png.relative_to(out_dir).as_posix()
+        summary["subtasks"][subtask] = entry
+    return summary
+
+
+def find_cases(input_dir: Union[str, Path], file_ending: str, modalities: Sequence[str]) -> Dict[str, List[str]]:
+    """Channel files per case in an nnU-Net input folder (``CASE_XXXX<file_ending>``), checked complete."""
+    input_dir = Path(input_dir)
+    if not input_dir.is_dir():
+        raise ExplainError(f"input folder {str(input_dir)!r} does not exist")
+    expected = ", ".join(f"_{c:04d}: {m}" for c, m in enumerate(modalities))
+    pattern = re.compile(rf"^(.+)_(\d{{4}}){re.escape(file_ending)}$")
+    channels: Dict[str, Dict[int, str]] = {}
+    unnamed = []
+    for path in sorted(input_dir.iterdir()):
+        if not path.is_file() or not path.name.endswith(file_ending):
+            continue
+        match = pattern.match(path.name)
+        if match is None:
+            unnamed.append(path.name)
+            continue
+        channels.setdefault(match.group(1), {})[int(match.group(2))] = str(path)
+    if unnamed:
+        raise ExplainError(f"{str(input_dir)!r}: file(s) {unnamed[:5]} lack the channel suffix; name each "
+                           f"case's files CASE_XXXX{file_ending} ({expected})")
+    if not channels:
+        raise ExplainError(f"no cases in {str(input_dir)!r}: expected files CASE_XXXX{file_ending}, one per "
+                           f"channel ({expected})")
+    cases = {}
+    for case, files in channels.items():
+        missing = [f"{case}_{c:04d}{file_ending} ({m})" for c, m in enumerate(modalities) if c not in files]
+        extra = [Path(files[c]).name for c in sorted(files) if c >= len(modalities)]
+        if missing or extra:
+            problem = f"lacks {', '.join(missing)}" if missing else ""
+            problem += ("; " if missing and extra else "") + (f"has unexpected {', '.join(extra)}" if extra else "")
+            raise ExplainError(f"case {case!r} in {str(input_dir)!r} {problem}: the model expects "
+                               f"{len(modalities)} channels ({expected})")
+        cases[case] = [files[c] for c in range(len(modalities))]
+    return cases
+
+
+def explain_folder(model_folder: Union[str, Path], fold: Union[int, str], input_dir: Union[str, Path],
+                   out_dir: Union[str, Path], subtasks: Optional[Sequence[str]] = None,
+                   senders: Optional[Sequence[str]] = None, device: Union[str, torch.device, None] = None,
+                   checkpoint_name: str = "checkpoint_final.pth", tile_step_size: float = 0.5,
+                   use_mirroring: bool = True) -> dict:
+    """Explain every case of ``input_dir`` (named as for ``nnUNetv2_predict``) with one fold of a CIML model.
+
+    Writes ``out_dir/<case>/`` (:func:`write_case_explanation`) and ``out_dir/explain.json``; returns that
+    summary: ``{"cases": {case: {...}}, "mean_share": {subtask: {sender: mean over cases with a target}}, ...}``.
+    All inputs are checked before any case is computed.
+    """
+    predictor = load_predictor(model_folder, fold, device, checkpoint_name, tile_step_size, use_mirroring)
+    network = ciml_network(predictor)
+    chosen, computed, _ = _selection(network, subtasks, senders)
+    cases = find_cases(input_dir, predictor.dataset_json["file_ending"], network.modality_names)
+    out_dir = Path(out_dir)
+    if out_dir.resolve() == Path(input_dir).resolve():
+        raise ExplainError(f"the output folder must differ from the input folder {str(input_dir)!r}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    modalities = network.modality_names
+    summary = {
+        "model_folder": str(Path(model_folder).resolve()), "fold": str(fold), "checkpoint": checkpoint_name,
+        "trainer": predictor.trainer_name, "modalities": list(modalities),
+        "subtasks": {network.subtask_names[i]: {
+            "primary": modalities[network.subtask_primaries[i]],
+            "senders": [modalities[j] for p, (j, r) in enumerate(network.message_pairs) if r == i and p in computed]}
+            for i in chosen},
+        "method": "Grad-CAM on the message tensors per (sender, subtask): target = subtask's foreground logits summed "
+                  "over the voxels nnU-Net predicts as them; ReLU(sum_c mean(grad_c) * message_c) per skip level, "
+                  "mass-preserving upsampling, summed over levels; share = sender's mass / all senders' mass",
+        "cases": {},
+    }
+    for case, files in tqdm(cases.items(), desc="explain", disable=not predictor.allow_tqdm):
+        explanation = explain_case(predictor, files, subtasks, senders, case)
+        summary["cases"][case] = write_case_explanation(explanation, out_dir)
+    summary["mean_share"] = {}
+    for subtask, info in summary["subtasks"].items():
+        summary["mean_share"][subtask] = {}
+        for sender in info["senders"]:
+            values = [c["subtasks"][subtask]["senders"][sender]["share"] for c in summary["cases"].values()]
+            values = [v for v in values if v is not None]
+            summary["mean_share"][subtask][sender] = float(np.mean(values)) if values else None
+    save_json(summary, str(out_dir / SUMMARY_FILE), sort_keys=False)
+    return summary

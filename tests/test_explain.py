@@ -1,0 +1,342 @@
+"""``nnunetv2_ciml explain``: message Grad-CAM maps of a real (tiny) CIML model trained with nnU-Net's CLI.
+
+One 2D region-based model (channels T1ce, T2, FLAIR; subtasks "FLAIR" <- T1ce, T2 and "T1ce" <- T2, FLAIR)
+is planned, preprocessed and trained by nnU-Net (``nnUNetTrainerCIML_CPUtest``) once for the module.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from synthetic import make_dataset, shrink_plans
+
+TRAINER = "nnUNetTrainerCIML_CPUtest"
+DATASET_ID = 961
+
+
+def run(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(env, raw dataset folder, model folder) of a CIML model trained by nnU-Net.
+
+    nnU-Net's own Python API in this process (fingerprint, planning, preprocessing, ``run_training``),
+    the same code as its CLI minus the CLI's start-up and its ``torch.set_num_threads(cpu_count())``,
+    which makes tiny CPU runs several times slower on a busy 2-core machine.
+    """
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments, preprocess
+    from nnunetv2.run.run_training import run_training
+
+    root = tmp_path_factory.mktemp("explain")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
+    env.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
+               nnUNet_results=str(root / "results"), nnUNet_compile="f", nnUNet_def_n_proc="1",
+               nnUNet_n_proc_DA="1")  # 0 breaks nnU-Net's preprocessing
+    raw = make_dataset(root / "raw", DATASET_ID, regions=True, shape=(32, 32), num_cases=5, num_test=2)
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            if key.startswith("nnUNet_"):
+                mp.setenv(key, value)
+        extract_fingerprints([DATASET_ID], num_processes=1)
+        plan_experiments([DATASET_ID])
+        preprocess([DATASET_ID], configurations=("2d",), num_processes=(1,))
+        shrink_plans(root / "preprocessed", raw.name, "2d")
+        mp.setenv("nnUNet_n_proc_DA", "0")
+        torch.set_num_threads(1)
+        try:
+            run_training(str(DATASET_ID), "2d", 0, TRAINER, device=torch.device("cpu"))
+        finally:
+            torch.set_num_threads(threads)
+    model = root / "results" / raw.name / f"{TRAINER}__nnUNetPlans__2d"
+    assert (model / "fold_0" / "checkpoint_final.pth").is_file()
+    return env, raw, model
+
+
+@pytest.fixture(scope="module")
+def predictor(trained):
+    """The model loaded for the Python API. Tests edit its weights; each sets those it relies on."""
+    from nnunetv2_ciml.interpretability import load_predictor
+    return load_predictor(trained[2], 0, device="cpu", use_mirroring=False, allow_tqdm=False)
+
+
+def write_case(folder: Path, case: str, channels, spacing, origin, direction) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for c, array in enumerate(channels):
+        image = sitk.GetImageFromArray(array.astype(np.float32))
+        image.SetSpacing(spacing)
+        image.SetOrigin(origin)
+        image.SetDirection(direction)
+        sitk.WriteImage(image, str(folder / f"{case}_{c:04d}.nii.gz"))
+
+
+def assert_same_geometry(path: Path, reference: Path) -> None:
+    a, b = sitk.ReadImage(str(path)), sitk.ReadImage(str(reference))
+    assert a.GetSize() == b.GetSize(), path.name
+    assert a.GetSpacing() == b.GetSpacing() and a.GetOrigin() == b.GetOrigin(), path.name
+    assert a.GetDirection() == b.GetDirection(), path.name
+
+
+def test_folder_maps_in_the_input_geometry_with_shares(trained, tmp_path):
+    """Anisotropic spacing (resampled by nnU-Net), flipped axes, origin, 3 slices for the 2D model and a
+    zero border (cropped by nnU-Net): maps come back on the input's grid, zero outside the crop."""
+    from nnunetv2_ciml.interpretability import explain_folder, map_file_name
+
+    _, raw, model = trained
+    rng = np.random.default_rng(1)
+    shape = (3, 40, 36)
+    grid = np.indices(shape[1:])
+    blob = ((grid[0] - 18) ** 2 + (grid[1] - 16) ** 2 <= 64)[None].repeat(3, 0)
+    core = blob & (grid[1] < 16)[None]
+    channels = [core + rng.normal(0, 0.3, shape), 0.3 * blob + rng.normal(0, 0.3, shape),
+                blob + 0.2 * core + rng.normal(0, 0.3, shape)]
+    for c in channels:
+        c[:, :2], c[:, -2:], c[:, :, :2], c[:, :, -2:] = 0, 0, 0, 0
+    inputs = tmp_path / "in"
+    write_case(inputs, "tilted", channels, (0.8, 1.25, 2.5), (12.5, -30.0, 7.0),
+               (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
+
+    summary = explain_folder(model, 0, inputs, tmp_path / "out", device="cpu", use_mirroring=False)
+
+    written = json.loads((tmp_path / "out" / "explain.json").read_text())
+    assert written == json.loads(json.dumps(summary))
+    assert summary["subtasks"] == {"FLAIR": {"primary": "FLAIR", "senders": ["T1ce", "T2"]},
+                                   "T1ce": {"primary": "T1ce", "senders": ["T2", "FLAIR"]}}
+    reference = inputs / "tilted_0000.nii.gz"
+    case = summary["cases"]["tilted"]
+    assert_same_geometry(tmp_path / "out" / case["prediction"], reference)
+    for subtask, info in summary["subtasks"].items():
+        entry = case["subtasks"][subtask]
+        assert entry["primary"] == info["primary"]
+        assert set(entry["senders"]) == set(info["senders"])
+        for sender, values in entry["senders"].items():
+            path = tmp_path / "out" / values["map"]
+            assert path.name == map_file_name(sender, subtask)
+            assert_same_geometry(path, reference)
+            array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+            assert array.dtype == np.float32 and array.min() >= 0
+            assert not array[:, :2].any() and not array[:, -2:].any() and not array[:, :, -2:].any()
+            assert values["mass"] == pytest.approx(float(array.sum(dtype=np.float64)), rel=1e-4, abs=1e-12)
+        shares = [v["share"] for v in entry["senders"].values()]
+        if entry["target_voxels"]:
+            assert sum(shares) == pytest.approx(1.0)
+        else:
+            assert shares == [None, None]
+        png = tmp_path / "out" / entry["overlay"]
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert all(0 <= z < shape[0] for z in entry["slices"])
+
+
+def _case_files(raw: Path, case: str = "case_005"):
+    return [raw / "imagesTs" / f"{case}_{c:04d}.nii.gz" for c in range(3)]
+
+
+def _decoder_bias(network, subtask: int, value: float) -> None:
+    for layer in network.decoder[subtask].seg_layers:
+        torch.nn.init.constant_(layer.bias, value)
+
+
+def test_only_the_sender_with_messages_has_a_map(trained, predictor):
+    """Zero T2's messages to subtask "FLAIR" (and give T1ce's clearly non-zero ones): T2's map is exactly zero,
+    T1ce's is not and holds the whole share. Filtering senders changes what is returned, not the numbers."""
+    from nnunetv2_ciml.interpretability import ciml_network, explain_case
+
+    _, raw, _ = trained
+    network = ciml_network(predictor)
+    flair = network.subtask_names.index("FLAIR")
+    t1ce, t2 = network.modality_names.index("T1ce"), network.modality_names.index("T2")
+    pair = {j: p for p, (j, i) in enumerate(network.message_pairs) if i == flair}
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for level in network.messages:
+            level[pair[t1ce]].project.weight.copy_(
+                torch.randn(level[pair[t1ce]].project.weight.shape, generator=generator))
+            level[pair[t2]].project.weight.zero_()
+        _decoder_bias(network, flair, 10.0)  # predict the subtask everywhere: a target on every voxel
+
+    result = explain_case(predictor, _case_files(raw), subtasks=["flair"])
+    assert set(result.maps) == {("T1ce", "FLAIR"), ("T2", "FLAIR")}
+    assert result.target_voxels["FLAIR"] == 32 * 32
+    assert result.maps[("T1ce", "FLAIR")].shape == (1, 32, 32)
+    assert result.maps[("T1ce", "FLAIR")].max() > 0
+    assert not result.maps[("T2", "FLAIR")].any()
+    assert result.shares["FLAIR"] == {"T1ce": 1.0, "T2": 0.0}
+    assert result.predicted["FLAIR"].all()
+
+    only = explain_case(predictor, _case_files(raw), subtasks=["FLAIR"], senders=["t1ce"])
+    assert set(only.maps) == {("T1ce", "FLAIR")}
+    np.testing.assert_allclose(only.maps[("T1ce", "FLAIR")], result.maps[("T1ce", "FLAIR")], rtol=1e-6)
+    assert only.shares == result.shares
+
+    with torch.no_grad():
+        _decoder_bias(network, flair, -10.0)  # nothing predicted: nothing to explain
+    empty = explain_case(predictor, _case_files(raw), subtasks=["FLAIR"])
+    assert empty.target_voxels["FLAIR"] == 0
+    assert not any(m.any() for m in empty.maps.values())
+    assert empty.shares["FLAIR"] == {"T1ce": None, "T2": None}
+
+
+def test_tile_maps_match_pytorch_grad_cam(trained, predictor):
+    """At the full-resolution skip level our per-tile map is Grad-CAM as pytorch-grad-cam computes it."""
+    from pytorch_grad_cam import GradCAM
+
+    from nnunetv2_ciml.interpretability import MessageGradCAM, ciml_network
+
+    _, raw, _ = trained
+    network = ciml_network(predictor)
+    subtask = network.subtask_names.index("T1ce")
+    p = next(p for p, (_, i) in enumerate(network.message_pairs) if i == subtask)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for s, level in enumerate(network.messages):  # only level 0 of pair p sends anything
+            for module in level:
+                module.project.weight.copy_(torch.randn(module.project.weight.shape, generator=generator)
+                                            if (s == 0 and module is level[p]) else 0)
+    x = torch.randn((1, 3, 32, 32), generator=generator)
+    mask = torch.zeros((2, 32, 32), dtype=torch.uint8)
+    mask[:, 8:20, 10:26] = 1
+    channels = network.subtask_outputs[subtask]
+
+    with MessageGradCAM(network, [p], {subtask: channels}) as gradcam:
+        ours = gradcam(x, mask)[0].numpy()
+
+    def target(output):
+        return (output[channels] * mask[channels]).sum()
+
+    with GradCAM(model=network, target_layers=[network.messages[0][p].message]) as cam:
+        reference = cam(input_tensor=x, targets=[target])[0]
+    assert ours.max() > 0
+    scaled = (ours - ours.min()) / (ours.max() - ours.min())
+    np.testing.assert_allclose(scaled, reference, atol=1e-4)
+
+
+def test_softmax_targets_exclude_background_3d():
+    """Label (softmax) models: the target is a subtask's foreground; background alone gives no map. 3D tiles."""
+    from torch import nn
+
+    from nnunetv2_ciml.interpretability import MessageGradCAM
+    from nnunetv2_ciml.interpretability.explain import _predicted_channels, _target_channels
+    from nnunetv2_ciml.network import CIMLUNet
+
+    network = CIMLUNet(2, 3, [4, 8, 16], nn.Conv3d, 3, [1, 2, 2], 3, 1, subtask_primaries=[0, 1],
+                       subtask_outputs=[[0, 1], [2]], n_conv_per_stage=1, norm_op=nn.InstanceNorm3d,
+                       norm_op_kwargs={"affine": True}, nonlin=nn.LeakyReLU, modality_names=["CT", "PET"],
+                       subtask_names=["GTVp", "GTVn"]).eval()
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for level in network.messages:
+            for module in level:
+                module.project.weight.copy_(torch.randn(module.project.weight.shape, generator=generator))
+    x = torch.randn((1, 2, 16, 16, 16), generator=generator)
+    channels = _target_channels(network, has_regions=False)
+    assert channels == {0: [1], 1: [2]}
+    pet_to_gtvp, ct_to_gtvn = network.message_pairs
+
+    def maps(gtvp_bias, gtvn_bias):
+        with torch.no_grad():
+            for layer in network.decoder[0].seg_layers:
+                layer.bias.copy_(torch.tensor(gtvp_bias))
+            for layer in network.decoder[1].seg_layers:
+                layer.bias.fill_(gtvn_bias)
+            targets = _predicted_channels(network(x)[0], has_regions=False)
+        with MessageGradCAM(network, [0, 1], channels) as gradcam:
+            return gradcam(x, targets)
+
+    background = maps([20.0, -20.0], -20.0)
+    assert background.shape == (2, 16, 16, 16) and not background.any()
+    gtvn = maps([0.0, -20.0], 40.0)
+    assert not gtvn[network.message_pairs.index(pet_to_gtvp)].any()
+    assert gtvn[network.message_pairs.index(ct_to_gtvn)].min() >= 0
+    assert gtvn[network.message_pairs.index(ct_to_gtvn)].max() > 0
+
+
+def test_cli_round_trip(trained, tmp_path):
+    env, raw, model = trained
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for f in _case_files(raw, "case_006"):
+        shutil.copy(f, inputs / f.name)
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in inputs.iterdir())
+    out = run(env, sys.executable, "-m", "nnunetv2_ciml.cli", "explain", "-m", str(model), "-f", "0",
+              "-i", str(inputs), "-o", str(tmp_path / "out"), "--subtask", "T1ce", "--sender", "FLAIR",
+              "-device", "cpu", "--disable_tta")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "T1ce: T2" in out.stdout and "FLAIR" in out.stdout
+    summary = json.loads((tmp_path / "out" / "explain.json").read_text())
+    assert list(summary["subtasks"]) == ["T1ce"] and list(summary["cases"]) == ["case_006"]
+    senders = summary["cases"]["case_006"]["subtasks"]["T1ce"]["senders"]
+    assert set(senders) == {"T2", "FLAIR"} and "map" in senders["FLAIR"] and "map" not in senders["T2"]
+    assert sorted(p.name for p in (tmp_path / "out" / "case_006").iterdir()) == \
+        ["FLAIR_to_T1ce.nii.gz", "messages_to_T1ce.png", "prediction.nii.gz"]
+    assert_same_geometry(tmp_path / "out" / senders["FLAIR"]["map"], inputs / "case_006_0000.nii.gz")
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in inputs.iterdir()) == before
+
+
+def _plain_model_folder(trained, folder: Path) -> Path:
+    """A plain nnU-Net model folder (PlainConvUNet from the dataset's plans, untrained weights)."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    env, raw, _ = trained
+    preprocessed = Path(env["nnUNet_preprocessed"]) / raw.name
+    folder.mkdir(parents=True)
+    shutil.copy(preprocessed / "nnUNetPlans.json", folder / "plans.json")
+    shutil.copy(preprocessed / "dataset.json", folder / "dataset.json")
+    plans = PlansManager(str(folder / "plans.json"))
+    network = nnUNetTrainer.build_network_architecture(plans, plans.get_configuration("2d"), 3, 2, False)
+    (folder / "fold_0").mkdir()
+    torch.save({"network_weights": network.state_dict(), "trainer_name": "nnUNetTrainer",
+                "init_args": {"configuration": "2d"}, "inference_allowed_mirroring_axes": (0, 1)},
+               folder / "fold_0" / "checkpoint_final.pth")
+    return folder
+
+
+def test_clear_errors(trained, predictor, tmp_path, capsys):
+    from nnunetv2_ciml import cli
+    from nnunetv2_ciml.interpretability import ExplainError, explain_case, explain_folder, find_cases
+
+    _, raw, model = trained
+    files = _case_files(raw)
+    with pytest.raises(ExplainError, match=r"unknown subtask 'whole tumor'.*'FLAIR', 'T1ce'"):
+        explain_case(predictor, files, subtasks=["whole tumor"])
+    with pytest.raises(ExplainError, match=r"unknown sender modality 'PET'.*'T1ce', 'T2', 'FLAIR'"):
+        explain_case(predictor, files, senders=["PET"])
+    with pytest.raises(ExplainError, match=r"\['FLAIR'\] send no messages to subtask\(s\) \['FLAIR'\].*'T1ce', 'T2'"):
+        explain_case(predictor, files, subtasks=["FLAIR"], senders=["FLAIR"])
+
+    modalities = ["T1ce", "T2", "FLAIR"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ExplainError, match=r"no cases in .*empty.*CASE_XXXX\.nii\.gz.*_0002: FLAIR"):
+        find_cases(tmp_path / "empty", ".nii.gz", modalities)
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for f in files[:2]:
+        shutil.copy(f, partial / f.name)
+    with pytest.raises(ExplainError, match=r"case 'case_005' .* lacks case_005_0002\.nii\.gz \(FLAIR\)"):
+        find_cases(partial, ".nii.gz", modalities)
+    (partial / "notes.nii.gz").write_bytes(b"")
+    with pytest.raises(ExplainError, match=r"\['notes\.nii\.gz'\] lack the channel suffix"):
+        find_cases(partial, ".nii.gz", modalities)
+
+    with pytest.raises(ExplainError, match=r"missing checkpoint .*fold_3.*folds with a checkpoint_final\.pth: fold_0"):
+        explain_folder(model, 3, raw / "imagesTs", tmp_path / "out")
+    with pytest.raises(ExplainError, match=r"not an nnU-Net model folder: it has no plans\.json"):
+        explain_folder(model.parent, 0, raw / "imagesTs", tmp_path / "out")
+    plain = _plain_model_folder(trained, tmp_path / "plain")
+    with pytest.raises(ExplainError, match=r"holds a PlainConvUNet \(trainer nnUNetTrainer\), not a CIML network"):
+        explain_folder(plain, 0, raw / "imagesTs", tmp_path / "out", device="cpu")
+
+    code = cli.main(["explain", "-m", str(model), "-f", "0", "-i", str(partial), "-o", str(tmp_path / "out"),
+                     "-device", "cpu"])
+    assert code == 1
+    assert "nnunetv2_ciml explain: error:" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
