@@ -1,8 +1,11 @@
 """After install, a fresh interpreter with no exports finds our trainers through nnU-Net's own lookup."""
 import json
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 from nnunetv2_ciml.registration import ENV_VAR, EXT_TRAINER_DIR, register_ext_trainer_dir
 
@@ -51,8 +54,25 @@ def test_register_is_idempotent():
 
 
 def test_shim_folder_holds_only_the_shim():
-    # nnU-Net imports every module there as a top-level module: nothing else may live in it.
-    assert sorted(f for f in os.listdir(EXT_TRAINER_DIR) if f.endswith(".py")) == ["nnunetv2_ciml_trainers.py"]
+    # nnU-Net imports every module there as a top-level module (it skips __init__): nothing else may live in it.
+    modules = sorted(f for f in os.listdir(EXT_TRAINER_DIR) if f.endswith(".py"))
+    assert modules == ["__init__.py", "nnunetv2_ciml_trainers.py"]
+
+
+def test_regular_install_ships_the_pth_the_shim_and_the_converters(tmp_path):
+    # Build from a copy: setuptools leaves a build/ folder next to the sources.
+    source = tmp_path / "source"
+    shutil.copytree(Path(__file__).resolve().parents[1], source, ignore=shutil.ignore_patterns(
+        ".git", ".whl", "build", "*.egg-info", "__pycache__", ".pytest_cache"))
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(source),
+                          "-w", str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (wheel,) = tmp_path.glob("nnunetv2_ciml-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"nnunetv2_ciml.pth", "nnunetv2_ciml/_nnunet_ext/nnunetv2_ciml_trainers.py",
+            "nnunetv2_ciml/dataset_conversion/brats.py", "nnunetv2_ciml/training/trainers.py"} <= names
+    pth = zipfile.ZipFile(wheel).read("nnunetv2_ciml.pth").decode()
+    assert pth.startswith("import nnunetv2_ciml.registration")
 
 
 def test_info_command_reports_found_trainers(tmp_path):
