@@ -5,6 +5,7 @@ Use them exactly like nnU-Net's own trainers::
     nnUNetv2_train DATASET 3d_fullres 0 -tr nnUNetTrainerCIML
     nnUNetv2_predict -i IN -o OUT -d DATASET -c 3d_fullres -tr nnUNetTrainerCIML -f 0
 """
+from functools import partial
 from os.path import isdir, join
 from typing import List
 
@@ -66,7 +67,7 @@ class nnUNetTrainerCIML(nnUNetTrainer):
         if self.preprocessed_dataset_folder_base is not None:
             gt_folder = join(self.preprocessed_dataset_folder_base, "gt_segmentations")
             if isdir(gt_folder):
-                counts = lambda: count_label_voxels(gt_folder, self.dataset_json["file_ending"])  # noqa: E731
+                counts = partial(count_label_voxels, gt_folder, self.dataset_json["file_ending"])
         decomposition, origin = resolve_decomposition(
             self.dataset_json, determine_num_input_channels(self.plans_manager, self.configuration_manager,
                                                             self.dataset_json),
