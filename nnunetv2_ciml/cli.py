@@ -14,6 +14,8 @@ SUBCOMMANDS = {
     "evaluate": "nnunetv2_ciml.commands.evaluate",
     "convert": "nnunetv2_ciml.commands.convert",
     "export": "nnunetv2_ciml.commands.export",
+    "demo": "nnunetv2_ciml.commands.demo",
+    "explain": "nnunetv2_ciml.commands.explain",
 }
 
 

@@ -12,10 +12,11 @@ from nnunetv2_ciml.registration import ENV_VAR, EXT_TRAINER_DIR, register_ext_tr
 LOOKUP = """
 import json, os, pickle
 from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as find
-import nnunetv2_ciml.training.trainers as t
-found = {n: find(n) for n in t.__all__}
+from nnunetv2_ciml.training import demo_trainers, trainers
+ours = {n: getattr(m, n) for m in (trainers, demo_trainers) for n in m.__all__}
+found = {n: find(n) for n in ours}
 print(json.dumps({"env": os.environ.get("nnUNet_extTrainer"),
-                  "same_class": all(c is getattr(t, n) for n, c in found.items()),
+                  "same_class": all(c is ours[n] for n, c in found.items()),
                   "picklable": all(pickle.loads(pickle.dumps(c)) is c for c in found.values())}))
 """
 

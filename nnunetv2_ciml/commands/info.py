@@ -19,7 +19,7 @@ def main(args: argparse.Namespace) -> int:
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     from nnunetv2_ciml.registration import ENV_VAR, EXT_TRAINER_DIR
-    from nnunetv2_ciml.training.trainers import __all__ as trainer_names
+    from nnunetv2_ciml.training import demo_trainers, trainers
 
     def v(dist: str) -> str:
         try:
@@ -34,7 +34,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"trainer shim folder            {EXT_TRAINER_DIR}")
     print(f"{ENV_VAR:30s} {os.environ.get(ENV_VAR, '(unset)')}")
     ok = True
-    for name in trainer_names:
+    for name in trainers.__all__ + demo_trainers.__all__:
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # the lookup narrates its search
                 cls = recursive_find_trainer_class_by_name(name)

@@ -1,0 +1,34 @@
+"""``nnunetv2_ciml demo [--out DIR] [--device auto|cpu|cuda] [--quick] [--overwrite]``.
+
+Thin glue over :func:`nnunetv2_ciml.demo.pipeline.run_demo`; stages, settings and claims are documented there.
+"""
+import argparse
+import sys
+
+HELP = ("Run the ShapeComposition demonstration: data, nnU-Net planning, training of nnU-Net, CIML and "
+        "CIML without messages, evaluation, Grad-CAM explanation; writes report.md, results.json, figures.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="ciml_demo", metavar="DIR",
+                        help="output folder (default ./ciml_demo); it also holds the run's nnUNet_raw, "
+                             "nnUNet_preprocessed and nnUNet_results: your own nnU-Net folders are not used")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="training and inference device (default auto: CUDA when available)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a few minutes on a CPU: tiny data and budget to check that every stage works; its "
+                             "numbers say nothing about CIML")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier demo run in --out (any other non-empty folder is refused)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from nnunetv2_ciml.demo.nnunet_steps import StepError
+    from nnunetv2_ciml.demo.pipeline import DemoError, run_demo
+
+    try:
+        run_demo(args.out, device=args.device, quick=args.quick, overwrite=args.overwrite)
+    except (DemoError, StepError) as e:
+        print(f"nnunetv2_ciml demo: error: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,137 @@
+"""The demonstration: its complementary-information scores on known arrays, and ``nnunetv2_ciml demo --quick``
+end to end through the CLI (every stage of the real nnU-Net pipeline runs).
+
+The quick budget says nothing about CIML, so its numbers are checked for form and range, not for which
+model wins (that is the default run's job, reported in its report.md).
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nnunetv2_ciml.demo.complementary import (complementary_share, mass_breakdown, mask_dice, pair_accuracy,
+                                              pair_decisions)
+from nnunetv2_ciml.demo.pipeline import MODELS, PLANS
+from nnunetv2_ciml.demo.shape_composition import ShapeCompositionSpec, make_case
+
+STAGES = {"generate", "plan_and_preprocess", *(f"{s}_{m}" for s in ("train", "predict") for m in MODELS),
+          "evaluate", "explain", "report", "total"}
+
+
+def test_pair_scores_tell_a_resolving_model_from_one_that_guesses():
+    spec = ShapeCompositionSpec(size=(48, 48), radius=(4, 7), num_modalities=3)
+    case = make_case(spec, 0, "Ts", 1)
+    assert case.is_complementary
+    objects = [{"kind": o.kind, "role": o.role, "center": o.center, "radius": o.radius, "twin": o.twin}
+               for o in case.objects]
+    ref, mask = case.label[None], case.complementary[None]
+    both = np.where(mask > 0, mask, ref)  # predicts decoys and twins alike
+    for prediction, accuracy, dice in ((ref, 1.0, 1.0), (both, 0.5, 2 / 3)):
+        assert pair_accuracy(pair_decisions(objects, prediction)) == accuracy
+        in_mask = mask_dice([(ref, prediction, mask)], [1, 2])
+        assert all(abs(v - dice) < 0.02 for v in in_mask.values()), in_mask  # twin and decoy differ by a few pixels
+    assert pair_accuracy([]) is None
+
+
+def test_complementary_share_and_mass_breakdown():
+    mask = np.zeros((1, 20, 20), np.uint8)
+    mask[0, 2:6, 2:6] = 1
+    label = np.zeros_like(mask)
+    label[0, 12:16, 12:16] = 2
+    a, b = np.zeros((1, 20, 20)), np.zeros((1, 20, 20))
+    a[0, 3, 3], a[0, 6, 6] = 2.0, 0.5  # inside the mask, on its rim
+    b[0, 14, 14], b[0, 0, 19] = 1.0, 0.5  # on another object, on the background
+    share, area = complementary_share([a, b], mask > 0)
+    assert share == 0.5 and area == 16 / 400
+    assert mass_breakdown([a, b], mask, label) == {"mask": 0.5, "rim": 0.125, "other_objects": 0.25,
+                                                   "background": 0.125}
+    assert complementary_share([np.zeros((1, 20, 20))], mask > 0) == (None, area)
+    assert mass_breakdown([np.zeros((1, 20, 20))], mask, label) is None
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    env = dict(os.environ)
+    # The user's own nnU-Net folders: the demo must leave them alone.
+    user = {k: root / "user" / k for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    for k, folder in user.items():
+        folder.mkdir(parents=True)
+        env[k] = str(folder)
+    env.update(nnUNet_compile="f", nnUNet_def_n_proc="1")
+    out = root / "out"
+    run = subprocess.run([sys.executable, "-m", "nnunetv2_ciml.cli", "demo", "--quick", "--device", "cpu",
+                          "--out", str(out)], env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, f"demo failed:\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
+    return out, run, user, env
+
+
+@pytest.mark.integration
+def test_results_json_schema_and_ranges(demo):
+    out, _, _, _ = demo
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["models"]) == set(MODELS)
+    for model, r in results["models"].items():
+        assert set(r["dice"]) == set(r["hd95"]) == {"circle", "square"}, model
+        assert 0 <= r["mean_dice"] <= 1 and math.isclose(r["mean_dice"], sum(r["dice"].values()) / 2)
+        assert all(0 <= v <= 1 for v in r["dice"].values()) and all(0 <= v <= 373.2 for v in r["hd95"].values())
+        comp = r["complementary_cases"]
+        assert comp["num_cases"] == 2 and comp["num_pair_objects"] == 2 * 2 * 2  # 2 cases x 2 subtasks x 2 objects
+        assert 0 <= comp["pair_accuracy"] <= 1 and 0 <= comp["mean_dice"] <= 1
+    share, area = results["complementary_share"], results["complementary_area_share"]
+    assert _finite(share) and 0 <= share <= 1 and _finite(area) and 0 < area < 1
+    # the area share is the masks' own: the generator's figure for the held-out complementary cases
+    structure = results["data"]["held_out_information_structure"]
+    assert math.isclose(area, structure["complementary_area_share_in_complementary_cases"], rel_tol=1e-9)
+    breakdown = results["explain"]["mass_breakdown"]
+    assert set(breakdown) == {"mask", "rim", "other_objects", "background"}
+    assert math.isclose(sum(breakdown.values()), 1.0) and math.isclose(breakdown["mask"], share)
+    assert set(results["seconds"]) == STAGES and all(_finite(v) and v >= 0 for v in results["seconds"].values())
+    assert results["seconds"]["total"] >= sum(v for k, v in results["seconds"].items() if k != "total") - 1
+    assert [c["held"] for c in results["claims"]] and all(isinstance(c["held"], bool) for c in results["claims"])
+    kl = results["ciml_message_log"]
+    assert len(kl["pairs"]) == 4 and len(kl["kl"]) == 2 and all(len(e) == 4 for e in kl["kl"])  # 2 epochs x 4 pairs
+
+
+@pytest.mark.integration
+def test_report_figures_and_models_exist_and_user_folders_untouched(demo):
+    out, run, user, _ = demo
+    report = (out / "report.md").read_text()
+    results = json.loads((out / "results.json").read_text())
+    for claim in results["claims"]:
+        assert claim["measured"] in report
+    assert "Quick run" in report and "nnUNetv2_train 990 2d 0 -tr nnUNetTrainerCIML_ShapeCompositionDemoQuick" in report
+    for name in ("examples.png", "dice_hd95.png", "kl_per_message.png"):
+        assert (out / name).stat().st_size > 10_000, name
+        assert f"]({name})" in report
+    for model in MODELS:
+        assert len(list((out / "predictions" / model).glob("test_*.nii.gz"))) == 4
+        trainer = results["training"][model]["trainer"]
+        model_folder = out / "nnUNet_results" / "Dataset990_ShapeComposition" / f"{trainer}__{PLANS}__2d"
+        assert (model_folder / "fold_0" / "checkpoint_final.pth").is_file()
+    assert list((out / "explain").glob("*/*_to_*.nii.gz"))
+    assert all(not any(folder.iterdir()) for folder in user.values())
+    for stage in ("plan_and_preprocess", "train_CIML", "explain", "report"):  # stage timings on the terminal
+        assert f"{stage} done in" in run.stdout
+
+
+@pytest.mark.integration
+def test_refuses_foreign_or_earlier_output_without_overwrite(demo, tmp_path):
+    out, _, _, env = demo
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("user data")
+    for folder, expected in ((foreign, "holds no earlier demo run"), (out, "pass --overwrite")):
+        run = subprocess.run([sys.executable, "-m", "nnunetv2_ciml.cli", "demo", "--quick", "--device", "cpu",
+                              "--out", str(folder)], env=env, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 1 and expected in run.stderr
+    assert (foreign / "keep.txt").read_text() == "user data" and (out / "results.json").is_file()
