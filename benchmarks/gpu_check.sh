@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # One short GPU check for the `device` machine (CUDA image with torch; no network). Carry `.whl`
 # (nnU-Net and its missing dependencies as wheels, see the device README). Prints, writes $OUT/*.
+# .whl was made with `pip wheel --no-deps -w .whl` for nnunetv2==2.8.1 dynamic-network-architectures==0.4.4
+# acvl-utils==0.2.6 batchgenerators==0.25.5 batchgeneratorsv2==0.3.6 nibabel yacs graphviz future unittest2
+# linecache2 traceback2, and `pip download --no-deps --only-binary=:all: --python-version 3.12 ...` (device
+# README) for SimpleITK blosc2 ndindex numexpr: 63 MiB of the 64 MiB a call may carry, so nnU-Net's trainer
+# itself (which also needs connected-components-3d) cannot run there; the benchmark can.
 set -u
 SITE=$(mktemp -d)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl || exit 1
