@@ -7,7 +7,7 @@ Use them exactly like nnU-Net's own trainers::
 """
 from functools import partial
 from os.path import isdir, join
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -40,7 +40,9 @@ class nnUNetTrainerCIML(nnUNetTrainer):
 
     ``initialize`` resolves the decomposition (``ciml`` block of dataset.json, or the defaults) and
     writes the CIML network into the plans this trainer saves with its checkpoints, so that
-    ``nnUNetv2_predict`` rebuilds the identical network from the model folder alone. beta rises
+    ``nnUNetv2_predict`` rebuilds the identical network from the model folder alone. Plans whose
+    configuration already names ``CIMLUNet`` (hand-edited widths, ``message_stages``, ...) are used as
+    they are. A subclass may set ``branch_width_factor`` instead of the FLOP-matching rule. beta rises
     linearly from 0 to ``kl_weight`` over the first ``kl_warmup_fraction`` of the epochs. Per epoch
     it logs beta, the mean KL, and each message's KL and mean magnitude (``ciml_progress.png``).
     """
@@ -48,6 +50,7 @@ class nnUNetTrainerCIML(nnUNetTrainer):
     kl_weight: float = 1e-3
     kl_warmup_fraction: float = 0.1
     messages: bool = True
+    branch_width_factor: Optional[float] = None  # None: the FLOP-matching rule of nnunetv2_ciml.planning
 
     def initialize(self):
         # The network must come from CIML plans before nnU-Net builds it from them.
@@ -73,7 +76,8 @@ class nnUNetTrainerCIML(nnUNetTrainer):
                                                             self.dataset_json),
             counts, source=f"dataset.json of {self.plans_manager.dataset_name}")
         ciml = ciml_architecture(architecture, decomposition, self.configuration_manager.patch_size,
-                                 self.label_manager.num_segmentation_heads, messages=self.messages)
+                                 self.label_manager.num_segmentation_heads, messages=self.messages,
+                                 width_factor=self.branch_width_factor)
         plans["configurations"][self.configuration_name]["architecture"] = ciml
         self.plans_manager = PlansManager(plans)
         self.configuration_manager = self.plans_manager.get_configuration(self.configuration_name)
