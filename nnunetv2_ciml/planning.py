@@ -9,7 +9,8 @@ Branch width rule: every branch (encoder or decoder) gets ``round(w * features_p
 features, where ``w`` is the largest factor for which the CIML network's convolution MACs on one
 patch (messages included, counted by ``torch.utils.flop_counter`` on the meta device) do not exceed
 the plain U-Net's from the same plans, with widths rounded to multiples of 8 (``round_channels``:
-odd widths make CPU and tensor-core convolutions several times slower). The no-message ablation keeps the widths of the full CIML network so that it isolates the
+odd widths make CPU and tensor-core convolutions several times slower). The no-message ablation
+keeps the widths of the full CIML network so that it isolates the
 messages. Pass ``width_factor`` to choose ``w`` yourself.
 """
 import pydoc
@@ -20,10 +21,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from nnunetv2_ciml.decomposition import Decomposition
-from nnunetv2_ciml.network.ciml_unet import round_channels
+from nnunetv2_ciml.network.ciml_unet import MESSAGE_LATENT_FRACTION, round_channels
 
 CIML_NETWORK = "nnunetv2_ciml.network.ciml_unet.CIMLUNet"
-MESSAGE_LATENT_FRACTION = 0.25
 SUPPORTED = {
     "dynamic_network_architectures.architectures.unet.PlainConvUNet",
     "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet",

@@ -23,6 +23,9 @@ _DECODER_READS = ("output_channels", "strides", "conv_op", "conv_bias", "norm_op
                   "dropout_op", "dropout_op_kwargs", "nonlin", "nonlin_kwargs", "kernel_sizes")
 
 
+MESSAGE_LATENT_FRACTION = 0.25
+
+
 def round_channels(channels: float) -> int:
     """Round to a multiple of 8 from 8 channels up (CPU and tensor-core kernels are much faster on
     those), to an integer >= 1 below that (tiny test networks)."""
@@ -95,7 +98,7 @@ class CIMLUNet(nn.Module):
                  stem_channels: Optional[int] = None,
                  messages: bool = True,
                  message_stages: Optional[Sequence[int]] = None,
-                 message_latent_fraction: float = 0.25,
+                 message_latent_fraction: float = MESSAGE_LATENT_FRACTION,
                  checkpoint_messages: bool = True,
                  modality_names: Optional[Sequence[str]] = None,
                  subtask_names: Optional[Sequence[str]] = None):

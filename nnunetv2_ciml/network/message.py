@@ -1,5 +1,5 @@
 """The complementary message from one modality's encoder to another subtask's decoder."""
-from typing import Sequence, Tuple, Type
+from typing import Optional, Sequence, Tuple, Type
 
 import torch
 from torch import nn
@@ -14,7 +14,8 @@ class ComplementaryMessage(nn.Module):
     (one channel) says where the receiver needs outside information; ``W`` is a zero-initialised 1x1
     projection, so an untrained message is exactly zero. ``kl`` is ``KL(N(mu, sigma^2) || N(0, I))``
     summed over latent channels and averaged over batch and voxels (nats per voxel), in float32 so that
-    it is safe under AMP; it is only computed in training mode (0 in eval mode, where nothing uses it).
+    it is safe under AMP; it is only computed in training mode (``None`` in eval mode, where nothing
+    uses it, so that sliding-window inference pays for the message alone).
 
     Args:
         conv_op: ``nn.Conv2d`` or ``nn.Conv3d``.
@@ -36,15 +37,16 @@ class ComplementaryMessage(nn.Module):
     def zero_init(self) -> None:
         nn.init.zeros_(self.project.weight)
 
-    def forward(self, sender: torch.Tensor, receiver: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``sender``, ``receiver``: ``(B, C, *spatial)``. Returns the message ``(B, C, *spatial)`` and the KL (scalar)."""
+    def forward(self, sender: torch.Tensor, receiver: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``sender``, ``receiver``: ``(B, C, *spatial)``. Returns the message ``(B, C, *spatial)`` and the KL
+        (scalar; ``None`` in eval mode)."""
         mu, logvar = self.posterior(torch.cat((sender, receiver), 1)).chunk(2, dim=1)
         logvar = logvar.clamp(-10.0, 10.0)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if self.training else mu
         attention = torch.sigmoid(self.attention(torch.cat((receiver, z), 1)))
         message = self.message(attention * self.project(z))
         if not self.training:
-            return message, message.new_zeros((), dtype=torch.float32)
+            return message, None
         mu32, logvar32 = mu.float(), logvar.float()
         kl = 0.5 * (mu32.square() + logvar32.exp() - 1.0 - logvar32).sum(1).mean()
         return message, kl
