@@ -13,7 +13,10 @@ from setuptools.command.editable_wheel import editable_wheel
 
 HERE = Path(__file__).parent
 PTH_NAME = "nnunetv2_ciml.pth"
-PTH_LINE = "import nnunetv2_ciml.registration as r; r.register_ext_trainer_dir()\n"
+# Silent when the package is gone (e.g. the source folder of an editable install was deleted): a .pth
+# that raises prints a traceback at every Python start-up.
+PTH_LINE = ("import sys; exec('try: import nnunetv2_ciml.registration as r\\nexcept ImportError: pass\\n"
+            "else: r.register_ext_trainer_dir()')\n")
 
 
 class BuildPyWithPth(build_py):

@@ -7,8 +7,11 @@ Each model runs in a fresh process so that peak memory is its own:
 
 - step time: forward + nnU-Net's loss (+ beta * KL for CIML) + backward + SGD step, median of
   ``--steps`` after warm-up, autocast on CUDA as nnU-Net trains;
-- peak memory: CUDA ``max_memory_allocated`` over the training steps; on CPU the growth of the
-  process's peak RSS over its size before the first step;
+- memory: on CUDA, ``max_memory_allocated`` over the training steps; on CPU, where peak RSS growth is
+  too noisy to compare (0.7x to 1.5x for the same networks across runs), the bytes a training step
+  must hold: activations saved for backward by one forward pass (autograd's saved tensors,
+  deduplicated by storage) plus weights, gradients and SGD momentum (3 x parameter bytes). The
+  activations are also printed on their own on both devices;
 - inference: ``nnUNetPredictor.predict_sliding_window_return_logits`` on a whole volume (nnU-Net's
   own tiling and Gaussian weighting, no mirroring).
 
@@ -20,7 +23,6 @@ Targets (issue 2): step time and inference <= 1.25x plain, peak memory <= 1.3x p
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -62,9 +64,19 @@ def plans_for(setup: dict, patch: List[int]) -> dict:
                                               "batch_dice": False}}}
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def saved_activation_bytes(forward) -> int:
+    """Bytes of the tensors autograd saves for backward during ``forward()``, each storage counted once."""
+    import torch
+
+    storages: Dict[int, int] = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward()
+    return sum(storages.values())
 
 
 def worker(setup_name: str, model: str, device_name: str, steps: int, compile_: bool) -> Dict[str, float]:
@@ -153,15 +165,16 @@ def worker(setup_name: str, model: str, device_name: str, steps: int, compile_: 
     sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    rss_before = rss_bytes()
     times = []
     for _ in range(steps):
         t = time.perf_counter()
         step()
         sync()
         times.append(time.perf_counter() - t)
+    with torch.autocast(device.type, enabled=device.type == "cuda"):
+        activations = saved_activation_bytes(lambda: network(data))
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before)
+            else activations + 3 * sum(p.numel() * p.element_size() for p in network.parameters()))
     kl = float(network.kl) if model != "plain" else 0.0  # also shows that compiled forwards update it
 
     network.eval()
@@ -179,6 +192,7 @@ def worker(setup_name: str, model: str, device_name: str, steps: int, compile_: 
     sync()
     inference = time.perf_counter() - t
     return {"step_s": statistics.median(times), "peak_mem_bytes": float(peak), "params": float(params),
+            "activation_bytes": float(activations),
             "inference_s": inference, "kl": kl, "patch": patch, "features": arch["arch_kwargs"]["features_per_stage"]}
 
 
@@ -211,19 +225,22 @@ def main() -> None:
             results[setup][model] = json.loads(out.stdout.strip().splitlines()[-1])
             r = results[setup][model]
             print(f"{setup:6s} {model:16s} patch {r['patch']} features {r['features']}: step {r['step_s']:.3f} s, "
-                  f"peak {r['peak_mem_bytes'] / 2 ** 20:.0f} MiB, params {r['params'] / 1e6:.2f} M, "
+                  f"memory {r['peak_mem_bytes'] / 2 ** 20:.0f} MiB (activations "
+                  f"{r['activation_bytes'] / 2 ** 20:.0f} MiB), params {r['params'] / 1e6:.2f} M, "
                   f"inference {r['inference_s']:.2f} s, KL {r['kl']:.4f}", flush=True)
 
     print(f"\nratios to plain nnU-Net, measured in this run on {args.device} (targets: step, inference <= 1.25; "
           "memory <= 1.3)")
-    print(f"{'setup':6s} {'model':16s} {'step':>6s} {'memory':>7s} {'params':>7s} {'inference':>9s}")
+    print(f"{'setup':6s} {'model':20s} {'step':>6s} {'memory':>7s} {'activations':>11s} {'params':>7s} "
+          f"{'inference':>9s}")
     for setup, per_model in results.items():
         plain = per_model.get("plain")
         for model, r in per_model.items():
             if model == "plain" or plain is None:
                 continue
-            print(f"{setup:6s} {model:16s} {r['step_s'] / plain['step_s']:6.2f} "
-                  f"{r['peak_mem_bytes'] / plain['peak_mem_bytes']:7.2f} {r['params'] / plain['params']:7.2f} "
+            print(f"{setup:6s} {model:20s} {r['step_s'] / plain['step_s']:6.2f} "
+                  f"{r['peak_mem_bytes'] / plain['peak_mem_bytes']:7.2f} "
+                  f"{r['activation_bytes'] / plain['activation_bytes']:11.2f} {r['params'] / plain['params']:7.2f} "
                   f"{r['inference_s'] / plain['inference_s']:9.2f}")
     if args.json:
         with open(args.json, "w") as f:

@@ -154,13 +154,13 @@ def test_only_the_sender_with_messages_has_a_map(trained, predictor):
     network = ciml_network(predictor)
     flair = network.subtask_names.index("FLAIR")
     t1ce, t2 = network.modality_names.index("T1ce"), network.modality_names.index("T2")
-    pair = {j: p for p, (j, i) in enumerate(network.message_pairs) if i == flair}
+    senders = network.senders(flair)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for level in network.messages:
-            level[pair[t1ce]].project.weight.copy_(
-                torch.randn(level[pair[t1ce]].project.weight.shape, generator=generator))
-            level[pair[t2]].project.weight.zero_()
+            w = level[flair].projection(senders.index(t1ce))
+            w.copy_(torch.randn(w.shape, generator=generator))
+            level[flair].projection(senders.index(t2)).zero_()
         _decoder_bias(network, flair, 10.0)  # predict the subtask everywhere: a target on every voxel
 
     result = explain_case(predictor, _case_files(raw), subtasks=["flair"])
@@ -197,10 +197,11 @@ def test_tile_maps_match_pytorch_grad_cam(trained, predictor):
     p = next(p for p, (_, i) in enumerate(network.message_pairs) if i == subtask)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for s, level in enumerate(network.messages):  # only level 0 of pair p sends anything
+        for level in network.messages:
             for module in level:
-                module.project.weight.copy_(torch.randn(module.project.weight.shape, generator=generator)
-                                            if (s == 0 and module is level[p]) else 0)
+                module.project.weight.zero_()
+        w = network.messages[0][subtask].projection(0)  # only level 0 of pair p sends anything
+        w.copy_(torch.randn(w.shape, generator=generator))
     x = torch.randn((1, 3, 32, 32), generator=generator)
     mask = torch.zeros((2, 32, 32), dtype=torch.uint8)
     mask[:, 8:20, 10:26] = 1
@@ -212,7 +213,7 @@ def test_tile_maps_match_pytorch_grad_cam(trained, predictor):
     def target(output):
         return (output[channels] * mask[channels]).sum()
 
-    with GradCAM(model=network, target_layers=[network.messages[0][p].message]) as cam:
+    with GradCAM(model=network, target_layers=[network.messages[0][subtask].message]) as cam:
         reference = cam(input_tensor=x, targets=[target])[0]
     assert ours.max() > 0
     scaled = (ours - ours.min()) / (ours.max() - ours.min())

@@ -5,7 +5,7 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch.distributions import Normal, kl_divergence
 
 from nnunetv2_ciml.decomposition import resolve_decomposition
-from nnunetv2_ciml.network import CIMLUNet, ComplementaryMessage
+from nnunetv2_ciml.network import CIMLUNet, ComplementaryMessages
 from nnunetv2_ciml.planning import ciml_architecture, conv_macs
 
 REGIONS = {"channel_names": {"0": "T1ce", "1": "T2", "2": "FLAIR"},
@@ -40,7 +40,7 @@ def build(dataset_json, dim=3, residual=False, deep_supervision=True, messages=T
 
 def randomize_messages(net: CIMLUNet) -> None:
     for m in net.modules():
-        if isinstance(m, ComplementaryMessage):
+        if isinstance(m, ComplementaryMessages):
             torch.nn.init.normal_(m.project.weight, std=0.5)
 
 
@@ -78,13 +78,45 @@ def test_same_parameters_whatever_the_deep_supervision_flag():
     assert not any(k.startswith("decoder.0.encoder") for k in with_ds.state_dict())  # no duplicated encoders
 
 
-def test_kl_matches_the_closed_form():
-    message = ComplementaryMessage(torch.nn.Conv3d, 4, 3, (3, 3, 3))
-    sender, receiver = torch.randn(2, 4, 5, 5, 5), torch.randn(2, 4, 5, 5, 5)
-    _, kl = message(sender, receiver)
-    mu, logvar = message.posterior(torch.cat((sender, receiver), 1)).chunk(2, 1)
-    expected = kl_divergence(Normal(mu, torch.exp(0.5 * logvar)), Normal(0.0, 1.0)).sum(1).mean()
-    torch.testing.assert_close(kl, expected)
+def test_messages_match_the_per_sender_definition():
+    """DESIGN §1 written out sender by sender: posterior and attention on concatenations, m_j = a_j * W_j z_j;
+    KL against torch.distributions; RMS against the materialised message."""
+    torch.manual_seed(0)
+    module = ComplementaryMessages(torch.nn.Conv3d, 4, 3, (3, 3, 3), n_senders=2)
+    torch.nn.init.normal_(module.project.weight)
+    receiver, senders = torch.randn(2, 4, 5, 5, 5), [torch.randn(2, 4, 5, 5, 5) for _ in range(2)]
+    module.eval()
+    message, kl, rms = module(receiver, *senders)
+    assert kl is None and rms is None
+    module.train()
+    torch.manual_seed(1)
+    _, kl, rms = module(receiver, *senders)
+
+    expected_message, expected_kl, expected_rms = 0, [], []
+    for j, sender in enumerate(senders):
+        both = torch.cat((sender, receiver), 1)
+        weight = torch.cat((module.sender_posterior[j].weight,
+                            module.receiver_posterior.weight[6 * j:6 * (j + 1)]), 1)
+        mu, logvar = torch.nn.functional.conv3d(both, weight, module.receiver_posterior.bias[6 * j:6 * (j + 1)]
+                                                ).chunk(2, 1)
+        attention_weight = torch.cat((module.receiver_attention.weight[j:j + 1],
+                                      module.latent_attention.weight[j:j + 1]), 1)
+        attention = torch.sigmoid(torch.nn.functional.conv3d(torch.cat((receiver, mu), 1), attention_weight,
+                                                             module.receiver_attention.bias[j:j + 1], padding=1))
+        m_j = attention * torch.nn.functional.conv3d(mu, module.projection(j))
+        expected_message = expected_message + m_j
+        expected_kl.append(kl_divergence(Normal(mu, torch.exp(0.5 * logvar)), Normal(0.0, 1.0)).sum(1).mean())
+    torch.testing.assert_close(message, expected_message)
+    torch.testing.assert_close(kl, torch.stack(expected_kl))
+    # The training-mode RMS is that of the sampled message: check it against the same sample.
+    torch.manual_seed(1)
+    seen = {}
+    hook = module.message.register_forward_hook(lambda mod, i, out: seen.setdefault("u", out))
+    module(receiver, *senders)
+    hook.remove()
+    for j in range(2):
+        m_j = torch.nn.functional.conv3d(seen["u"][:, 3 * j:3 * (j + 1)], module.projection(j))
+        torch.testing.assert_close(rms[j], m_j.square().mean().sqrt())
 
 
 def test_untrained_network_equals_the_no_message_network():

@@ -8,7 +8,7 @@ Figures (PNG, in the demo's output folder):
   that subtask's label);
 - ``dice_hd95.png``: per model, Dice and HD95 per label on all held-out cases, and on the complementary
   cases Dice, Dice inside the complementary masks and pair accuracy;
-- ``kl_per_message.png``: CIML's KL (nats per voxel) and mean message magnitude per (sender -> subtask)
+- ``kl_per_message.png``: CIML's KL (nats per voxel) and message RMS per (sender -> subtask)
   over the epochs, and beta (``nnunetv2_ciml.training.progress.plot_ciml_progress``).
 """
 import datetime

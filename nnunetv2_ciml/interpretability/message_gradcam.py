@@ -7,7 +7,9 @@ probabilities: gradients of a saturated softmax/sigmoid vanish exactly where the
 confident. No predicted voxels, no target: the maps of that subtask are zero.
 
 For the message ``A = m_{j->i}^s`` (``(C_s, *spatial_s)``) at skip level ``s`` and gradient ``G`` of the
-target, Grad-CAM is ``ReLU(sum_c w_c A_c)`` with ``w_c`` the mean of ``G_c`` over the tile. Before the
+target, Grad-CAM is ``ReLU(sum_c w_c A_c)`` with ``w_c`` the mean of ``G_c`` over the tile. It is taken on
+the scaled latent ``u_j`` of which the message is a per-voxel linear map (``m_j = W_j u_j``, see
+:class:`~nnunetv2_ciml.network.ComplementaryMessages`): the same map, without the message's width. Before the
 ReLU, its sum over the level's voxels is the first-order contribution of that message to the target,
 ``sum_c sum_x G_c(x) A_c(x)`` (in logits), with each gradient replaced by its tile mean. Each level's map is upsampled to the patch (linear interpolation) and divided by the
 number of patch voxels per level voxel, so that it keeps that mass; the map of a (sender, subtask)
@@ -36,8 +38,9 @@ __all__ = ["MessageGradCAM", "sliding_window_message_cams"]
 class MessageGradCAM:
     """Grad-CAM maps of the messages of ``pairs`` (indices into ``network.message_pairs``) for one tile.
 
-    Use as a context manager: it hooks the ``message`` (``nn.Identity``) of every
-    :class:`~nnunetv2_ciml.network.ComplementaryMessage` of those pairs and removes the hooks on exit.
+    Use as a context manager: it hooks the ``message`` (``nn.Identity``) of the
+    :class:`~nnunetv2_ciml.network.ComplementaryMessages` of those pairs' subtasks and removes the hooks
+    on exit.
     Inside, the network is in eval mode (``z = mu``, no activation checkpointing, so each hook fires
     once); its mode is restored on exit.
 
@@ -59,9 +62,10 @@ class MessageGradCAM:
     def __enter__(self) -> "MessageGradCAM":
         self._was_training = self.network.training
         self.network.eval()
+        receivers = sorted({self.network.message_pairs[p][1] for p in self.pairs})
         for s, level in enumerate(self.network.messages):
-            for p in self.pairs:
-                self._hooks.append(level[p].message.register_forward_hook(self._recorder((s, p))))
+            for i in receivers if len(level) else ():
+                self._hooks.append(level[i].message.register_forward_hook(self._recorder((s, i))))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -92,18 +96,22 @@ class MessageGradCAM:
             if isinstance(logits, (list, tuple)):  # a network built with deep supervision
                 logits = logits[0]
             target = (logits[0, self.channels].float() * mask).sum()
-            keys = [(s, p) for s in range(len(self.network.messages)) for p in self.pairs]
-            activations = [self._messages[k] for k in keys]
-            gradients = torch.autograd.grad(target, activations)
+            keys = list(self._messages)
+            gradients = dict(zip(keys, torch.autograd.grad(target, [self._messages[k] for k in keys])))
         mode = "bilinear" if len(patch) == 2 else "trilinear"
         with torch.no_grad():
-            for (s, p), a, g in zip(keys, activations, gradients):
-                weights = g.float().mean(dim=tuple(range(2, g.ndim)), keepdim=True)
-                cam = F.relu((weights * a.float()).sum(1, keepdim=True))
-                voxels_per_level_voxel = cams[0].numel() / cam[0, 0].numel()
-                if tuple(cam.shape[2:]) != patch:
-                    cam = F.interpolate(cam, size=patch, mode=mode, align_corners=False)
-                cams[self.pairs.index(p)] += cam[0, 0] / voxels_per_level_voxel
+            for n, p in enumerate(self.pairs):
+                sender, i = self.network.message_pairs[p]
+                k = self.network.senders(i).index(sender)
+                for s in (s for s, r in keys if r == i):
+                    latent = self.network.messages[s][i].latent_channels
+                    a, g = (t[:, k * latent:(k + 1) * latent] for t in (self._messages[(s, i)], gradients[(s, i)]))
+                    weights = g.float().mean(dim=tuple(range(2, g.ndim)), keepdim=True)
+                    cam = F.relu((weights * a.float()).sum(1, keepdim=True))
+                    voxels_per_level_voxel = cams[0].numel() / cam[0, 0].numel()
+                    if tuple(cam.shape[2:]) != patch:
+                        cam = F.interpolate(cam, size=patch, mode=mode, align_corners=False)
+                    cams[n] += cam[0, 0] / voxels_per_level_voxel
         self._messages.clear()
         return cams
 

@@ -1,5 +1,5 @@
 """The CIML network and its building blocks."""
 from nnunetv2_ciml.network.ciml_unet import CIMLUNet, SubtaskDecoders
-from nnunetv2_ciml.network.message import ComplementaryMessage
+from nnunetv2_ciml.network.message import ComplementaryMessages
 
-__all__ = ["CIMLUNet", "ComplementaryMessage", "SubtaskDecoders"]
+__all__ = ["CIMLUNet", "ComplementaryMessages", "SubtaskDecoders"]

@@ -13,7 +13,7 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.dropout import _DropoutNd
 from torch.utils.checkpoint import checkpoint
 
-from nnunetv2_ciml.network.message import ComplementaryMessage
+from nnunetv2_ciml.network.message import ComplementaryMessages
 
 IntOrSeq = Union[int, Sequence[int]]
 
@@ -52,8 +52,10 @@ class CIMLUNet(nn.Module):
     Input ``(B, M, *spatial)`` with one channel per modality; modality ``c`` has its own encoder
     (``PlainConvEncoder``, or ``ResidualEncoder`` when ``n_blocks_per_stage`` is given as in ResEnc
     plans) that sees channel ``c`` only. Subtask ``i`` has a ``UNetDecoder`` fed by the encoder of
-    ``subtask_primaries[i]``; at every encoder stage ``s`` each other modality ``j`` adds a
-    :class:`ComplementaryMessage` to that skip: ``skip_i^s = h_i^s + sum_j m_{j->i}^s``. The decoders'
+    ``subtask_primaries[i]``; at every encoder stage ``s`` each other modality ``j`` adds a message to
+    that skip, ``skip_i^s = h_i^s + sum_j m_{j->i}^s`` (``messages[s][i]``, a :class:`ComplementaryMessages`
+    computing all of them; ``message_pairs`` lists the ``(j, i)`` pairs, subtask by subtask, senders in
+    channel order). The decoders'
     logits are assembled into nnU-Net's output channels (``subtask_outputs[i]`` lists the channels
     subtask ``i`` owns): a tensor ``(B, num_classes, *spatial)``, or with deep supervision a list of
     ``n_stages - 1`` such tensors, highest resolution first. The parameters do not depend on
@@ -61,7 +63,7 @@ class CIMLUNet(nn.Module):
 
     After each training-mode forward, ``kl`` holds the mean KL over all messages (a scalar with grad),
     ``message_kl`` and ``message_magnitude`` (detached, shape ``(len(message_pairs),)``) the KL and
-    mean absolute message per (sender, subtask) pair, averaged over stages. Eval mode skips these
+    root-mean-square message per (sender, subtask) pair, averaged over stages. Eval mode skips these
     statistics (``kl`` is 0): inference pays only for the messages themselves.
 
     ``features_per_stage`` are the widths of each branch (see ``nnunetv2_ciml.planning`` for how
@@ -145,12 +147,13 @@ class CIMLUNet(nn.Module):
         # (sender channel, subtask index) for every message, subtask by subtask.
         self.message_pairs: List[Tuple[int, int]] = [
             (j, i) for i, p in enumerate(self.subtask_primaries) for j in range(input_channels) if j != p
-        ] if messages else []
+        ] if messages and input_channels > 1 else []
         self.message_stages = sorted(range(n_stages) if message_stages is None else set(message_stages))
-        # messages[s][p]: stage s, pair p (an empty list at stages without messages).
+        # messages[s][i]: stage s, subtask i (an empty list at stages without messages).
         self.messages = nn.ModuleList([
-            nn.ModuleList([ComplementaryMessage(conv_op, c, round_channels(message_latent_fraction * c), k)
-                           for _ in self.message_pairs] if s in self.message_stages else [])
+            nn.ModuleList([ComplementaryMessages(conv_op, c, round_channels(message_latent_fraction * c), k,
+                                                 input_channels - 1) for _ in self.subtask_outputs]
+                          if s in self.message_stages else [])
             for s, (c, k) in enumerate(zip(spec.output_channels, kernel_sizes))
         ]) if self.message_pairs else None
 
@@ -162,36 +165,38 @@ class CIMLUNet(nn.Module):
         self.message_kl = torch.zeros(len(self.message_pairs))
         self.message_magnitude = torch.zeros(len(self.message_pairs))
 
-    def _message(self, stage: int, pair: int, sender: torch.Tensor, receiver: torch.Tensor):
-        module = self.messages[stage][pair]
+    def senders(self, subtask: int) -> List[int]:
+        """Channels that message ``subtask``, in the order of its :class:`ComplementaryMessages`."""
+        return [j for j, i in self.message_pairs if i == subtask]
+
+    def _messages_to(self, stage: int, subtask: int, receiver: torch.Tensor, senders: List[torch.Tensor]):
+        module = self.messages[stage][subtask]
         if self.checkpoint_messages and self.training and torch.is_grad_enabled():
             # Message intermediates (posterior, z, attention) would dominate activation memory; recompute them.
-            return checkpoint(module, sender, receiver, use_reentrant=False)
-        return module(sender, receiver)
+            return checkpoint(module, receiver, *senders, use_reentrant=False)
+        return module(receiver, *senders)
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
         features = [encoder(x[:, c:c + 1]) for c, encoder in enumerate(self.encoders)]
-        kls, magnitudes = [], []
+        kls, rms = [], []
         logits = []
         for i, (primary, decoder) in enumerate(zip(self.subtask_primaries, self.decoder)):
             skips = list(features[primary])
-            for p, (sender, receiver) in enumerate(self.message_pairs):
-                if receiver != i:
-                    continue
-                pair_kl, pair_magnitude = [], []
-                for s in self.message_stages:
-                    message, kl = self._message(s, p, features[sender][s], features[primary][s])
-                    skips[s] = skips[s] + message
-                    if self.training:
-                        pair_kl.append(kl)
-                        pair_magnitude.append(message.detach().abs().mean().float())
+            senders = self.senders(i)
+            stage_kls, stage_rms = [], []
+            for s in self.message_stages if senders else ():
+                message, kl, magnitude = self._messages_to(s, i, skips[s], [features[j][s] for j in senders])
+                skips[s] = skips[s] + message
                 if self.training:
-                    kls.append(torch.stack(pair_kl).mean())
-                    magnitudes.append(torch.stack(pair_magnitude).mean())
+                    stage_kls.append(kl)
+                    stage_rms.append(magnitude)
+            if stage_kls:
+                kls.append(torch.stack(stage_kls).mean(0))
+                rms.append(torch.stack(stage_rms).mean(0))
             logits.append(decoder(skips))
         if kls:
-            kl = torch.stack(kls)
-            self.kl, self.message_kl, self.message_magnitude = kl.mean(), kl.detach(), torch.stack(magnitudes)
+            kl = torch.cat(kls)
+            self.kl, self.message_kl, self.message_magnitude = kl.mean(), kl.detach(), torch.cat(rms)
         else:
             self.kl = x.new_zeros((), dtype=torch.float32)
         if isinstance(logits[0], torch.Tensor):
@@ -210,5 +215,5 @@ class CIMLUNet(nn.Module):
         """
         InitWeights_He(1e-2)(module)
         init_last_bn_before_add_to_0(module)
-        if isinstance(module, ComplementaryMessage):
+        if isinstance(module, ComplementaryMessages):
             module.zero_init()

@@ -6,7 +6,7 @@ import numpy as np
 
 
 def plot_ciml_progress(logging: Mapping[str, list], pair_names: Sequence[str], output_file: str) -> None:
-    """Plot per-epoch KL (nats/voxel) and mean |message| for each (sender -> subtask) pair, and beta."""
+    """Plot per-epoch KL (nats/voxel) and message RMS (root-mean-square over channels and voxels) for each (sender -> subtask) pair, and beta."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -22,7 +22,7 @@ def plot_ciml_progress(logging: Mapping[str, list], pair_names: Sequence[str], o
         axes[0].plot(x, kl[:, p], label=name)
         axes[1].plot(x, magnitude[:, p], label=name)
     axes[0].set_ylabel("KL per voxel (nats)")
-    axes[1].set_ylabel("mean |message|")
+    axes[1].set_ylabel("message RMS")
     axes[2].plot(x, logging["ciml_beta"], color="k")
     axes[2].set_ylabel("beta (KL weight)")
     axes[2].set_xlabel("epoch")

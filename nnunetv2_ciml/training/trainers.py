@@ -44,7 +44,7 @@ class nnUNetTrainerCIML(nnUNetTrainer):
     configuration already names ``CIMLUNet`` (hand-edited widths, ``message_stages``, ...) are used as
     they are. A subclass may set ``branch_width_factor`` instead of the FLOP-matching rule. beta rises
     linearly from 0 to ``kl_weight`` over the first ``kl_warmup_fraction`` of the epochs. Per epoch
-    it logs beta, the mean KL, and each message's KL and mean magnitude (``ciml_progress.png``).
+    it logs beta, the mean KL, and each message's KL and RMS magnitude (``ciml_progress.png``).
     """
 
     kl_weight: float = 1e-3
