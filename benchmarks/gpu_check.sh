@@ -15,8 +15,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, nnunetv2; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
 echo "== 1. BraTS-like plan, torch.compile (as nnU-Net trains on CUDA), AMP"
-timeout 300 python3 benchmarks/bench_ciml_vs_plain.py --device cuda --steps 10 --compile --setups brats \
+timeout 240 python3 benchmarks/bench_ciml_vs_plain.py --device cuda --steps 10 --compile --setups brats \
     --models plain ciml ciml_coarseMessages --json "$OUT/bench_cuda_compiled.json"
 echo "== 2. both plans, eager, AMP"
-timeout 200 python3 benchmarks/bench_ciml_vs_plain.py --device cuda --steps 10 \
-    --models plain ciml ciml_coarseMessages --json "$OUT/bench_cuda_eager.json"
+timeout 300 python3 benchmarks/bench_ciml_vs_plain.py --device cuda --steps 10 \
+    --models plain ciml ciml_noMessages ciml_coarseMessages --json "$OUT/bench_cuda_eager.json"
