@@ -2,9 +2,22 @@
 from typing import Optional, Sequence, Tuple, Type
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
+
+
+def pointwise(conv: _ConvNd, x: torch.Tensor) -> torch.Tensor:
+    """``conv`` (a 1x1 convolution) applied to ``x`` ``(B, C, *spatial)`` as one batched matrix product.
+
+    Same result and parameters as ``conv(x)``; on CPU 10x faster forward and 8x backward than oneDNN's
+    1x1 convolution at the narrow widths of the messages (16 to 8 channels, 2 x 64^3), which reorders
+    its input and output to a blocked layout on every call."""
+    weight = conv.weight.flatten(1).expand(x.shape[0], -1, -1)  # (B, O, C)
+    if conv.bias is None:
+        y = torch.bmm(weight, x.flatten(2))
+    else:  # baddbmm rather than "+ bias": autocast then keeps the whole result in half precision
+        y = torch.baddbmm(conv.bias.view(1, -1, 1), weight, x.flatten(2))
+    return y.unflatten(2, x.shape[2:])
 
 
 class ComplementaryMessages(nn.Module):
@@ -45,11 +58,7 @@ class ComplementaryMessages(nn.Module):
         self.sender_posterior = nn.ModuleList([conv_op(channels, 2 * latent, 1, bias=False) for _ in range(n)])
         self.receiver_posterior = conv_op(channels, n * 2 * latent, 1)
         self.receiver_attention = conv_op(channels, n, kernel_size, padding=padding)
-        # Holds W (n, L, *k) of the latents' part of the attention; applied as one dense convolution with the
-        # block-diagonal weight (see ``_latent_attention``).
         self.latent_attention = conv_op(n * latent, n, kernel_size, padding=padding, groups=n, bias=False)
-        self._conv = F.conv3d if issubclass(conv_op, nn.Conv3d) else F.conv2d
-        self.register_buffer("_eye", torch.eye(n).view(n, n, *[1] * (1 + len(kernel_size))), persistent=False)
         self.project = conv_op(n * latent, channels, 1, bias=False)
         self.message = nn.Identity()
         self.zero_init()
@@ -61,12 +70,15 @@ class ComplementaryMessages(nn.Module):
         """``W_j`` of the ``sender``-th sender: a view ``(C, L, 1, ...)`` of the projection's weight."""
         return self.project.weight[:, sender * self.latent_channels:(sender + 1) * self.latent_channels]
 
-    def _latent_attention(self, z: torch.Tensor) -> torch.Tensor:
-        # The grouped convolution (one output per group) ran 1.8x slower forward and backward than this
-        # dense one on CPU (oneDNN, 32^3); the zeros cost n^2 L k MACs per voxel, little next to a branch.
-        w = self.latent_attention.weight  # (n, L, *k)
-        block_diagonal = (self._eye.to(w.dtype) * w.unsqueeze(0)).flatten(1, 2)  # (n, n * L, *k)
-        return self._conv(z, block_diagonal, padding=self.latent_attention.padding)
+    def _attention(self, receiver: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``sigmoid(Conv_k([h_i, z_j]))`` for every sender: ``(B, n, *spatial)`` from ``z`` ``(B, n * L, *spatial)``."""
+        if receiver.is_cpu:
+            # oneDNN runs these few-output k^3 convolutions 2.3x faster (forward and backward, 2 x 16 + 12
+            # channels at 64^3) on channels-last inputs; the layout changes cost a copy each.
+            layout = torch.channels_last_3d if receiver.dim() == 5 else torch.channels_last
+            receiver, z = receiver.contiguous(memory_format=layout), z.contiguous(memory_format=layout)
+        attention = self.receiver_attention(receiver) + self.latent_attention(z)
+        return torch.sigmoid(attention).contiguous()
 
     def forward(self, receiver: torch.Tensor, *senders: torch.Tensor
                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
@@ -76,19 +88,25 @@ class ComplementaryMessages(nn.Module):
         (``(n,)`` float32 each; ``None`` in eval mode)."""
         n, latent = self.n_senders, self.latent_channels
         spatial = receiver.shape[2:]
-        posterior = self.receiver_posterior(receiver).unflatten(1, (n, 2 * latent)) + torch.stack(
-            [conv(h) for conv, h in zip(self.sender_posterior, senders)], 1)
+        posterior = pointwise(self.receiver_posterior, receiver).unflatten(1, (n, 2 * latent)) + torch.stack(
+            [pointwise(conv, h) for conv, h in zip(self.sender_posterior, senders)], 1)
         mu, logvar = posterior.chunk(2, dim=2)  # (B, n, L, *spatial)
         logvar = logvar.clamp(-10.0, 10.0)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if self.training else mu
-        attention = torch.sigmoid(self.receiver_attention(receiver) + self._latent_attention(z.flatten(1, 2)))
+        if self.training:
+            std = torch.exp(0.5 * logvar)
+            z = torch.addcmul(mu, std, torch.randn_like(mu))
+        else:
+            z = mu
+        attention = self._attention(receiver, z.flatten(1, 2))
         u = self.message((attention.unsqueeze(2) * z).flatten(1, 2))
-        message = self.project(u)
+        message = pointwise(self.project, u)
         if not self.training:
             return message, None, None
-        dims = (0, *range(2, 2 + len(spatial)))
-        mu32, logvar32 = mu.float(), logvar.float()
-        kl = 0.5 * (mu32.square() + logvar32.exp() - 1.0 - logvar32).sum(2).mean(dims)
+        # KL = (|mu|^2 + |sigma|^2 - sum(log sigma^2)) / 2 per voxel - L / 2, from three float32 reductions
+        # (no elementwise intermediates: this runs twice per step with checkpointing).
+        dims, voxels = (0, *range(2, 3 + len(spatial))), mu.shape[0] * spatial.numel()
+        square_sums = [torch.linalg.vector_norm(t, dim=dims, dtype=torch.float32).square() for t in (mu, std)]
+        kl = 0.5 * (sum(square_sums) - logvar.sum(dims, dtype=torch.float32)) / voxels - 0.5 * latent
         with torch.no_grad():
             u32 = u.detach().float().unflatten(1, (n, latent)).flatten(3)  # (B, n, L, voxels)
             gram = torch.einsum("bnlv,bnkv->nlk", u32, u32) / (u32.shape[0] * u32.shape[3])
