@@ -117,6 +117,19 @@ def worker(setup_name: str, model: str, device_name: str, steps: int, compile_: 
     arch = config["architecture"]
     network = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
                                      num_in, num_out, allow_init=True, deep_supervision=True).to(device)
+    if model == "ciml_freeMessages":
+        class FreeMessages(torch.nn.Module):
+            """Zero messages that still pass gradients to their senders, so every encoder trains as with
+            messages: the branch structure's own cost (``ciml_noMessages`` is cheaper than that, since its
+            sender-only encoders get no gradient)."""
+
+            def forward(self, receiver, *senders):
+                zeros = receiver.new_zeros(len(senders), dtype=torch.float32)
+                return 0.0 * sum(senders), zeros, zeros
+
+        for stage in network.messages:
+            for subtask in range(len(stage)):
+                stage[subtask] = FreeMessages()
     params = sum(p.numel() for p in network.parameters())
     train_net = torch.compile(network) if compile_ else network
 
@@ -204,8 +217,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
     parser.add_argument("--models", nargs="+", default=["plain", "ciml", "ciml_noMessages"],
-                        choices=["plain", "ciml", "ciml_noMessages", "ciml_storedMessages", "ciml_coarseMessages"],
-                        help="ciml_storedMessages: without message checkpointing (memory/speed trade-off); "
+                        choices=["plain", "ciml", "ciml_noMessages", "ciml_freeMessages", "ciml_storedMessages",
+                                 "ciml_coarseMessages"],
+                        help="ciml_freeMessages: zero messages that still train every encoder (the branches' own "
+                             "cost); ciml_storedMessages: without message checkpointing (memory/speed trade-off); "
                              "ciml_coarseMessages: no messages at the full-resolution stage")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--patch", choices=["cpu", "cuda"],
