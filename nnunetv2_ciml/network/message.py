@@ -108,8 +108,9 @@ class ComplementaryMessages(nn.Module):
         square_sums = [torch.linalg.vector_norm(t, dim=dims, dtype=torch.float32).square() for t in (mu, std)]
         kl = 0.5 * (sum(square_sums) - logvar.sum(dims, dtype=torch.float32)) / voxels - 0.5 * latent
         with torch.no_grad():
-            u32 = u.detach().float().unflatten(1, (n, latent)).flatten(3)  # (B, n, L, voxels)
-            gram = torch.einsum("bnlv,bnkv->nlk", u32, u32) / (u32.shape[0] * u32.shape[3])
+            u32 = u.detach().float().flatten(2)  # (B, n * L, voxels)
+            gram = torch.bmm(u32, u32.transpose(1, 2)).sum(0) / (u32.shape[0] * u32.shape[2])
+            gram = torch.stack([gram[j * latent:(j + 1) * latent, j * latent:(j + 1) * latent] for j in range(n)])
             w = self.project.weight.detach().float().flatten(1).unflatten(1, (n, latent))  # (C, n, L)
             square = (gram * torch.einsum("cnl,cnk->nlk", w, w)).sum((1, 2))  # mean_x |m_j(x)|^2
             rms = (square.clamp_min(0) / w.shape[0]).sqrt()
