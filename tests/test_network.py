@@ -1,6 +1,7 @@
 """CIMLUNet built the way nnU-Net builds it (plans -> get_network_from_plans), tiny widths."""
 import pytest
 import torch
+import torch.nn.functional as F
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch.distributions import Normal, kl_divergence
 
@@ -78,13 +79,15 @@ def test_same_parameters_whatever_the_deep_supervision_flag():
     assert not any(k.startswith("decoder.0.encoder") for k in with_ds.state_dict())  # no duplicated encoders
 
 
-def test_messages_match_the_per_sender_definition():
+@pytest.mark.parametrize("dim", [2, 3])
+def test_messages_match_the_per_sender_definition(dim):
     """DESIGN §1 written out sender by sender: posterior and attention on concatenations, m_j = a_j * W_j z_j;
     KL against torch.distributions; RMS against the materialised message."""
     torch.manual_seed(0)
-    module = ComplementaryMessages(torch.nn.Conv3d, 4, 3, (3, 3, 3), n_senders=2)
+    conv_op, conv = (torch.nn.Conv2d, F.conv2d) if dim == 2 else (torch.nn.Conv3d, F.conv3d)
+    module = ComplementaryMessages(conv_op, 4, 3, (3,) * dim, n_senders=2)
     torch.nn.init.normal_(module.project.weight)
-    receiver, senders = torch.randn(2, 4, 5, 5, 5), [torch.randn(2, 4, 5, 5, 5) for _ in range(2)]
+    receiver, senders = torch.randn(2, 4, *(5,) * dim), [torch.randn(2, 4, *(5,) * dim) for _ in range(2)]
     module.eval()
     message, kl, rms = module(receiver, *senders)
     assert kl is None and rms is None
@@ -97,13 +100,13 @@ def test_messages_match_the_per_sender_definition():
         both = torch.cat((sender, receiver), 1)
         weight = torch.cat((module.sender_posterior[j].weight,
                             module.receiver_posterior.weight[6 * j:6 * (j + 1)]), 1)
-        mu, logvar = torch.nn.functional.conv3d(both, weight, module.receiver_posterior.bias[6 * j:6 * (j + 1)]
+        mu, logvar = conv(both, weight, module.receiver_posterior.bias[6 * j:6 * (j + 1)]
                                                 ).chunk(2, 1)
         attention_weight = torch.cat((module.receiver_attention.weight[j:j + 1],
                                       module.latent_attention.weight[j:j + 1]), 1)
-        attention = torch.sigmoid(torch.nn.functional.conv3d(torch.cat((receiver, mu), 1), attention_weight,
+        attention = torch.sigmoid(conv(torch.cat((receiver, mu), 1), attention_weight,
                                                              module.receiver_attention.bias[j:j + 1], padding=1))
-        m_j = attention * torch.nn.functional.conv3d(mu, module.projection(j))
+        m_j = attention * conv(mu, module.projection(j))
         expected_message = expected_message + m_j
         expected_kl.append(kl_divergence(Normal(mu, torch.exp(0.5 * logvar)), Normal(0.0, 1.0)).sum(1).mean())
     torch.testing.assert_close(message, expected_message)
@@ -115,7 +118,7 @@ def test_messages_match_the_per_sender_definition():
     module(receiver, *senders)
     hook.remove()
     for j in range(2):
-        m_j = torch.nn.functional.conv3d(seen["u"][:, 3 * j:3 * (j + 1)], module.projection(j))
+        m_j = conv(seen["u"][:, 3 * j:3 * (j + 1)], module.projection(j))
         torch.testing.assert_close(rms[j], m_j.square().mean().sqrt())
 
 
