@@ -19,4 +19,4 @@ timeout 240 python3 benchmarks/bench_ciml_vs_plain.py --device cuda --steps 10 -
     --models plain ciml ciml_coarseMessages --json "$OUT/bench_cuda_compiled.json"
 echo "== 2. both plans, eager, AMP"
 timeout 300 python3 benchmarks/bench_ciml_vs_plain.py --device cuda --steps 10 \
-    --models plain ciml ciml_noMessages ciml_coarseMessages --json "$OUT/bench_cuda_eager.json"
+    --models plain ciml ciml_freeMessages ciml_coarseMessages --json "$OUT/bench_cuda_eager.json"

@@ -7,6 +7,7 @@ from torch.distributions import Normal, kl_divergence
 
 from nnunetv2_ciml.decomposition import resolve_decomposition
 from nnunetv2_ciml.network import CIMLUNet, ComplementaryMessages
+from nnunetv2_ciml.network.message import GATE_INIT_LOGIT
 from nnunetv2_ciml.planning import ciml_architecture, conv_macs
 
 REGIONS = {"channel_names": {"0": "T1ce", "1": "T2", "2": "FLAIR"},
@@ -123,7 +124,11 @@ def test_messages_match_the_per_sender_definition(dim):
 
 
 def test_untrained_network_equals_the_no_message_network():
+    """Messages start at exactly zero, with their gates nearly closed (nnU-Net's init does not undo either)."""
     net, _ = build(REGIONS)
+    modules = [m for m in net.modules() if isinstance(m, ComplementaryMessages)]
+    assert modules and all(not m.project.weight.any() for m in modules)
+    assert all(torch.all(m.receiver_attention.bias == GATE_INIT_LOGIT) for m in modules)
     ablation, _ = build(REGIONS, messages=False)
     missing, unexpected = ablation.load_state_dict(net.state_dict(), strict=False)
     assert not missing and all(k.startswith("messages.") for k in unexpected)

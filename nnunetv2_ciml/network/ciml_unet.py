@@ -209,11 +209,12 @@ class CIMLUNet(nn.Module):
 
     @staticmethod
     def initialize(module: nn.Module) -> None:
-        """nnU-Net's He init (as ``PlainConvUNet``/``ResidualEncoderUNet``), keeping messages zero at start.
+        """nnU-Net's He init (as ``PlainConvUNet``/``ResidualEncoderUNet``); messages start at zero with
+        their gates nearly closed (:meth:`ComplementaryMessages.reset_parameters`).
 
         Meant for ``network.apply(CIMLUNet.initialize)``, which visits children before parents.
         """
         InitWeights_He(1e-2)(module)
         init_last_bn_before_add_to_0(module)
         if isinstance(module, ComplementaryMessages):
-            module.zero_init()
+            module.reset_parameters()
