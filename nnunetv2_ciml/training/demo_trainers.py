@@ -20,7 +20,9 @@ measured on the demo's data (seed 0, 1000 iterations, all 60 training cases) the
 mass inside the complementary masks was 0.28 for beta 1e-3, 0.31 for 1e-2 and 0.49 for 1e-1, against
 0.23 for the masks' area, with every decoy/twin pair resolved in all three. On other data (seed 1, this
 budget, fold 0) beta 0.1, 0.3 and 1 gave 0.50, 0.47 and 0.39 against 0.24 (pair accuracy 0.99, 1.0,
-0.99). 0.1 keeps the messages on what only another modality knows without starving them.
+0.99). 0.1 keeps the messages on what only another modality knows without starving them. (These runs
+had the attention gates start half open; with the current nearly closed start see the README's demo
+section.)
 """
 import torch
 from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring import \
