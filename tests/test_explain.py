@@ -154,13 +154,13 @@ def test_only_the_sender_with_messages_has_a_map(trained, predictor):
     network = ciml_network(predictor)
     flair = network.subtask_names.index("FLAIR")
     t1ce, t2 = network.modality_names.index("T1ce"), network.modality_names.index("T2")
-    senders = network.senders(flair)
+    pair = {p.sender: p for p in network.message_pairs if p.subtask == flair}
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for level in network.messages:
-            w = level[flair].projection(senders.index(t1ce))
+        for stage in network.messages.values():
+            w = stage.projection(pair[t1ce])
             w.copy_(torch.randn(w.shape, generator=generator))
-            level[flair].projection(senders.index(t2)).zero_()
+            stage.projection(pair[t2]).zero_()
         _decoder_bias(network, flair, 10.0)  # predict the subtask everywhere: a target on every voxel
 
     result = explain_case(predictor, _case_files(raw), subtasks=["flair"])
@@ -186,7 +186,7 @@ def test_only_the_sender_with_messages_has_a_map(trained, predictor):
 
 
 def test_tile_maps_match_pytorch_grad_cam(trained, predictor):
-    """At the full-resolution skip level our per-tile map is Grad-CAM as pytorch-grad-cam computes it."""
+    """At the first message stage our per-tile map is Grad-CAM as pytorch-grad-cam computes it (upsampled)."""
     from pytorch_grad_cam import GradCAM
 
     from nnunetv2_ciml.interpretability import MessageGradCAM, ciml_network
@@ -194,13 +194,13 @@ def test_tile_maps_match_pytorch_grad_cam(trained, predictor):
     _, raw, _ = trained
     network = ciml_network(predictor)
     subtask = network.subtask_names.index("T1ce")
-    p = next(p for p, (_, i) in enumerate(network.message_pairs) if i == subtask)
+    p = next(p for p in network.message_pairs if p.subtask == subtask)
+    stage = network.messages[str(network.message_stages[0])]
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for level in network.messages:
-            for module in level:
-                module.project.weight.zero_()
-        w = network.messages[0][subtask].projection(0)  # only level 0 of pair p sends anything
+        for module in network.messages.values():
+            module.project.weight.zero_()
+        w = stage.projection(p)  # only the first message stage of pair p sends anything
         w.copy_(torch.randn(w.shape, generator=generator))
     x = torch.randn((1, 3, 32, 32), generator=generator)
     mask = torch.zeros((2, 32, 32), dtype=torch.uint8)
@@ -213,7 +213,7 @@ def test_tile_maps_match_pytorch_grad_cam(trained, predictor):
     def target(output):
         return (output[channels] * mask[channels]).sum()
 
-    with GradCAM(model=network, target_layers=[network.messages[0][subtask].message]) as cam:
+    with GradCAM(model=network, target_layers=[stage.message]) as cam:
         reference = cam(input_tensor=x, targets=[target])[0]
     assert ours.max() > 0
     scaled = (ours - ours.min()) / (ours.max() - ours.min())
@@ -231,12 +231,11 @@ def test_softmax_targets_exclude_background_3d():
     network = CIMLUNet(2, 3, [4, 8, 16], nn.Conv3d, 3, [1, 2, 2], 3, 1, subtask_primaries=[0, 1],
                        subtask_outputs=[[0, 1], [2]], n_conv_per_stage=1, norm_op=nn.InstanceNorm3d,
                        norm_op_kwargs={"affine": True}, nonlin=nn.LeakyReLU, modality_names=["CT", "PET"],
-                       subtask_names=["GTVp", "GTVn"]).eval()
+                       subtask_names=["GTVp", "GTVn"], encoder_layout="grouped").eval()
     generator = torch.Generator().manual_seed(2)
     with torch.no_grad():
-        for level in network.messages:
-            for module in level:
-                module.project.weight.copy_(torch.randn(module.project.weight.shape, generator=generator))
+        for module in network.messages.values():
+            module.project.weight.copy_(torch.randn(module.project.weight.shape, generator=generator))
     x = torch.randn((1, 2, 16, 16, 16), generator=generator)
     channels = _target_channels(network, has_regions=False)
     assert channels == {0: [1], 1: [2]}
@@ -249,7 +248,7 @@ def test_softmax_targets_exclude_background_3d():
             for layer in network.decoder[1].seg_layers:
                 layer.bias.fill_(gtvn_bias)
             targets = _predicted_channels(network(x)[0], has_regions=False)
-        with MessageGradCAM(network, [0, 1], channels) as gradcam:
+        with MessageGradCAM(network, network.message_pairs, channels) as gradcam:
             return gradcam(x, targets)
 
     background = maps([20.0, -20.0], -20.0)

@@ -446,7 +446,7 @@ def run_demo(out_dir: Union[str, Path], device: str = "auto", quick: bool = Fals
             explained, explanations = _explain(predictors["CIML"], cases, raw, complementary_cases, figure_cases,
                                                out_dir / "explain", file_ending, verbose)
             network = ciml_network(predictors["CIML"])
-            pair_names = [f"{network.modality_names[j]}->{network.subtask_names[i]}" for j, i in network.message_pairs]
+            pair_names = [pair.name for pair in network.message_pairs]
     finally:
         torch.set_num_threads(previous_threads)
 
