@@ -91,11 +91,11 @@ class DemoSettings:
 
     num_train: int = 60
     num_test: int = 40
-    size: int = 64
-    radius: Tuple[int, int] = (5, 10)
+    size: int = 48
+    radius: Tuple[int, int] = (4, 8)
     num_modalities: int = 3
     seed: int = 0
-    base_features: int = 16
+    base_features: int = 32
     max_features: int = 128
     batch_size: int = 8
     trainers: Dict[str, str] = field(default_factory=lambda: {

@@ -31,6 +31,7 @@ from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoM
 from nnunetv2_ciml.training.trainers import nnUNetTrainerCIML, nnUNetTrainerCIML_noMessages
 
 __all__ = ["nnUNetTrainer_ShapeCompositionDemo", "nnUNetTrainerCIML_ShapeCompositionDemo",
+           "nnUNetTrainerCIML_width075_ShapeCompositionDemo", "nnUNetTrainerCIML_width1_ShapeCompositionDemo",
            "nnUNetTrainerCIML_noMessages_ShapeCompositionDemo", "nnUNetTrainer_ShapeCompositionDemoQuick",
            "nnUNetTrainerCIML_ShapeCompositionDemoQuick", "nnUNetTrainerCIML_noMessages_ShapeCompositionDemoQuick"]
 
@@ -66,6 +67,18 @@ class nnUNetTrainerCIML_ShapeCompositionDemo(nnUNetTrainerCIML, _DemoBudget):
     """``nnUNetTrainerCIML`` on the demonstration's budget, beta 0.1 (see module docstring)."""
 
     kl_weight = 1e-1
+
+
+class nnUNetTrainerCIML_width075_ShapeCompositionDemo(nnUNetTrainerCIML_ShapeCompositionDemo):
+    """Branches 0.75x as wide as the plain U-Net's (the width study, ``benchmarks/demo_width_study.py``)."""
+
+    branch_width_factor = 0.75
+
+
+class nnUNetTrainerCIML_width1_ShapeCompositionDemo(nnUNetTrainerCIML_ShapeCompositionDemo):
+    """Branches as wide as the plain U-Net's (the width study, ``benchmarks/demo_width_study.py``)."""
+
+    branch_width_factor = 1.0
 
 
 class nnUNetTrainerCIML_noMessages_ShapeCompositionDemo(nnUNetTrainerCIML_noMessages, _DemoBudget):
