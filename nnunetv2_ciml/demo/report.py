@@ -62,6 +62,7 @@ def plot_examples(path: Path, raw: Path, predictions: Path, models: Sequence[str
         panels += [(m, _slice2d(_read(predictions / m / f"{case}{file_ending}")), "labels") for m in models]
         vmax = max([float(explanation.maps[p].max()) for p in pairs] + [0.0]) or 1.0
         panels += [(f"{s} -> {t}", _slice2d(explanation.maps[(s, t)]), ("map", LABELS[t])) for s, t in pairs]
+        image_map = None
         for c, (title, image, kind) in enumerate(panels):
             ax = axes[r, c]
             if kind == "gray":
@@ -71,18 +72,29 @@ def plot_examples(path: Path, raw: Path, predictions: Path, models: Sequence[str
                 if title == "ground truth" and mask.any():
                     ax.contour(mask > 0, levels=[0.5], colors="white", linewidths=0.7)
             else:
-                ax.imshow(image, cmap="inferno", vmin=0, vmax=vmax, interpolation="nearest")
+                image_map = ax.imshow(image, cmap="inferno", vmin=0, vmax=vmax, interpolation="nearest")
                 own = mask == kind[1]
                 if own.any():
                     ax.contour(own, levels=[0.5], colors="white", linewidths=0.7)
+                if not image.any():
+                    ax.text(0.5, 0.5, "0 everywhere\n(see below)", transform=ax.transAxes, ha="center", va="center",
+                            color="white", fontsize=7)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(title, fontsize=8)
             if c == 0:
                 ax.set_ylabel(case, fontsize=8)
-    fig.suptitle("Held-out complementary cases: modalities, ground truth (white: complementary mask), predictions "
-                 "(orange circle, teal square), CIML message Grad-CAM", fontsize=9)
+        if image_map is not None:  # one scale per row, shared by its message maps
+            bar = fig.colorbar(image_map, ax=list(axes[r, columns - len(pairs):]), shrink=0.85, pad=0.01, aspect=12)
+            bar.set_label("Grad-CAM (row max)", fontsize=7)
+            bar.ax.tick_params(labelsize=6)
+    fig.suptitle("Held-out cases that need complementary information: the three modalities, ground truth (white "
+                 "outline: where only another modality tells decoy from twin), each model's prediction (orange "
+                 "circle, teal square) and CIML's message Grad-CAM per sender -> subtask", fontsize=9)
+    fig.supxlabel("A map that is 0 everywhere: Grad-CAM keeps only positive evidence (ReLU), and that message "
+                  "adds none to its subtask's prediction in this case (its gate is closed there or it only "
+                  "lowers the logits).", fontsize=7)
     fig.savefig(str(path))
 
 
@@ -94,11 +106,11 @@ def plot_metrics(path: Path, models: Mapping[str, dict]) -> None:
          lambda r: [*(r["dice"][n] for n in names), r["mean_dice"]], (0, 1.05)),
         ("HD95 (mm), all held-out cases", [*names, "mean"],
          lambda r: [*(r["hd95"][n] for n in names), r["mean_hd95"]], None),
-        ("complementary cases", ["Dice", "Dice in masks", "pair accuracy"],
+        ("cases that need complementary information", ["Dice", "Dice in masks", "pair accuracy"],
          lambda r: [r["complementary_cases"]["mean_dice"], r["complementary_cases"]["mean_mask_dice"],
                     r["complementary_cases"]["pair_accuracy"]], (0, 1.05)),
     ]
-    fig = _figure(13, 3.8)
+    fig = _figure(13, 4.0)
     axes = fig.subplots(1, len(panels))
     width = 0.8 / len(models)
     for ax, (title, groups, values, ylim) in zip(axes, panels):
@@ -112,9 +124,13 @@ def plot_metrics(path: Path, models: Mapping[str, dict]) -> None:
         ax.set_title(title, fontsize=9)
         if ylim:
             ax.set_ylim(*ylim)
-    axes[2].axhline(0.5, color="k", lw=0.6, ls=":")  # pair accuracy by chance
+    # a guess decides half the pairs right: a line over that group only, in the legend
+    chance = axes[2].hlines(0.5, 1.55, 2.45, color="k", lw=1.0, ls="--", label="pair accuracy by chance (0.5)")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside upper center", ncol=len(models), fontsize=8, frameon=False)
+    fig.legend(handles + [chance], labels + [chance.get_label()], loc="outside lower center", ncol=len(models) + 1,
+               fontsize=8, frameon=False)
+    fig.suptitle("Held-out cases: Dice and HD95 per label (higher Dice, lower HD95 is better); complementary cases "
+                 "need another modality's information", fontsize=10)
     fig.savefig(str(path))
 
 
@@ -242,15 +258,26 @@ def write_report(results: dict, out_dir: Path) -> Path:
               "cases):", "", "| message | share inside its subtask's mask |", "|---|---|"]
     for pair, share in explain["complementary_share_by_pair"].items():
         lines.append(f"| {pair} | {_f(share)} |")
-    lines.append("")
+    lines += ["", "This is the part of one message's own map mass inside the masks (mean over the complementary "
+              "cases where its map is not empty). The `share` in the overlays of `explain/` and in "
+              "`explain/explain.json` is another quantity: a sender's part of all senders' map mass to a subtask in "
+              "one case. A message can hold a fair part of its own mass inside the masks and still be close to 0 % "
+              "of a case's total when another sender's map is much larger there.", ""]
 
     figures = results.get("figures", {})
-    captions = {"examples": "Examples", "metrics": "Dice and HD95 per model",
-                "message_kl": "CIML messages over training"}
+    captions = {
+        "examples": ("Examples", "Cases that need complementary information. The message maps of a row share one "
+                     "colour scale; white outlines mark the decoy/twin pairs."),
+        "metrics": ("Dice and HD95 per model", "Right panel: without messages the pair accuracy falls to chance "
+                    "(dashed line); with them CIML tells decoy from twin."),
+        "message_kl": ("CIML messages over training", "KL (log scale) and magnitude per message, and beta: "
+                       "messages that carry nothing fall towards zero KL."),
+    }
     if figures:
         lines += ["## Figures", ""]
         for key, name in figures.items():
-            lines += [f"### {captions.get(key, key)}", "", f"![{key}]({name})", ""]
+            heading, caption = captions.get(key, (key, ""))
+            lines += [f"### {heading}", "", f"![{key}]({name})", "", caption, ""]
         lines += ["Per-case message maps as NIfTI (in the input geometry) and overlays: `explain/`.", ""]
 
     lines += ["## Stage timings", "", "| stage | seconds |", "|---|---|"]
@@ -266,7 +293,13 @@ def write_report(results: dict, out_dir: Path) -> Path:
     lines += ["## Reproduce with nnU-Net's own commands", "", "```bash",
               f"export nnUNet_raw={raw.parent} nnUNet_preprocessed={preprocessed} nnUNet_results={results_dir}",
               f"nnUNetv2_plan_and_preprocess -d {dataset_id} -c {configuration}",
-              f"# then the narrower plans: {preprocessed / results['data']['dataset'] / plans}.json"]
+              f"# the narrower plans {plans}: a copy of nnU-Net's plans with fewer features per stage and another",
+              "# batch size (edit the JSON by hand, or:)",
+              f"python -c \"import json; folder = '{preprocessed / results['data']['dataset']}'; "
+              f"p = json.load(open(folder + '/nnUNetPlans.json')); c = p['configurations']['{configuration}']; "
+              f"c['architecture']['arch_kwargs']['features_per_stage'] = {edits['features_per_stage'][1]}; "
+              f"c['batch_size'] = {edits['batch_size'][1]}; p['plans_name'] = '{plans}'; "
+              f"json.dump(p, open(folder + '/{plans}.json', 'w'), indent=4)\""]
     lines += [f"nnUNetv2_train {dataset_id} {configuration} {fold} -tr {t['trainer']} -p {plans}"
               for t in training.values()]
     lines += [f"nnUNetv2_predict -i {raw / 'imagesTs'} -o predictions_CIML -d {dataset_id} -c {configuration} "
