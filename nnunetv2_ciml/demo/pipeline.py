@@ -21,10 +21,13 @@ Stages (each timed; ``results.json["seconds"]``):
    decoy/twin pairs) Dice, Dice inside the complementary masks and pair accuracy
    (:mod:`nnunetv2_ciml.demo.complementary`).
 6. ``explain``: Grad-CAM on CIML's messages (:mod:`nnunetv2_ciml.interpretability`) for every
-   held-out case; ``complementary_share`` is the mean over complementary cases of the share of the
+   held-out case (maps and overlays of the ``figure_cases`` written to ``explain/``); ``complementary_share`` is the mean over complementary cases of the share of the
    message-map mass (all senders, all subtasks) inside the complementary mask,
    ``complementary_area_share`` the mean of the mask's share of the image over the same cases.
 7. ``report``: ``results.json``, ``report.md`` and figures (:mod:`nnunetv2_ciml.demo.report`).
+
+On the console (unless ``verbose=False``): where the logs are, each stage with its time, one line per
+training epoch and a line whenever a step was silent for 25 s (:mod:`nnunetv2_ciml.demo.nnunet_steps`).
 
 The nnU-Net folders are ``DIR/nnUNet_raw``, ``DIR/nnUNet_preprocessed`` and ``DIR/nnUNet_results``
 whatever the environment says: the demo never reads or writes the user's own nnU-Net folders. To use
