@@ -24,6 +24,16 @@ def plot_ciml_progress(logging: Mapping[str, list], pair_names: Sequence[str], o
     epochs = len(logging["ciml_beta"])
     if epochs == 0 or not pair_names:
         return False
+    import matplotlib.style
+
+    # nnU-Net's progress.png sets a seaborn theme with 2.5x fonts for the whole process: draw in matplotlib's
+    # own style so that this figure looks the same inside and outside a trainer
+    with matplotlib.style.context("default"):
+        return _plot(logging, pair_names, output_file, epochs, title)
+
+
+def _plot(logging: Mapping[str, list], pair_names: Sequence[str], output_file: str, epochs: int,
+          title: Optional[str]) -> bool:
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
@@ -60,7 +70,7 @@ def plot_ciml_progress(logging: Mapping[str, list], pair_names: Sequence[str], o
     ax_beta.set_xlabel("epoch", fontsize=9)
     ax_beta.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     for ax in (ax_kl, ax_rms, ax_beta):
-        ax.tick_params(labelsize=8)
+        ax.tick_params(which="both", labelsize=8)
         ax.grid(alpha=0.3, which="both" if ax is ax_kl else "major", lw=0.5)
     fig.legend(*ax_kl.get_legend_handles_labels(), loc="outside right upper", fontsize=8,
                title="sender -> subtask", title_fontsize=8, frameon=False)
