@@ -21,9 +21,10 @@ Stages (each timed; ``results.json["seconds"]``):
    decoy/twin pairs) Dice, Dice inside the complementary masks and pair accuracy
    (:mod:`nnunetv2_ciml.demo.complementary`).
 6. ``explain``: Grad-CAM on CIML's messages (:mod:`nnunetv2_ciml.interpretability`) for every
-   held-out case (maps and overlays of the ``figure_cases`` written to ``explain/``); ``complementary_share`` is the mean over complementary cases of the share of the
-   message-map mass (all senders, all subtasks) inside the complementary mask,
-   ``complementary_area_share`` the mean of the mask's share of the image over the same cases.
+   held-out case (maps and overlays of the ``figure_cases`` written to ``explain/``);
+   ``complementary_share`` is the mean over complementary cases of the share of the message-map mass
+   (all senders, all subtasks) inside the complementary mask, ``complementary_area_share`` the mean of
+   the mask's share of the image over the same cases.
 7. ``report``: ``results.json``, ``report.md`` and figures (:mod:`nnunetv2_ciml.demo.report`).
 
 On the console (unless ``verbose=False``): where the logs are, each stage with its time, one line per
