@@ -14,8 +14,6 @@ import torch  # noqa: E402
 
 torch.set_num_threads(2)
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
 
 @pytest.fixture(autouse=True)
 def _seed():
