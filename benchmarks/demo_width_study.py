@@ -31,7 +31,7 @@ TRAINERS = {"nnUNet": "nnUNetTrainer_ShapeCompositionDemo",
 def run_seed(out_dir: Path, seed: int, models, results: dict, results_file: Path) -> None:
     from nnunetv2_ciml.demo import nnunet_steps
     from nnunetv2_ciml.demo.pipeline import (CONFIGURATION, DATASET_ID, DATASET_NAME, DEFAULT_SETTINGS, FOLD, PLANS,
-                                             _evaluate_model, _predict, _test_cases, _trainer_class, narrow_plans,
+                                             _evaluate_model, _predict, _test_cases, narrow_plans,
                                              nnunet_environment)
     from nnunetv2_ciml.demo.shape_composition import generate_shape_composition, information_structure
 
@@ -57,8 +57,8 @@ def run_seed(out_dir: Path, seed: int, models, results: dict, results_file: Path
             continue
         trainer = TRAINERS[model]
         start = time.perf_counter()
-        nnunet_steps.train(DATASET_ID, CONFIGURATION, FOLD, trainer, PLANS, "cpu", 2,
-                           _trainer_class(trainer).demo_epochs, env, logs / f"train_{model}.log", model, False)
+        nnunet_steps.train(DATASET_ID, CONFIGURATION, FOLD, trainer, PLANS, "cpu", 2, env, logs / f"train_{model}.log",
+                           model, show_progress=False)
         folder = run_dir / "nnUNet_results" / DATASET_NAME / f"{trainer}__{PLANS}__{CONFIGURATION}"
         _predict(folder, cases, run_dir / "predictions" / model, "cpu", logs / f"predict_{model}.log", model, False)
         evaluation = _evaluate_model(raw, run_dir / "predictions" / model, run_dir / "evaluation" / model, objects,
