@@ -19,7 +19,8 @@ from nnunetv2_ciml.evaluation.brats_lesionwise import brats_lesionwise_metrics
 GOLDEN_DIR = Path(__file__).parent / "golden"
 GOLDEN = json.loads((GOLDEN_DIR / "brats_lesionwise_golden.json").read_text())
 SYNTHETIC = GOLDEN_DIR / "brats_lesionwise_synthetic"
-REAL_CASE_SOURCE = SHARED_DATA / "brats_TCGA-DU-7294"
+# the cropped copy kept in the repository (same box as the golden script's), else the full-size source
+REAL_CASE_SOURCES = (Path(__file__).parent / "data" / "brats_TCGA-DU-7294", SHARED_DATA / "brats_TCGA-DU-7294")
 TOL = 1e-6
 
 # panoptica's result key -> ours
@@ -94,16 +95,19 @@ def test_synthetic_cases_equal_the_official_package(tmp_path, config):
 def brats_real_case(tmp_path) -> Path:
     """Reference / prediction folders of the real BraTS case, cropped to the golden script's box.
 
-    Reads ``REAL_CASE_SOURCE`` (the full 240 x 240 x 155 case); a copy already cropped to the box is used
-    as it is. Labels stay in the BraTS 2020 convention: the mode converts them (the golden run had 4 -> 3).
+    Reads the first of ``REAL_CASE_SOURCES`` that exists; a copy already cropped to the box is used as it is,
+    the full 240 x 240 x 155 case is cropped here. Labels stay in the BraTS 2020 convention: the mode
+    converts them (the golden run had 4 -> 3).
     """
-    if not (REAL_CASE_SOURCE / "hnfnetv1-20.nii.gz").is_file():
-        pytest.skip(f"real BraTS case not found at {REAL_CASE_SOURCE}")
+    found = [d for d in REAL_CASE_SOURCES if (d / "hnfnetv1-20.nii.gz").is_file()]
+    if not found:
+        pytest.skip(f"real BraTS case not found in {[str(d) for d in REAL_CASE_SOURCES]}")
+    source = found[0]
     info = GOLDEN["real_case"]
     (z0, z1), (y0, y1), (x0, x1) = info["box_zyx"]
 
     def cropped(team: str) -> sitk.Image:
-        image = sitk.ReadImage(str(REAL_CASE_SOURCE / f"{team}.nii.gz"))
+        image = sitk.ReadImage(str(source / f"{team}.nii.gz"))
         if image.GetSize() == (x1 - x0, y1 - y0, z1 - z0):
             return image
         return image[x0:x1, y0:y1, z0:z1]
