@@ -20,7 +20,7 @@ from synthetic import make_dataset, shrink_plans
 
 from nnunetv2_ciml.cli import main as cli
 from nnunetv2_ciml.submission.autopet import build_autopet_submission
-from nnunetv2_ciml.submission.autopet_process import OUTPUT_SLUG, SubmissionError, _on_pet_grid, pair_inputs
+from nnunetv2_ciml.submission.autopet_process import OUTPUT_SLUG, SubmissionError, ct_on_pet_grid, pair_inputs
 
 TRAINER = "nnUNetTrainerCIML_CPUtest"
 CT_UID, PET_UID = "af3b6605-c2b9-4067-8af5-8b85aafb2ae3", "0c1d2e3f-4a5b-6c7d-8e9f-a0b1c2d3e4f5"
@@ -130,7 +130,7 @@ def test_inputs_pairing_and_ct_resampling(tmp_path):
     ct = sitk.Image(40, 48, 24, sitk.sitkFloat32) + 5.0
     ct.SetSpacing((1.0, 1.0, 1.0))
     ct.SetOrigin((-12.0, -2.0, 3.0))
-    on_grid = _on_pet_grid(ct, pet)
+    on_grid = ct_on_pet_grid(ct, pet)
     assert on_grid.GetSize() == pet.GetSize() and on_grid.GetOrigin() == pet.GetOrigin()
     assert np.allclose(sitk.GetArrayFromImage(on_grid)[:4, :4, :4], 5.0)
 

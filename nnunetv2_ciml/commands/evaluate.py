@@ -10,8 +10,9 @@ HELP = "Score predictions the way BraTS, autoPET or HECKTOR do (or any nnU-Net d
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("mode", choices=["brats", "autopet", "hecktor", "nnunet"],
-                        help="brats: Dice/HD95 of WT, TC, ET with the BraTS 2020 empty-case rules; autopet: Dice, "
-                             "FPvol, FNvol (mL); hecktor: aggregated Dice of GTVp, GTVn; nnunet: Dice/HD95 per "
+                        help="brats: Dice/HD95 of WT, TC, ET with the BraTS 2020 empty-case rules (--lesionwise: "
+                             "the BraTS 2023+ leaderboards' lesion-wise metrics); autopet: Dice, FPvol, FNvol (mL); "
+                             "hecktor: aggregated Dice of GTVp, GTVn; nnunet: Dice/HD95 per "
                              "label or region of a dataset.json")
     parser.add_argument("-ref", required=True, metavar="REF_DIR",
                         help="folder of reference segmentations, one file per case; defines the set of cases")

@@ -14,7 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("-m", dest="model_folder", required=True, metavar="MODEL_FOLDER",
                    help="nnU-Net training output folder (nnUNet_results/DatasetXXX/TRAINER__PLANS__CONFIG) of a model "
                         "with one CT and one PET channel (nnunetv2_ciml convert autopet)")
-    p.add_argument("-f", dest="folds", nargs="+", required=True, metavar="FOLD", help="folds to ensemble, e.g. 0 1 2 3 4")
+    p.add_argument("-f", dest="folds", nargs="+", required=True, metavar="FOLD",
+                   help="folds to ensemble, e.g. 0 1 2 3 4")
     p.add_argument("-o", dest="out_dir", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint file name in each fold folder")
     p.add_argument("--base-image", default=None, help="Docker base image (default: an official PyTorch CUDA runtime)")

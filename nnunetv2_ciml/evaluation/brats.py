@@ -127,7 +127,8 @@ def _make_lesionwise_mode(labels: str, file_ending: str, config: str, variant: s
                                                            format_lesionwise_table, summarize_lesionwise)
     _check_convention(labels)
     if config not in LESIONWISE_CONFIGS:
-        raise EvaluationError(f"unknown lesion-wise configuration {config!r}; choose one of {sorted(LESIONWISE_CONFIGS)}")
+        raise EvaluationError(f"unknown lesion-wise configuration {config!r}; "
+                              f"choose one of {sorted(LESIONWISE_CONFIGS)}")
     if variant not in VARIANTS:
         raise EvaluationError(f"unknown lesion-wise variant {variant!r}; choose one of {list(VARIANTS)}")
     return EvaluationMode(name="brats", file_ending=file_ending, valid_labels=BRATS_LABEL_CONVENTIONS[labels][0],

@@ -254,7 +254,8 @@ def _union_box(a: Tuple[slice, ...], b: Tuple[slice, ...], shape: Tuple[int, ...
 def _detection(tp: int, fp: int, fn: int) -> Dict[str, float]:
     """Counts, precision, recall and F1 = 2TP / (2TP + FP + FN); 0 where a denominator is 0 (official parser)."""
     return {"TP": tp, "FP": fp, "FN": fn, "Precision": tp / (tp + fp) if tp + fp else 0.0,
-            "Recall": tp / (tp + fn) if tp + fn else 0.0, "F1": 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else 0.0}
+            "Recall": tp / (tp + fn) if tp + fn else 0.0,
+            "F1": 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else 0.0}
 
 
 def _size_split(matches, lesion_dice, lesion_hd95, lesion_nsd, volumes: np.ndarray, fp: int, volume_threshold: float,
@@ -307,7 +308,8 @@ def brats_lesionwise_metrics(ref: np.ndarray, pred: np.ndarray, spacing: Sequenc
         overlap_threshold: Dice a matched lesion needs to count as detected (``mets``).
     """
     if config not in LESIONWISE_CONFIGS:
-        raise EvaluationError(f"unknown lesion-wise configuration {config!r}; choose one of {sorted(LESIONWISE_CONFIGS)}")
+        raise EvaluationError(f"unknown lesion-wise configuration {config!r}; "
+                              f"choose one of {sorted(LESIONWISE_CONFIGS)}")
     if variant not in VARIANTS:
         raise EvaluationError(f"unknown lesion-wise variant {variant!r}; choose one of {list(VARIANTS)}")
     ref, pred = to_brats2023_labels(ref, labels), to_brats2023_labels(pred, labels)

@@ -27,7 +27,7 @@ from importlib.metadata import PackageNotFoundError, requires, version
 from pathlib import Path
 from typing import List, Sequence, Union
 
-from nnunetv2_ciml.submission.autopet_process import OUTPUT_SLUG, SubmissionError, _channel_order
+from nnunetv2_ciml.submission.autopet_process import OUTPUT_SLUG, SubmissionError, channel_order
 
 __all__ = ["DEFAULT_BASE_IMAGE", "build_autopet_submission"]
 
@@ -124,7 +124,7 @@ def build_autopet_submission(model_folder: Union[str, Path], folds: Sequence[Uni
         if not (model_folder / name).is_file():
             raise SubmissionError(f"'{model_folder / name}' not found: -m must be an nnU-Net training output folder "
                                   "(…/nnUNet_results/DatasetXXX/TRAINER__PLANS__CONFIGURATION)")
-    _channel_order(json.loads((model_folder / "dataset.json").read_text()))
+    channel_order(json.loads((model_folder / "dataset.json").read_text()))
     folds = [str(f) for f in folds]
     if not folds:
         raise SubmissionError("give at least one fold (-f)")

@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
-__all__ = ["OUTPUT_SLUG", "pair_inputs", "process", "main"]
+__all__ = ["OUTPUT_SLUG", "SubmissionError", "pair_inputs", "channel_order", "ct_on_pet_grid", "process", "main"]
 
 OUTPUT_SLUG = "images/automated-petct-lesion-segmentation"
 CATEGORY_FILE = "data-centric-model.json"
@@ -61,7 +61,7 @@ def pair_inputs(input_root: Path) -> List[Tuple[str, Path, Path]]:
     return [(p.name[:-len(".mha")], p, pet_by_name[p.name]) for p in ct]
 
 
-def _channel_order(dataset_json: Dict) -> Tuple[int, int]:
+def channel_order(dataset_json: Dict) -> Tuple[int, int]:
     """Network channel indices ``(ct, pet)`` from the model's channel names."""
     names = {int(k): str(v).strip().lower() for k, v in dataset_json.get("channel_names", {}).items()}
     ct = [k for k, v in names.items() if v in _CT_NAMES]
@@ -72,7 +72,7 @@ def _channel_order(dataset_json: Dict) -> Tuple[int, int]:
     return ct[0], pet[0]
 
 
-def _on_pet_grid(ct: sitk.Image, pet: sitk.Image) -> sitk.Image:
+def ct_on_pet_grid(ct: sitk.Image, pet: sitk.Image) -> sitk.Image:
     same = (ct.GetSize() == pet.GetSize() and np.allclose(ct.GetSpacing(), pet.GetSpacing(), atol=1e-4)
             and np.allclose(ct.GetOrigin(), pet.GetOrigin(), atol=1e-3)
             and np.allclose(ct.GetDirection(), pet.GetDirection(), atol=1e-5))
@@ -108,7 +108,7 @@ def process(input_root: Union[str, Path], output_root: Union[str, Path], model_f
     dataset_json_file = model_folder / "dataset.json"
     if not dataset_json_file.is_file():
         raise SubmissionError(f"'{dataset_json_file}' not found: not an nnU-Net model folder")
-    ct_channel, pet_channel = _channel_order(json.loads(dataset_json_file.read_text()))
+    ct_channel, pet_channel = channel_order(json.loads(dataset_json_file.read_text()))
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=use_mirroring,
@@ -123,7 +123,7 @@ def process(input_root: Union[str, Path], output_root: Union[str, Path], model_f
     with tempfile.TemporaryDirectory() as tmp:
         for uid, ct_file, pet_file in cases:
             pet = sitk.ReadImage(str(pet_file))
-            ct = _on_pet_grid(sitk.ReadImage(str(ct_file)), pet)
+            ct = ct_on_pet_grid(sitk.ReadImage(str(ct_file)), pet)
             channels = [None, None]
             channels[ct_channel] = Path(tmp) / f"{uid}_ct.nii.gz"
             channels[pet_channel] = Path(tmp) / f"{uid}_pet.nii.gz"
