@@ -62,6 +62,10 @@ infinite lesion-wise HD95 of rule 5; on BraTS data (1 mm isotropic) the spacing 
 ``variant="corrected"`` uses the spacing of each array axis in mm everywhere (NSD tolerance the smallest
 spacing, global values too) and 373 for rule 5's HD95.
 
+Single-slice images stored as 3D, ``(1, Y, X)``: the surface distances use the in-plane contour
+(:mod:`~nnunetv2_ciml.evaluation.surface_distance`), where panoptica's erosion would count every voxel
+of such an image as surface; values then differ from the official ones (BraTS data is 3D).
+
 Missing predictions are scored as empty predictions by the folder runner (all reference lesions
 missed). The official parser instead gives a missing case 0 everywhere (FN 0 too) and HD95 373.
 

@@ -18,7 +18,9 @@ What it does (everything below is written under tests/golden/):
    cropped to REAL_CASE_BOX (array index order z, y, x; half-open), the bounding box of the union of
    the five segmentations' non-zero voxels plus an 8-voxel margin, clipped to the image; labels
    mapped to the 2023 convention (4 -> 3). ``hnfnetv1-20`` is the reference, each other team a
-   prediction (four cases). The crop is not written to the repository; the test crops the same box.
+   prediction (four cases). The crop is not written here; it is the box of the repository's cropped copy
+   ``tests/data/brats_TCGA-DU-7294`` (``crop.json``), which the test reads when present (else it crops
+   the full-size case itself).
 3. Runs the official command line tools exactly as a challenge participant would:
    ``brats-evaluate --ref_path REF --pred_path PRED --config {gli,mets} --summary_json J`` and
    ``brats-parse-metrics seg --json_path J --output_csv_path C`` (gli) or
