@@ -178,3 +178,21 @@ def test_cli_lesionwise_writes_the_leaderboard_values(tmp_path, capsys):
                  str(out), "--variant", "corrected"]) == 2
     assert main(["evaluate", "autopet", "-ref", str(SYNTHETIC / "ref"), "-pred", str(SYNTHETIC / "pred"), "-o",
                  str(out), "--lesionwise"]) == 2
+
+
+def test_nnunet_labels_are_converted_to_the_2023_regions():
+    """nnU-Net's BraTS labels (1 edema, 2 NCR, 3 ET) give the same values as the same segmentation in 2023
+    labels (1 NETC, 2 SNFH, 3 ET); a swapped edema/NCR mapping would move the NETC lesion into SNFH."""
+    brats2023 = np.zeros((8, 8, 8), np.uint8)
+    brats2023[1:3, 1:3, 1:3] = 1          # NETC
+    brats2023[5:7, 5:7, 5:7] = 2          # SNFH
+    brats2023[1:3, 5:7, 1:3] = 3          # ET
+    pred2023 = brats2023.copy()
+    pred2023[1:3, 1:2, 1:3] = 0           # a worse NETC
+    to_nnunet = np.array([0, 2, 1, 3], np.uint8)
+    spacing = (1.0, 1.0, 1.0)
+    expected = brats_lesionwise_metrics(brats2023, pred2023, spacing, labels="brats2023")
+    got = brats_lesionwise_metrics(to_nnunet[brats2023], to_nnunet[pred2023], spacing, labels="nnunet")
+    assert got.keys() == expected.keys()
+    assert all(_same(got[r][m], expected[r][m]) for r in expected for m in expected[r])
+    assert expected["NETC"]["Dice"] == pytest.approx(2 * 4 / (8 + 4)) and expected["SNFH"]["Dice"] == 1.0
