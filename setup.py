@@ -52,6 +52,7 @@ setup(
         "SimpleITK>=2.2.1",
         "numpy>=1.24",
         "scipy",
+        "connected-components-3d>=3.12",
         "matplotlib",
         "tqdm",
     ],
