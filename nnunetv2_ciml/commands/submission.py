@@ -8,7 +8,7 @@ HELP = "Build the folder of a challenge algorithm container (autoPET III: Docker
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="challenge", required=True, metavar="CHALLENGE")
     p = sub.add_parser("autopet", help="autoPET III grand-challenge container: /input/images/{ct,pet}/*.mha -> "
-                                       "/output/images/automated-petct-lesion-segmentation/<uid>.mha",
+                                       "/output/images/tumor-lesion-segmentation/<uid>.mha",
                        description="autoPET III grand-challenge algorithm container folder (docker build it, "
                                    "docker save it, upload the .tar.gz)")
     p.add_argument("-m", dest="model_folder", required=True, metavar="MODEL_FOLDER",

@@ -5,7 +5,9 @@ Interface (grand-challenge, as the organisers' baseline container ``ClinicalData
 
 - input: ``INPUT/images/ct/<name>.mha`` (CT resampled onto the PET grid, HU) and
   ``INPUT/images/pet/<name>.mha`` (PET in SUV), one case per container run;
-- output: ``OUTPUT/images/automated-petct-lesion-segmentation/<uid>.mha``, a binary uint8 mask
+- output: ``OUTPUT/images/tumor-lesion-segmentation/<uid>.mha`` (the socket of autoPET III's algorithm
+  interface, which the FDG/PSMA containers of that edition write; the autoPET II-era baseline wrote
+  ``automated-petct-lesion-segmentation``), a binary uint8 mask
   (1 = lesion) on the PET grid, ``<uid>`` the CT file's name without ``.mha`` (as the baseline), and
   ``OUTPUT/data-centric-model.json`` holding ``false`` (the challenge's award-category flag: this is
   not a data-centric entry).
@@ -32,7 +34,7 @@ import SimpleITK as sitk
 
 __all__ = ["OUTPUT_SLUG", "SubmissionError", "pair_inputs", "channel_order", "ct_on_pet_grid", "process", "main"]
 
-OUTPUT_SLUG = "images/automated-petct-lesion-segmentation"
+OUTPUT_SLUG = "images/tumor-lesion-segmentation"
 CATEGORY_FILE = "data-centric-model.json"
 _CT_NAMES, _PET_NAMES = {"ct"}, {"pet", "suv"}
 
