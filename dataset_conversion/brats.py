@@ -17,7 +17,7 @@ file to ``BraTS20_Training_355_seg.nii``, or use ``--skip-incomplete``.
 
 nnU-Net dataset: channels 0 T1, 1 T1ce, 2 T2, 3 FLAIR (images copied byte for byte); labels remapped
 with nnU-Net's own function to 1 edema, 2 NCR/NETC, 3 ET; regions whole tumor (1, 2, 3), tumor core
-(2, 3), enhancing tumor (3) with ``regions_class_order`` (1, 2, 3). CIML default (DESIGN §4): FLAIR owns
+(2, 3), enhancing tumor (3) with ``regions_class_order`` (1, 2, 3). CIML default: FLAIR owns
 whole tumor, T1ce owns tumor core and enhancing tumor; T1 and T2 only send messages.
 
 Post-treatment dataset (``brats2024``): the label files keep the BraTS 2024 values (1 NETC, 2 SNFH,

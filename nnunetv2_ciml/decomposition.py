@@ -17,7 +17,7 @@ be listed in one subtask's outputs; if it is not, it goes to the subtask owning 
 with the most voxels in the training labels (or, without counts, to the first subtask).
 Names are matched case-insensitively.
 
-Without a block, :func:`default_subtasks` assigns outputs by name (DESIGN §4: FLAIR owns whole
+Without a block, :func:`default_subtasks` assigns outputs by name (FLAIR owns whole
 tumor/edema, T1ce owns tumor core, enhancing tumor and necrosis, PET owns lesions and GTVn, CT owns
 GTVp). If any foreground output cannot be assigned that way, the fallback is one subtask owning every
 output with channel 0 as its primary (every other channel then only sends messages).
@@ -143,7 +143,7 @@ def default_subtasks(dataset_json: Mapping) -> Tuple[Dict[str, dict], str]:
         subtasks: Dict[str, dict] = {}
         for o in outs:  # one subtask per primary modality, named after it
             subtasks.setdefault(owner[o], {"primary": owner[o], "outputs": []})["outputs"].append(o)
-        return subtasks, "defaults from modality and label names (DESIGN §4)"
+        return subtasks, "defaults from modality and label names"
     unmatched = [o for o in outs if o not in owner]
     return ({mods[0]: {"primary": mods[0], "outputs": list(outs)}},
             f"fallback: one subtask with primary '{mods[0]}' (channel 0); no name rule for {unmatched or 'a single modality'}; "

@@ -43,7 +43,7 @@ from tqdm import tqdm
 from nnunetv2_ciml.interpretability.geometry import can_write_map, to_input_geometry, write_map
 from nnunetv2_ciml.interpretability.message_gradcam import MessageGradCAM, sliding_window_message_cams
 from nnunetv2_ciml.interpretability.overlay import render_subtask_overlay
-from nnunetv2_ciml.network import CIMLUNet, MessagePair
+from nnunetv2_ciml.network import CIMLUNet, MessagePair, unwrap
 
 __all__ = ["ExplainError", "CaseExplanation", "load_predictor", "ciml_network", "find_cases", "explain_image",
            "explain_case", "map_file_name", "write_case_explanation", "explain_folder"]
@@ -127,8 +127,7 @@ def load_predictor(model_folder: Union[str, Path], fold: Union[int, str] = 0,
 
 def ciml_network(predictor: nnUNetPredictor, where: str = "the predictor") -> CIMLUNet:
     """The predictor's CIML network (behind ``torch.compile``/DDP wrappers); ExplainError if it is none."""
-    network = getattr(predictor.network, "module", predictor.network)
-    network = getattr(network, "_orig_mod", network)
+    network = unwrap(predictor.network)
     if not isinstance(network, CIMLUNet):
         raise ExplainError(f"{where} holds a {type(network).__name__} (trainer {predictor.trainer_name}), not a "
                            f"CIML network: explain needs a model trained with -tr nnUNetTrainerCIML (or a variant)")

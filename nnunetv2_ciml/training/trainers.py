@@ -16,9 +16,9 @@ from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoM
     nnUNetTrainerNoMirroring
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-from torch import nn
 
 from nnunetv2_ciml.decomposition import count_label_voxels, resolve_decomposition
+from nnunetv2_ciml.network import unwrap
 from nnunetv2_ciml.planning import CIML_NETWORK, ciml_architecture
 from nnunetv2_ciml.training.loss import KLRegularizedLoss
 from nnunetv2_ciml.training.progress import plot_ciml_progress
@@ -27,12 +27,6 @@ __all__ = ["nnUNetTrainerCIML", "nnUNetTrainerCIML_beta1e2", "nnUNetTrainerCIML_
            "nnUNetTrainerCIML_noMessages", "nnUNetTrainerCIML_CPUtest", "nnUNetTrainerCIML_noMessages_CPUtest"]
 
 LOG_KEYS = ("ciml_beta", "ciml_kl", "ciml_message_kl", "ciml_message_magnitude")
-
-
-def unwrap(network: nn.Module) -> nn.Module:
-    """The module behind DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
-    network = getattr(network, "module", network)
-    return getattr(network, "_orig_mod", network)
 
 
 class nnUNetTrainerCIML(nnUNetTrainer):
