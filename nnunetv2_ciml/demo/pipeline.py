@@ -223,8 +223,8 @@ def _test_cases(raw: Path, file_ending: str, num_modalities: int) -> Dict[str, L
 
 
 def _read(path: Path):
-    import SimpleITK as sitk
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    from nnunetv2_ciml.image_io import read_image_array
+    return read_image_array(path)
 
 
 def _predict(model_folder: Path, cases: Dict[str, List[str]], out_dir: Path, device: str, log_file: Path,
