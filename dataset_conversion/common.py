@@ -31,13 +31,15 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from nnunetv2_ciml.errors import CIMLError
+
 from .grid import Grid
 
 FILE_ENDING = ".nii.gz"
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
-class ConversionError(RuntimeError):
+class ConversionError(CIMLError, RuntimeError):
     """Bad input or refused output. The message names the case, the file and what is wrong."""
 
 

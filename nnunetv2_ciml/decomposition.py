@@ -29,10 +29,12 @@ from dataclasses import dataclass
 import os
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from nnunetv2_ciml.errors import CIMLError
+
 BACKGROUND = "background"
 
 
-class DecompositionError(ValueError):
+class DecompositionError(CIMLError, ValueError):
     """The ``ciml`` block (or the dataset) does not describe a valid decomposition."""
 
 

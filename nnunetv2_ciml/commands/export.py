@@ -1,6 +1,5 @@
 """``nnunetv2_ciml export {brats,autopet,hecktor} PRED_DIR OUT_DIR``: nnU-Net predictions into challenge submissions."""
 import argparse
-import sys
 
 HELP = "Turn nnU-Net predictions of a converted BraTS, autoPET or HECKTOR dataset into the challenge's submission files."
 
@@ -32,21 +31,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from nnunetv2_ciml.dataset_conversion.common import ConversionError
-
+    # errors (ConversionError) are reported by nnunetv2_ciml.cli
     kwargs = dict(num_processes=args.num_processes, overwrite=args.overwrite)
-    try:
-        if args.dataset == "brats":
-            from nnunetv2_ciml.dataset_conversion.brats import export_brats
-            report = export_brats(args.pred_dir, args.out_dir, labels=args.labels, source=args.source, **kwargs)
-        elif args.dataset == "autopet":
-            from nnunetv2_ciml.dataset_conversion.autopet import export_autopet
-            report = export_autopet(args.pred_dir, args.out_dir, source=args.source, **kwargs)
-        else:
-            from nnunetv2_ciml.dataset_conversion.hecktor import export_hecktor
-            report = export_hecktor(args.pred_dir, args.out_dir, source=args.source, **kwargs)
-    except ConversionError as e:
-        print(f"nnunetv2_ciml export {args.dataset}: error: {e}", file=sys.stderr)
-        return 1
+    if args.dataset == "brats":
+        from nnunetv2_ciml.dataset_conversion.brats import export_brats
+        report = export_brats(args.pred_dir, args.out_dir, labels=args.labels, source=args.source, **kwargs)
+    elif args.dataset == "autopet":
+        from nnunetv2_ciml.dataset_conversion.autopet import export_autopet
+        report = export_autopet(args.pred_dir, args.out_dir, source=args.source, **kwargs)
+    else:
+        from nnunetv2_ciml.dataset_conversion.hecktor import export_hecktor
+        report = export_hecktor(args.pred_dir, args.out_dir, source=args.source, **kwargs)
     print(report.summary())
     return 0

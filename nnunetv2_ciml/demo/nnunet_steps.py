@@ -17,13 +17,15 @@ import sys
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
+from nnunetv2_ciml.errors import CIMLError
+
 __all__ = ["StepError", "run_step", "plan_and_preprocess", "train"]
 
 EPOCH_LINE = re.compile(r": Epoch (\d+)\s*$")
 PSEUDO_DICE_LINE = re.compile(r": Pseudo dice \[(.*)\]\s*$")
 
 
-class StepError(RuntimeError):
+class StepError(CIMLError, RuntimeError):
     """An nnU-Net step exited with an error."""
 
 

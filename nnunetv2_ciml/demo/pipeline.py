@@ -59,6 +59,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
+from nnunetv2_ciml.errors import CIMLError
+
 __all__ = ["DemoSettings", "DEFAULT_SETTINGS", "QUICK_SETTINGS", "DemoError", "run_demo", "narrow_plans",
            "nnunet_environment", "claims", "DATASET_ID", "DATASET_NAME", "CONFIGURATION", "FOLD", "PLANS",
            "MODELS", "CLEAR_MARGIN", "SHARE_FACTOR"]
@@ -74,7 +76,7 @@ SHARE_FACTOR = 2.0
 MARKER = "nnunetv2_ciml_demo.json"  # written first; marks a folder as the demo's (for overwrite)
 
 
-class DemoError(RuntimeError):
+class DemoError(CIMLError, RuntimeError):
     """The demonstration cannot run (output folder, device) or one of its stages failed."""
 
 

@@ -40,6 +40,7 @@ from nnunetv2.inference.export_prediction import convert_predicted_logits_to_seg
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from tqdm import tqdm
 
+from nnunetv2_ciml.errors import CIMLError
 from nnunetv2_ciml.interpretability.geometry import can_write_map, to_input_geometry, write_map
 from nnunetv2_ciml.interpretability.message_gradcam import MessageGradCAM, sliding_window_message_cams
 from nnunetv2_ciml.interpretability.overlay import render_subtask_overlay
@@ -51,7 +52,7 @@ __all__ = ["ExplainError", "CaseExplanation", "load_predictor", "ciml_network", 
 SUMMARY_FILE = "explain.json"
 
 
-class ExplainError(ValueError):
+class ExplainError(CIMLError, ValueError):
     """The model folder, the inputs or the requested subtasks/senders cannot be explained."""
 
 
