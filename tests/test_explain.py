@@ -407,3 +407,22 @@ def test_an_empty_input_folder_stops_explain(trained, tmp_path, capsys):
     assert code == 1
     assert f"error: no cases in '{tmp_path / 'empty'}'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_demo_prediction_names_case_and_files(trained, predictor, tmp_path):
+    """Our own prediction path (the demo's): a case with one channel file too few reaches nnU-Net's predictor
+    and the network; the error names the case and its files instead of a bare convolution traceback. A NaN
+    channel is refused before nnU-Net reads it (nnU-Net's SimpleITK reader would see zeros)."""
+    from nnunetv2_ciml.demo.pipeline import DemoError, _predict_case
+    from nnunetv2_ciml.image_io import ImageFileError
+
+    _, raw, _ = trained
+    files = [str(f) for f in _case_files(raw)]
+    with pytest.raises(DemoError, match=rf"case 'case_005' \({re.escape(files[0])}, {re.escape(files[1])}\): "
+                                        r"nnU-Net's prediction failed"):
+        _predict_case(predictor, "case_005", files[:2], tmp_path)
+    inputs = tmp_path / "in"
+    bad = _bad_second_case(inputs, _case_files(raw), "nan")
+    with pytest.raises(ImageFileError, match=rf"case 'case_b': channel 1 file '{re.escape(str(bad))}' holds non-finite"):
+        _predict_case(predictor, "case_b", [str(inputs / f"case_b_{c:04d}.nii.gz") for c in range(3)], tmp_path)
+    assert not list(tmp_path.glob("case_*.nii.gz"))

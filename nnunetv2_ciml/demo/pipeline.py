@@ -248,9 +248,22 @@ def _predict(model_folder: Path, cases: Dict[str, List[str]], out_dir: Path, dev
                                                        checkpoint_name="checkpoint_final.pth")
         for case, files in tqdm(cases.items(), desc=description, unit="case", disable=None if verbose else True,
                                 file=sys.stderr):
-            predictor.predict_from_files_sequential([files], [str(out_dir / case)], save_probabilities=False,
-                                                    overwrite=True)
+            _predict_case(predictor, case, files, out_dir)
     return predictor
+
+
+def _predict_case(predictor, case: str, files: List[str], out_dir: Path) -> None:
+    """One case through nnU-Net's predictor, its files checked first; any failure names the case and its files."""
+    from nnunetv2_ciml.image_io import verify_image_file
+
+    for c, f in enumerate(files):
+        verify_image_file(f, case, f"channel {c}")
+    try:
+        predictor.predict_from_files_sequential([files], [str(out_dir / case)], save_probabilities=False,
+                                                overwrite=True)
+    except Exception as e:
+        raise DemoError(f"case '{case}' ({', '.join(files)}): nnU-Net's prediction failed: "
+                        f"{type(e).__name__}: {e}") from e
 
 
 def _mean(values) -> Optional[float]:
