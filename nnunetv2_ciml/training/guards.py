@@ -182,6 +182,9 @@ class GuardedTraining:
                    f"{self.output_folder} hold the last finite weights. Likely causes: a KL weight (beta) or learning "
                    f"rate too high, or NaN/Inf in the preprocessed data.")
         self.print_to_log_file(message, also_print_to_console=True)
+        for loader in (self.dataloader_train, self.dataloader_val):  # stop augmentation workers, as on_train_end does
+            if hasattr(loader, "_finish"):
+                loader._finish()
         raise TrainingStoppedError(message)
 
     def save_checkpoint(self, filename: str) -> None:
