@@ -141,16 +141,21 @@ def _nifti_header(data: bytes, path: Path, case: Optional[str], role: str):
     header_class = nibabel.Nifti1Header if 348 in sizes else nibabel.Nifti2Header if 540 in sizes else None
     if header_class is None:
         raise _fail(path, case, role, "cannot be read: not a NIfTI-1 or NIfTI-2 file (no valid header size)")
-    try:
-        return header_class.from_fileobj(io.BytesIO(data))
+    try:  # lenient like SimpleITK (check=False); what matters is checked below and by SimpleITK's header read
+        header = header_class.from_fileobj(io.BytesIO(data), check=False)
+        dtype = header.get_data_dtype()
     except Exception as e:  # nibabel raises HeaderDataError, ValueError or struct errors on a bad header
         raise _fail(path, case, role, f"cannot be read: invalid NIfTI header ({e})") from None
+    magic = bytes(header["magic"]).rstrip(b"\0")
+    if magic not in (b"n+1", b"n+2"):
+        raise _fail(path, case, role, f"cannot be read: not a single-file NIfTI (magic {magic!r})")
+    return header, dtype
 
 
 def _read_nifti(path: Path, case: Optional[str], role: str, build: bool) -> Tuple[Optional[sitk.Image], ImageInfo]:
     data = _decompressed(path, case, role)
-    header = _nifti_header(data, path, case, role)
-    dtype, shape = header.get_data_dtype(), tuple(int(s) for s in header.get_data_shape())
+    header, dtype = _nifti_header(data, path, case, role)
+    shape = tuple(int(s) for s in header.get_data_shape())
     offset = int(header.get_data_offset())
     needed = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(data) < offset + needed:
@@ -160,10 +165,9 @@ def _read_nifti(path: Path, case: Optional[str], role: str, build: bool) -> Tupl
     stored = np.frombuffer(data, dtype=dtype, count=needed // dtype.itemsize, offset=offset).reshape(shape[::-1])
     if dtype.fields is None:
         _check_finite(stored, path, case, role)
+    # NIfTI: slope 0 means no scaling; nibabel writes NaN for "no scaling", which SimpleITK also ignores
     slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
-    scaled = slope != 0 and not (slope == 1 and inter == 0)
-    if scaled and not (np.isfinite(slope) and np.isfinite(inter)):
-        raise _fail(path, case, role, f"has a non-finite intensity scaling (scl_slope {slope}, scl_inter {inter})")
+    scaled = np.isfinite(slope) and slope != 0 and (slope != 1 or (np.isfinite(inter) and inter != 0))
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))

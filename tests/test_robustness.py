@@ -82,6 +82,10 @@ def test_checked_read_equals_simpleitk_on_good_files(tmp_path):
     nib = nibabel.Nifti1Image(rng.integers(0, 100, (5, 4, 3)).astype(np.int16), np.diag([2.0, 2.0, 2.0, 1.0]))
     nib.header.set_slope_inter(0.5, 3.0)
     nibabel.save(nib, str(tmp_path / "scaled.nii.gz"))
+    # nibabel writes scl_slope = scl_inter = NaN for "no scaling": not a non-finite scaling
+    nibabel.save(nibabel.Nifti1Image(rng.normal(size=(3, 4, 5)).astype(np.float32), np.eye(4)),
+                 str(tmp_path / "nibabel_unscaled.nii.gz"))
+    assert np.isnan(nibabel.load(str(tmp_path / "nibabel_unscaled.nii.gz")).header["scl_slope"])
     for f in sorted(tmp_path.iterdir()):
         ours, theirs = read_image(f), sitk.ReadImage(str(f))
         assert ours.GetPixelID() == theirs.GetPixelID(), f.name
