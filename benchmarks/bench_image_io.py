@@ -3,7 +3,7 @@
 Files: the four MRI channels (int16) and one segmentation (uint8) of the shared BraTS case
 (240 x 240 x 155, skipped if ``../shared/data`` is missing), and a float32 copy of the FLAIR channel
 written to a temporary folder (float data is where the NaN/Inf check runs). For each file it reports
-the median of ``--repeats`` timings of ``sitk.ReadImage`` (which checks neither the gzip CRC nor
+the median of ``--repeats`` interleaved timings of ``sitk.ReadImage`` (which checks neither the gzip CRC nor
 NaN/Inf), ``read_image`` (full gzip check, NaN/Inf check, one decompression) and ``verify_image_file``
 (the checks without building an image), with the ratio to ``sitk.ReadImage`` measured in the same
 run, and checks that ``read_image`` gives SimpleITK's voxels and geometry.
@@ -24,14 +24,18 @@ from nnunetv2_ciml.image_io import read_image, verify_image_file
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats_TCGA-DU-7294"
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm the page cache
-    times = []
+def median_seconds(fns, repeats: int) -> list:
+    """Median time of each function; the functions alternate within each repeat so that load on a shared
+    machine hits all of them alike."""
+    for fn in fns:
+        fn()  # warm the page cache
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, t in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def main() -> None:
@@ -54,9 +58,8 @@ def main() -> None:
             assert ours.GetSpacing() == reference.GetSpacing() and ours.GetOrigin() == reference.GetOrigin()
             assert ours.GetDirection() == reference.GetDirection()
             assert np.array_equal(sitk.GetArrayViewFromImage(ours), sitk.GetArrayViewFromImage(reference))
-            t_sitk = median_seconds(lambda: sitk.ReadImage(str(f)), args.repeats)
-            t_read = median_seconds(lambda: read_image(f), args.repeats)
-            t_verify = median_seconds(lambda: verify_image_file(f), args.repeats)
+            t_sitk, t_read, t_verify = median_seconds(
+                [lambda: sitk.ReadImage(str(f)), lambda: read_image(f), lambda: verify_image_file(f)], args.repeats)
             ratios.append(t_read / t_sitk)
             print(f"{f.name:36s} {f.stat().st_size / 1e6:6.2f} {1e3 * t_sitk:8.1f} {1e3 * t_read:8.1f} "
                   f"{t_read / t_sitk:6.2f} {1e3 * t_verify:9.1f} {t_verify / t_sitk:6.2f}")
