@@ -50,6 +50,8 @@ setup(
         "dynamic-network-architectures>=0.4.4,<0.5",
         "batchgenerators>=0.25.1",
         "SimpleITK>=2.2.1",
+        "nibabel>=5",
+        "zlib-ng>=0.4",
         "numpy>=1.24",
         "scipy",
         "connected-components-3d>=3.12",

@@ -29,10 +29,12 @@ from dataclasses import dataclass
 import os
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from nnunetv2_ciml.errors import CIMLError
+
 BACKGROUND = "background"
 
 
-class DecompositionError(ValueError):
+class DecompositionError(CIMLError, ValueError):
     """The ``ciml`` block (or the dataset) does not describe a valid decomposition."""
 
 
@@ -222,13 +224,14 @@ def resolve_decomposition(dataset_json: Mapping, num_input_channels: Optional[in
 def count_label_voxels(label_folder: str, file_ending: str, max_files: int = 50) -> Dict[int, int]:
     """Voxels per label value over (an evenly spaced sample of at most ``max_files``) label files."""
     import numpy as np
-    import SimpleITK as sitk
+
+    from nnunetv2_ciml.image_io import read_image_array
 
     files = sorted(f for f in os.listdir(label_folder) if f.endswith(file_ending))
     files = files[::max(1, -(-len(files) // max_files))]
     counts: Dict[int, int] = {}
     for f in files:
-        values, n = np.unique(sitk.GetArrayViewFromImage(sitk.ReadImage(os.path.join(label_folder, f))),
+        values, n = np.unique(read_image_array(os.path.join(label_folder, f), f[:-len(file_ending)], "label"),
                               return_counts=True)
         for v, c in zip(values.tolist(), n.tolist()):
             counts[int(v)] = counts.get(int(v), 0) + int(c)

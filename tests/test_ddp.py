@@ -11,7 +11,7 @@ from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunetv2_ciml.training.loss import KLRegularizedLoss
-from nnunetv2_ciml.training.trainers import unwrap
+from nnunetv2_ciml.network import unwrap
 from test_network import REGIONS, build
 
 

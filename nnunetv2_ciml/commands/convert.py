@@ -1,6 +1,5 @@
 """``nnunetv2_ciml convert {brats,autopet,hecktor} SRC [SRC ...] -d ID``: a challenge download into an nnU-Net raw dataset."""
 import argparse
-import sys
 
 HELP = "Convert a BraTS, autoPET or HECKTOR 2022 download into $nnUNet_raw/DatasetXXX_NAME (with a CIML block)."
 
@@ -40,22 +39,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from nnunetv2_ciml.dataset_conversion.common import ConversionError
-
+    # errors (ConversionError) are reported by nnunetv2_ciml.cli
     kwargs = dict(name=args.name, num_processes=args.num_processes, overwrite=args.overwrite,
                   skip_incomplete=args.skip_incomplete)
-    try:
-        if args.dataset == "brats":
-            from nnunetv2_ciml.dataset_conversion.brats import convert_brats
-            report = convert_brats(args.source, args.dataset_id, labels=args.labels, **kwargs)
-        elif args.dataset == "autopet":
-            from nnunetv2_ciml.dataset_conversion.autopet import convert_autopet
-            report = convert_autopet(args.source, args.dataset_id, **kwargs)
-        else:
-            from nnunetv2_ciml.dataset_conversion.hecktor import convert_hecktor
-            report = convert_hecktor(args.source, args.dataset_id, spacing=args.spacing, **kwargs)
-    except ConversionError as e:
-        print(f"nnunetv2_ciml convert {args.dataset}: error: {e}", file=sys.stderr)
-        return 1
+    if args.dataset == "brats":
+        from nnunetv2_ciml.dataset_conversion.brats import convert_brats
+        report = convert_brats(args.source, args.dataset_id, labels=args.labels, **kwargs)
+    elif args.dataset == "autopet":
+        from nnunetv2_ciml.dataset_conversion.autopet import convert_autopet
+        report = convert_autopet(args.source, args.dataset_id, **kwargs)
+    else:
+        from nnunetv2_ciml.dataset_conversion.hecktor import convert_hecktor
+        report = convert_hecktor(args.source, args.dataset_id, spacing=args.spacing, **kwargs)
     print(report.summary())
     return 0

@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from nnunetv2_ciml.evaluation import EvaluationError, evaluate_folder
+    from nnunetv2_ciml.evaluation import evaluate_folder  # its EvaluationError is reported by nnunetv2_ciml.cli
 
     options = {}
     if args.labels is not None:
@@ -70,9 +70,5 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if args.file_ending is not None:
         options["file_ending"] = args.file_ending
-    try:
-        evaluate_folder(args.mode, args.ref, args.pred, args.o, num_processes=args.np, **options)
-    except EvaluationError as e:
-        print(f"nnunetv2_ciml evaluate: error: {e}", file=sys.stderr)
-        return 1
+    evaluate_folder(args.mode, args.ref, args.pred, args.o, num_processes=args.np, **options)
     return 0

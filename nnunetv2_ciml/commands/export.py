@@ -42,32 +42,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from nnunetv2_ciml.dataset_conversion.common import ConversionError
-
+    # errors (ConversionError) are reported by nnunetv2_ciml.cli
     kwargs = dict(num_processes=args.num_processes, overwrite=args.overwrite)
     zip_file = getattr(args, "zip", None)
     if getattr(args, "allow_missing", False) and zip_file is None:
         print(f"nnunetv2_ciml export {args.dataset}: error: --allow-missing applies to --zip only", file=sys.stderr)
         return 2
-    try:
-        if zip_file is not None:
-            from nnunetv2_ciml.dataset_conversion.submission import check_complete
-            missing = check_complete(_source_cases(args.dataset, args.source), args.pred_dir, args.allow_missing)
-        if args.dataset == "brats":
-            from nnunetv2_ciml.dataset_conversion.brats import export_brats
-            report = export_brats(args.pred_dir, args.out_dir, labels=args.labels, source=args.source, **kwargs)
-        elif args.dataset == "autopet":
-            from nnunetv2_ciml.dataset_conversion.autopet import export_autopet
-            report = export_autopet(args.pred_dir, args.out_dir, source=args.source, **kwargs)
-        else:
-            from nnunetv2_ciml.dataset_conversion.hecktor import export_hecktor
-            report = export_hecktor(args.pred_dir, args.out_dir, source=args.source, **kwargs)
-        if zip_file is not None:
-            from nnunetv2_ciml.dataset_conversion.submission import write_zip
-            write_zip(report.written, zip_file, overwrite=args.overwrite)
-    except ConversionError as e:
-        print(f"nnunetv2_ciml export {args.dataset}: error: {e}", file=sys.stderr)
-        return 1
+    if zip_file is not None:
+        from nnunetv2_ciml.dataset_conversion.submission import check_complete
+        missing = check_complete(_source_cases(args.dataset, args.source), args.pred_dir, args.allow_missing)
+    if args.dataset == "brats":
+        from nnunetv2_ciml.dataset_conversion.brats import export_brats
+        report = export_brats(args.pred_dir, args.out_dir, labels=args.labels, source=args.source, **kwargs)
+    elif args.dataset == "autopet":
+        from nnunetv2_ciml.dataset_conversion.autopet import export_autopet
+        report = export_autopet(args.pred_dir, args.out_dir, source=args.source, **kwargs)
+    else:
+        from nnunetv2_ciml.dataset_conversion.hecktor import export_hecktor
+        report = export_hecktor(args.pred_dir, args.out_dir, source=args.source, **kwargs)
+    if zip_file is not None:
+        from nnunetv2_ciml.dataset_conversion.submission import write_zip
+        write_zip(report.written, zip_file, overwrite=args.overwrite)
     print(report.summary())
     if zip_file is not None:
         print(f"Archive: {zip_file} ({len(report.written)} cases"
