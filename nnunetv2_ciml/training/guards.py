@@ -26,7 +26,6 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from torch import nn
 
 from nnunetv2_ciml.errors import CIMLError
 from nnunetv2_ciml.network import unwrap
