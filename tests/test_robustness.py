@@ -6,6 +6,7 @@ the training rows in ``test_training_guards.py``.
 """
 import gzip
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +22,11 @@ from test_evaluation_cli import brats_labels
 
 
 def run(capsys, *argv: str):
-    """``nnunetv2_ciml ARGV`` in this process: (exit status, stdout, stderr)."""
+    """``nnunetv2_ciml ARGV`` in this process: (exit status, stdout, stderr without progress lines)."""
     code = cli.main([str(a) for a in argv])
     out = capsys.readouterr()
-    return code, out.out, out.err
+    progress = re.compile(r"^\S.*: \d+/\d+ cases")
+    return code, out.out, "".join(line for line in out.err.splitlines(True) if not progress.match(line))
 
 
 def truncate(path: Path) -> None:
