@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import SHARED_DATA
 
 from nnunetv2_ciml.evaluation import evaluate_folder
 from nnunetv2_ciml.evaluation.brats_lesionwise import brats_lesionwise_metrics
@@ -19,8 +18,8 @@ from nnunetv2_ciml.evaluation.brats_lesionwise import brats_lesionwise_metrics
 GOLDEN_DIR = Path(__file__).parent / "golden"
 GOLDEN = json.loads((GOLDEN_DIR / "brats_lesionwise_golden.json").read_text())
 SYNTHETIC = GOLDEN_DIR / "brats_lesionwise_synthetic"
-# the cropped copy kept in the repository (same box as the golden script's), else the full-size source
-REAL_CASE_SOURCES = (Path(__file__).parent / "data" / "brats_TCGA-DU-7294", SHARED_DATA / "brats_TCGA-DU-7294")
+# the cropped copy kept in the repository (same box as the golden script's)
+REAL_CASE_SOURCES = (Path(__file__).parent / "data" / "brats_TCGA-DU-7294",)
 TOL = 1e-6
 
 # panoptica's result key -> ours
