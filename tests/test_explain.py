@@ -10,15 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.image
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
 
-from synthetic import make_dataset, shrink_plans
+from helpers import assert_same_geometry, message_latent_layers, message_projection, write_image
 
-TRAINER = "nnUNetTrainerCIML_CPUtest"
-DATASET_ID = 961
+pytestmark = pytest.mark.integration  # a model trained by nnU-Net (session fixture trained_regions_2d)
 
 
 def run(env: dict, *args: str) -> subprocess.CompletedProcess:
@@ -26,40 +26,9 @@ def run(env: dict, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(env, raw dataset folder, model folder) of a CIML model trained by nnU-Net.
-
-    nnU-Net's own Python API in this process (fingerprint, planning, preprocessing, ``run_training``),
-    the same code as its CLI minus the CLI's start-up and its ``torch.set_num_threads(cpu_count())``,
-    which makes tiny CPU runs several times slower on a busy 2-core machine.
-    """
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments, preprocess
-    from nnunetv2.run.run_training import run_training
-
-    root = tmp_path_factory.mktemp("explain")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
-    env.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
-               nnUNet_results=str(root / "results"), nnUNet_compile="f", nnUNet_def_n_proc="1",
-               nnUNet_n_proc_DA="1")  # 0 breaks nnU-Net's preprocessing
-    raw = make_dataset(root / "raw", DATASET_ID, regions=True, shape=(32, 32), num_cases=5, num_test=2)
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            if key.startswith("nnUNet_"):
-                mp.setenv(key, value)
-        extract_fingerprints([DATASET_ID], num_processes=1)
-        plan_experiments([DATASET_ID])
-        preprocess([DATASET_ID], configurations=("2d",), num_processes=(1,))
-        shrink_plans(root / "preprocessed", raw.name, "2d")
-        mp.setenv("nnUNet_n_proc_DA", "0")
-        torch.set_num_threads(1)
-        try:
-            run_training(str(DATASET_ID), "2d", 0, TRAINER, device=torch.device("cpu"))
-        finally:
-            torch.set_num_threads(threads)
-    model = root / "results" / raw.name / f"{TRAINER}__nnUNetPlans__2d"
-    assert (model / "fold_0" / "checkpoint_final.pth").is_file()
-    return env, raw, model
+def trained(trained_regions_2d):
+    """(env, raw dataset folder, model folder) of the CIML model nnU-Net trained on the tiny 2D region dataset."""
+    return trained_regions_2d
 
 
 @pytest.fixture(scope="module")
@@ -72,18 +41,7 @@ def predictor(trained):
 def write_case(folder: Path, case: str, channels, spacing, origin, direction) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for c, array in enumerate(channels):
-        image = sitk.GetImageFromArray(array.astype(np.float32))
-        image.SetSpacing(spacing)
-        image.SetOrigin(origin)
-        image.SetDirection(direction)
-        sitk.WriteImage(image, str(folder / f"{case}_{c:04d}.nii.gz"))
-
-
-def assert_same_geometry(path: Path, reference: Path) -> None:
-    a, b = sitk.ReadImage(str(path)), sitk.ReadImage(str(reference))
-    assert a.GetSize() == b.GetSize(), path.name
-    assert a.GetSpacing() == b.GetSpacing() and a.GetOrigin() == b.GetOrigin(), path.name
-    assert a.GetDirection() == b.GetDirection(), path.name
+        write_image(folder / f"{case}_{c:04d}.nii.gz", array.astype(np.float32), spacing, origin, direction)
 
 
 def test_folder_maps_in_the_input_geometry_with_shares(trained, tmp_path):
@@ -131,8 +89,10 @@ def test_folder_maps_in_the_input_geometry_with_shares(trained, tmp_path):
             assert sum(shares) == pytest.approx(1.0)
         else:
             assert shares == [None, None]
-        png = tmp_path / "out" / entry["overlay"]
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        overlay = matplotlib.image.imread(tmp_path / "out" / entry["overlay"])  # decodes: a real PNG
+        assert overlay.ndim == 3 and min(overlay.shape[:2]) >= 100
+        rgb = overlay[..., :3]  # a figure of images with coloured maps or outlines, not blank or all grey
+        assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 50 and (rgb.max(-1) - rgb.min(-1)).max() > 0.2
         assert all(0 <= z < shape[0] for z in entry["slices"])
 
 
@@ -157,10 +117,10 @@ def test_only_the_sender_with_messages_has_a_map(trained, predictor):
     senders = network.senders(flair)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for level in network.messages:
-            w = level[flair].projection(senders.index(t1ce))
+        for stage in sorted({s for s, i in message_latent_layers(network) if i == flair}):
+            w = message_projection(network, stage, flair, senders.index(t1ce))
             w.copy_(torch.randn(w.shape, generator=generator))
-            level[flair].projection(senders.index(t2)).zero_()
+            message_projection(network, stage, flair, senders.index(t2)).zero_()
         _decoder_bias(network, flair, 10.0)  # predict the subtask everywhere: a target on every voxel
 
     result = explain_case(predictor, _case_files(raw), subtasks=["flair"])
@@ -185,39 +145,74 @@ def test_only_the_sender_with_messages_has_a_map(trained, predictor):
     assert empty.shares["FLAIR"] == {"T1ce": None, "T2": None}
 
 
-def test_tile_maps_match_pytorch_grad_cam(trained, predictor):
-    """At the full-resolution skip level our per-tile map is Grad-CAM as pytorch-grad-cam computes it."""
+def _set_messages(network, active, generator) -> None:
+    """Zero every message projection, then draw those of ``active``: ``(stage, subtask, sender slot)``."""
+    with torch.no_grad():
+        for (stage, subtask), (_, _) in message_latent_layers(network).items():
+            for slot in range(len(network.senders(subtask))):
+                message_projection(network, stage, subtask, slot).zero_()
+        for stage, subtask, slot in active:
+            w = message_projection(network, stage, subtask, slot)
+            w.copy_(torch.randn(w.shape, generator=generator))
+
+
+def _raw_grad_cams(network, x, target, layers):
+    """pytorch-grad-cam's Grad-CAM of each layer before its min-max scaling: ``ReLU(sum_c w_c A_c)`` with its own
+    hooks, backward pass, channel weights (``get_cam_weights``) and weighted sum (``get_cam_image``)."""
     from pytorch_grad_cam import GradCAM
+
+    with GradCAM(model=network, target_layers=[layer for layer, _ in layers]) as cam:
+        cam(input_tensor=x, targets=[target])
+        activations = cam.activations_and_grads.activations
+        gradients = cam.activations_and_grads.gradients
+        return [(cam, a.cpu().numpy(), g.cpu().numpy()) for a, g in zip(activations, gradients)]
+
+
+def test_tile_maps_match_pytorch_grad_cam_in_absolute_scale_summed_over_stages(trained, predictor):
+    """Two senders to subtask "T1ce", one with messages at stages 0 and 1, the other at stage 0 only. Our map of each
+    pair equals pytorch-grad-cam's unscaled Grad-CAM of that sender's latent channels at stage 0 plus its stage-1 map
+    upsampled (linear) and divided by the 4 patch pixels per stage-1 pixel (mass kept). Fails on a per-stage or
+    per-sender rescaling (e.g. min-max, as pytorch-grad-cam's default output), on a sum without the mass factor, on
+    the stage-0 map alone, or on mixing the senders' channels."""
+    import torch.nn.functional as F
 
     from nnunetv2_ciml.interpretability import MessageGradCAM, ciml_network
 
-    _, raw, _ = trained
     network = ciml_network(predictor)
     subtask = network.subtask_names.index("T1ce")
-    p = next(p for p, (_, i) in enumerate(network.message_pairs) if i == subtask)
+    pairs = [p for p, (_, i) in enumerate(network.message_pairs) if i == subtask]
+    assert [network.message_pairs[p][0] for p in pairs] == network.senders(subtask)
     generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for level in network.messages:
-            for module in level:
-                module.project.weight.zero_()
-        w = network.messages[0][subtask].projection(0)  # only level 0 of pair p sends anything
-        w.copy_(torch.randn(w.shape, generator=generator))
+    _set_messages(network, [(0, subtask, 0), (1, subtask, 0), (0, subtask, 1)], generator)
     x = torch.randn((1, 3, 32, 32), generator=generator)
     mask = torch.zeros((2, 32, 32), dtype=torch.uint8)
     mask[:, 8:20, 10:26] = 1
     channels = network.subtask_outputs[subtask]
 
-    with MessageGradCAM(network, [p], {subtask: channels}) as gradcam:
-        ours = gradcam(x, mask)[0].numpy()
+    with MessageGradCAM(network, pairs, {subtask: channels}) as gradcam:
+        ours = gradcam(x, mask).numpy()
 
     def target(output):
         return (output[channels] * mask[channels]).sum()
 
-    with GradCAM(model=network, target_layers=[network.messages[0][subtask].message]) as cam:
-        reference = cam(input_tensor=x, targets=[target])[0]
-    assert ours.max() > 0
-    scaled = (ours - ours.min()) / (ours.max() - ours.min())
-    np.testing.assert_allclose(scaled, reference, atol=1e-4)
+    layers = [message_latent_layers(network)[(stage, subtask)] for stage in (0, 1)]
+    network.eval()
+    recorded = _raw_grad_cams(network, x, target, layers)
+    expected = np.zeros((2, 32, 32), np.float32)
+    for (cam, activation, gradient), (_, latent) in zip(recorded, layers):
+        for slot in range(2):
+            part = slice(slot * latent, (slot + 1) * latent)
+            raw = np.maximum(cam.get_cam_image(x, None, [target], activation[:, part], gradient[:, part], False), 0)
+            level = torch.from_numpy(raw[:, None].astype(np.float32))
+            per_pixel = 32 * 32 / level[0, 0].numel()
+            expected[slot] += (F.interpolate(level, size=(32, 32), mode="bilinear", align_corners=False)[0, 0]
+                               / per_pixel).numpy()
+    assert all(ours[slot].max() > 0 for slot in range(2))
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+    # Sender 0's stage-1 part is not negligible: its stage-0 map alone would fail the comparison above.
+    (cam1, a1, g1), (_, latent1) = recorded[1], layers[1]
+    stage1 = np.maximum(cam1.get_cam_image(x, None, [target], a1[:, :latent1], g1[:, :latent1], False), 0)
+    assert stage1.sum() > 0.01 * ours[0].sum()
 
 
 def test_softmax_targets_exclude_background_3d():
@@ -233,10 +228,8 @@ def test_softmax_targets_exclude_background_3d():
                        norm_op_kwargs={"affine": True}, nonlin=nn.LeakyReLU, modality_names=["CT", "PET"],
                        subtask_names=["GTVp", "GTVn"]).eval()
     generator = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for level in network.messages:
-            for module in level:
-                module.project.weight.copy_(torch.randn(module.project.weight.shape, generator=generator))
+    _set_messages(network, [(stage, subtask, slot) for stage, subtask in message_latent_layers(network)
+                            for slot in range(len(network.senders(subtask)))], generator)
     x = torch.randn((1, 2, 16, 16, 16), generator=generator)
     channels = _target_channels(network, has_regions=False)
     assert channels == {0: [1], 1: [2]}
@@ -341,3 +334,35 @@ def test_clear_errors(trained, predictor, tmp_path, capsys):
     assert code == 1
     assert "nnunetv2_ciml explain: error:" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_default_mirroring_targets_are_nnunets_mirrored_prediction(trained, tmp_path):
+    """The default test-time augmentation path: a model that allows mirroring (as ``nnUNetTrainerCIML`` trains
+    them; the CPU-test trainer does not mirror, so its checkpoint's axes are set to (0, 1) in a copy), loaded with
+    ``use_mirroring=True``. The explained segmentation is nnU-Net's own mirrored prediction of the case, which for
+    this case differs from the unmirrored one. Fails if explain's targets skip (or break) the mirroring."""
+    from nnunetv2_ciml.interpretability import explain_case, load_predictor
+
+    _, raw, model = trained
+    copy = tmp_path / model.name
+    shutil.copytree(model, copy, ignore=shutil.ignore_patterns("validation", "*.png", "*.txt", "checkpoint_best.pth"))
+    checkpoint = torch.load(copy / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["inference_allowed_mirroring_axes"] is None
+    checkpoint["inference_allowed_mirroring_axes"] = (0, 1)
+    torch.save(checkpoint, copy / "fold_0" / "checkpoint_final.pth")
+
+    mirrored = load_predictor(copy, 0, device="cpu", allow_tqdm=False)
+    assert mirrored.use_mirroring and tuple(mirrored.allowed_mirroring_axes) == (0, 1)
+    plain = load_predictor(copy, 0, device="cpu", use_mirroring=False, allow_tqdm=False)
+    files = _case_files(raw, "case_006")
+    image, properties = mirrored.plans_manager.image_reader_writer_class().read_images([str(f) for f in files])
+    nnunet_mirrored = mirrored.predict_single_npy_array(image, dict(properties))
+    nnunet_plain = plain.predict_single_npy_array(image, dict(properties))
+    assert not np.array_equal(nnunet_mirrored, nnunet_plain)
+
+    result = explain_case(mirrored, files)
+    np.testing.assert_array_equal(result.segmentation, nnunet_mirrored)
+    for subtask, shares in result.shares.items():
+        if result.target_voxels[subtask]:
+            assert sum(shares.values()) == pytest.approx(1.0)
+    assert all(np.isfinite(m).all() and m.min() >= 0 for m in result.maps.values())

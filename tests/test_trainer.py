@@ -37,8 +37,18 @@ def make_trainer(cls, env: dict, raw: Path, plans: dict = None, configuration: s
         return cls(plans, configuration, 0, dataset_json, torch.device("cpu")), plans
 
 
+@pytest.fixture(scope="module")
+def ciml_plans(planned_regions_2d) -> dict:
+    """The planned plans as the CIML trainers rewrite them (half-width branches: no width search, fast)."""
+    env, raw = planned_regions_2d
+    trainer, plans = make_trainer(nnUNetTrainerCIML_halfWidth, env, raw)
+    trainer._use_ciml_architecture()
+    return plans
+
+
 def initialized(cls, env, raw, plans=None):
-    trainer, plans = make_trainer(cls, env, raw, plans)
+    """An initialised trainer (network, optimizer, loss) of class ``cls`` on a copy of ``plans``."""
+    trainer, plans = make_trainer(cls, env, raw, json.loads(json.dumps(plans)) if plans is not None else None)
     with nnunet_variables(env):
         trainer.initialize()
     return trainer, plans
@@ -100,12 +110,12 @@ def _deep_supervision_target(outputs, seed=0):
 
 @pytest.mark.parametrize("cls, beta", [(nnUNetTrainerCIML, 1e-3), (nnUNetTrainerCIML_beta1e2, 1e-2),
                                        (nnUNetTrainerCIML_beta1e4, 1e-4)])
-def test_loss_is_nnunet_loss_plus_beta_times_the_kl_of_the_same_forward(planned_regions_2d, cls, beta):
+def test_loss_is_nnunet_loss_plus_beta_times_the_kl_of_the_same_forward(planned_regions_2d, ciml_plans, cls, beta):
     """After the warm-up the training loss is nnU-Net's own deep-supervision loss (built by ``nnUNetTrainer``'s
     ``_build_loss``) plus ``kl_weight`` x the network's KL of that forward pass. Fails if the KL is left out,
     unweighted or weighted by another beta (e.g. a variant's ``kl_weight`` not used)."""
     env, raw = planned_regions_2d
-    trainer, _ = initialized(cls, env, raw)
+    trainer, _ = initialized(cls, env, raw, ciml_plans)
     trainer.current_epoch = trainer.num_epochs - 1  # past the warm-up
     trainer.on_train_epoch_start()
     assert trainer.loss.beta == beta
@@ -124,11 +134,11 @@ def test_loss_is_nnunet_loss_plus_beta_times_the_kl_of_the_same_forward(planned_
 @pytest.mark.parametrize("cls, weight, warmup_epochs", [
     (nnUNetTrainerCIML, 1e-3, 100), (nnUNetTrainerCIML_beta1e2, 1e-2, 100), (nnUNetTrainerCIML_beta1e4, 1e-4, 100),
     (nnUNetTrainerCIML_halfWarmup, 1e-3, 500)])
-def test_kl_warmup_is_linear_over_the_warmup_fraction_of_the_epochs(planned_regions_2d, cls, weight, warmup_epochs):
+def test_kl_warmup_is_linear_over_the_warmup_fraction_of_the_epochs(planned_regions_2d, ciml_plans, cls, weight, warmup_epochs):
     """beta(epoch) = kl_weight x min(1, epoch / (kl_warmup_fraction x num_epochs)); nnU-Net's 1000 epochs.
     Fails on a warm-up that ignores ``kl_warmup_fraction``, is off by one epoch, or ends at another weight."""
     env, raw = planned_regions_2d
-    trainer, _ = initialized(cls, env, raw)
+    trainer, _ = initialized(cls, env, raw, ciml_plans)
     assert trainer.num_epochs == 1000
     betas = {}
     for epoch in (0, 1, warmup_epochs // 2, warmup_epochs - 1, warmup_epochs, 999):
@@ -140,10 +150,10 @@ def test_kl_warmup_is_linear_over_the_warmup_fraction_of_the_epochs(planned_regi
     assert betas == pytest.approx(expected, rel=1e-12, abs=0)
 
 
-def test_loss_without_beta_is_exactly_nnunets(planned_regions_2d):
+def test_loss_without_beta_is_exactly_nnunets(planned_regions_2d, ciml_plans):
     """Epoch 0 (beta 0): the loss is nnU-Net's, bit for bit."""
     env, raw = planned_regions_2d
-    trainer, _ = initialized(nnUNetTrainerCIML, env, raw)
+    trainer, _ = initialized(nnUNetTrainerCIML, env, raw, ciml_plans)
     trainer.current_epoch = 0
     trainer.on_train_epoch_start()
     outputs = trainer.network(torch.randn(2, 3, *trainer.configuration_manager.patch_size))
@@ -156,7 +166,7 @@ def test_background_goes_to_the_subtask_of_the_class_with_most_voxels(tmp_path):
     goes to the PET subtask, counted from nnU-Net's preprocessed ground truth. Fails if the voxel counts are
     ignored (background to the first subtask, CT) or counted per label name rather than value."""
     env = nnunet_environment(tmp_path)
-    raw = make_dataset(tmp_path / "raw", 962, regions=False, shape=(32, 32), num_cases=4, num_test=0)
+    raw = make_dataset(tmp_path / "raw", 962, regions=False, shape=(24, 24), num_cases=2, num_test=0)
     for label in (raw / "labelsTr").iterdir():  # swap labels: the large blob becomes GTVn
         seg = read_array(label)
         write_image(label, np.choose(seg, [0, 2, 1]).astype(np.uint8))
