@@ -30,6 +30,34 @@ def test_hecktor_background_goes_to_the_largest_class():
     assert owners["background"] == "CT"
 
 
+@pytest.mark.parametrize("channels, expected", [
+    (("T1", "T1Gd", "T2", "T2-FLAIR"), {"whole tumor": "T2-FLAIR", "tumor core": "T1Gd", "enhancing tumor": "T1Gd"}),
+    (("t1n", "t1c", "t2w", "t2f"), {"whole tumor": "t2f", "tumor core": "t1c", "enhancing tumor": "t1c"}),
+    (("T2 FLAIR", "T1c", "T1", "T2"), {"whole tumor": "T2 FLAIR", "tumor core": "T1c", "enhancing tumor": "T1c"}),
+    (("t2_flair", "T1-post", "T2", "T1"), {"whole tumor": "t2_flair", "tumor core": "T1-post",
+                                           "enhancing tumor": "T1-post"}),
+])
+def test_brats_modality_aliases_get_their_outputs(channels, expected):
+    """BraTS modality names as datasets spell them (2023+ short names, T1Gd, T2-FLAIR, in any channel order).
+    Fails if an alias is missing: the fallback then makes channel 0 the only primary."""
+    dj = dict(BRATS, channel_names={str(c): name for c, name in enumerate(channels)})
+    d, origin = resolve_decomposition(dj, 4)
+    assert "defaults" in origin
+    owners = {d.output_names[k]: d.modalities[s.primary] for s in d.subtasks for k in s.outputs}
+    assert owners == expected
+
+
+@pytest.mark.parametrize("pet_name", ["SUV", "PT", "pet", "FDG"])
+def test_pet_aliases_own_the_lesions(pet_name):
+    """autoPET/HECKTOR PET channel names (autoPET's SUV, HECKTOR's PT): PET owns the lesion and GTVn, CT the GTVp."""
+    d, origin = resolve_decomposition(dict(AUTOPET, channel_names={"0": "CTres", "1": pet_name}), 2)
+    assert "defaults" in origin and [(s.primary, s.outputs) for s in d.subtasks] == [(1, (0, 1))]
+    d, _ = resolve_decomposition(dict(HECKTOR, channel_names={"0": "CT", "1": pet_name}), 2,
+                                 label_voxel_counts=lambda: {0: 100, 1: 20, 2: 10})
+    owners = {d.output_names[k]: d.modalities[s.primary] for s in d.subtasks for k in s.outputs}
+    assert owners == {"background": "CT", "GTVp": "CT", "GTVn": pet_name}
+
+
 def test_explicit_block_case_insensitive_with_background():
     dj = dict(HECKTOR, ciml={"subtasks": {"primary tumour": {"primary": "ct", "outputs": ["gtvp", "Background"]},
                                           "nodes": {"primary": "PT", "outputs": ["GTVn"]}}})
