@@ -1,6 +1,6 @@
 """What the tests share (the one helpers module; no test imports from another test file).
 
-- images: :func:`write_image`, :func:`read_array`, :func:`assert_same_geometry`, :func:`tree_digest`;
+- images: :func:`write_image`, :func:`write_labels`, :func:`read_array`, :func:`assert_same_geometry`, :func:`tree_digest`;
 - references computed independently of the package: :func:`brute_force_hd95`, :func:`conv_macs_by_hooks`;
 - dataset.json and plans of tiny networks: ``REGIONS``, ``LABELS``, :func:`plain_architecture`;
 - tiny synthetic nnU-Net datasets: :func:`make_dataset`, :func:`shrink_plans`;
@@ -37,6 +37,13 @@ def write_image(path, array: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1
     if direction is not None:
         image.SetDirection(tuple(float(d) for d in direction))
     sitk.WriteImage(image, str(path))
+
+
+def write_labels(path, array: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+                 origin: Optional[Sequence[float]] = None, direction: Optional[Sequence[float]] = None,
+                 dtype=np.uint8) -> None:
+    """:func:`write_image` of a label map, as ``dtype`` (uint8 unless told)."""
+    write_image(path, array, spacing, origin, direction, dtype)
 
 
 def read_array(path) -> np.ndarray:

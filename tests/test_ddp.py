@@ -7,9 +7,9 @@ from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from helpers import REGIONS, build_ciml_network as build
 from nnunetv2_ciml.training.loss import KLRegularizedLoss
 from nnunetv2_ciml.training.trainers import unwrap
-from test_network import REGIONS, build
 
 
 def _worker(rank: int, world_size: int, init_file: str, out_file: str) -> None:

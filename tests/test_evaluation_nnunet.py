@@ -3,9 +3,8 @@ import json
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
-from helpers import brute_force_hd95, read_array as read
+from helpers import brute_force_hd95, read_array as read, write_labels as write
 
 from nnunetv2_ciml.evaluation import (EvaluationError, evaluate_folder,
                                       labels_or_regions_from_dataset_json, nnunet_case_metrics)
@@ -16,14 +15,6 @@ BRATS_REGIONS_JSON = {"channel_names": {"0": "T1", "1": "T1ce", "2": "T2", "3": 
                       "labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3],
                                  "enhancing tumor": [3]},
                       "regions_class_order": [1, 2, 3], "numTraining": 1, "file_ending": ".nii.gz"}
-
-
-def write(path, array, spacing_xyz, origin=None):
-    image = sitk.GetImageFromArray(array.astype(np.uint8))
-    image.SetSpacing(spacing_xyz)
-    if origin is not None:
-        image.SetOrigin(origin)
-    sitk.WriteImage(image, str(path))
 
 
 def shapes_2d(circle_centre, with_square=True, size=48):

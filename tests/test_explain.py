@@ -4,7 +4,6 @@ One 2D region-based model (channels T1ce, T2, FLAIR; subtasks "FLAIR" <- T1ce, T
 is planned, preprocessed and trained by nnU-Net (``nnUNetTrainerCIML_CPUtest``) once for the module.
 """
 import json
-import os
 import shutil
 import subprocess
 import sys

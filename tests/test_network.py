@@ -2,42 +2,13 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch.distributions import Normal, kl_divergence
 
+from helpers import LABELS, REGIONS, build_ciml_network as build
 from nnunetv2_ciml.decomposition import resolve_decomposition
 from nnunetv2_ciml.network import CIMLUNet, ComplementaryMessages
 from nnunetv2_ciml.network.message import GATE_INIT_LOGIT
 from nnunetv2_ciml.planning import ciml_architecture
-
-REGIONS = {"channel_names": {"0": "T1ce", "1": "T2", "2": "FLAIR"},
-           "labels": {"background": 0, "whole tumor": [1, 2], "tumor core": [2]}, "regions_class_order": [1, 2]}
-LABELS = {"channel_names": {"0": "CT", "1": "PET"}, "labels": {"background": 0, "GTVp": 1, "GTVn": 2}}
-
-
-def plain_architecture(dim: int, n_stages: int = 3, residual: bool = False, base: int = 4) -> dict:
-    conv = f"torch.nn.modules.conv.Conv{dim}d"
-    kwargs = {"n_stages": n_stages, "features_per_stage": [base * 2 ** s for s in range(n_stages)], "conv_op": conv,
-              "kernel_sizes": [[3] * dim] * n_stages, "strides": [[1] * dim] + [[2] * dim] * (n_stages - 1),
-              "n_conv_per_stage_decoder": [1] * (n_stages - 1), "conv_bias": True,
-              "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dim}d",
-              "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
-              "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}}
-    kwargs["n_blocks_per_stage" if residual else "n_conv_per_stage"] = [1] * n_stages
-    name = "ResidualEncoderUNet" if residual else "PlainConvUNet"
-    return {"network_class_name": f"dynamic_network_architectures.architectures.unet.{name}", "arch_kwargs": kwargs,
-            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
-
-
-def build(dataset_json, dim=3, residual=False, deep_supervision=True, messages=True, patch=None, width=0.75):
-    d, _ = resolve_decomposition(dataset_json)
-    num_classes = len(d.output_names)
-    patch = patch or (16,) * dim
-    arch = ciml_architecture(plain_architecture(dim, residual=residual), d, patch, num_classes, messages=messages,
-                             width_factor=width)
-    net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
-                                 len(d.modalities), num_classes, allow_init=True, deep_supervision=deep_supervision)
-    return net, arch
 
 
 def randomize_messages(net: CIMLUNet) -> None:
