@@ -228,8 +228,8 @@ def count_label_voxels(label_folder: str, file_ending: str, max_files: int = 50)
     files = files[::max(1, -(-len(files) // max_files))]
     counts: Dict[int, int] = {}
     for f in files:
-        values, n = np.unique(sitk.GetArrayViewFromImage(sitk.ReadImage(os.path.join(label_folder, f))),
-                              return_counts=True)
+        image = sitk.ReadImage(os.path.join(label_folder, f))  # must outlive the array view of its buffer
+        values, n = np.unique(sitk.GetArrayViewFromImage(image), return_counts=True)
         for v, c in zip(values.tolist(), n.tolist()):
             counts[int(v)] = counts.get(int(v), 0) + int(c)
     return counts

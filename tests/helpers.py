@@ -7,7 +7,8 @@
 - the nnU-Net environment: :func:`nnunet_environment`, :func:`run_nnunet`, :func:`plan_and_preprocess`,
   :func:`train_in_process`;
 - the network internals that some tests must know (:func:`message_modules`, :func:`message_latent_layers`,
-  :func:`message_projection`): the only place that knows how ``CIMLUNet`` stores its messages.
+  :func:`message_projection`; :func:`message_slots` and :func:`set_message_projections` build on them): the
+  only place that knows how ``CIMLUNet`` stores its messages.
 """
 import contextlib
 import hashlib
@@ -300,3 +301,21 @@ def message_projection(network: nn.Module, stage: int, subtask: int, slot: int) 
     """The projection weight ``W_j`` (a view, to edit in place) of sender slot ``slot`` into ``subtask`` at ``stage``."""
     return network.messages[stage][subtask].projection(slot)
 
+
+
+def message_slots(network: nn.Module) -> List[Tuple[int, int, int]]:
+    """Every ``(stage, subtask, sender slot)`` of the network's messages."""
+    return [(stage, subtask, slot) for stage, subtask in message_latent_layers(network)
+            for slot in range(len(network.senders(subtask)))]
+
+
+def set_message_projections(network: nn.Module, active: Sequence[Tuple[int, int, int]],
+                            generator: torch.Generator) -> None:
+    """Zero every message projection, then draw those of ``active`` ``(stage, subtask, slot)`` from N(0, 1):
+    messages that exist only where a test wants them (untrained ones are exactly zero)."""
+    with torch.no_grad():
+        for stage, subtask, slot in message_slots(network):
+            message_projection(network, stage, subtask, slot).zero_()
+        for stage, subtask, slot in active:
+            w = message_projection(network, stage, subtask, slot)
+            w.copy_(torch.randn(w.shape, generator=generator))

@@ -101,3 +101,26 @@ def test_block_errors_name_the_problem_and_the_choices(block, message):
 def test_wrong_channel_count_is_an_error():
     with pytest.raises(DecompositionError, match="one network input channel per modality"):
         resolve_decomposition(BRATS, 5)
+
+
+def test_count_label_voxels_counts_values_over_an_even_sample_of_files(tmp_path):
+    """Voxels per label value, summed over the label files (all of them, or every k-th for ``max_files``);
+    other file endings ignored. Fails on counting one file only, or on a sample that is not evenly spaced."""
+    import numpy as np
+
+    from helpers import write_labels
+    from nnunetv2_ciml.decomposition import count_label_voxels
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 3 + (i == 4), (3, 4, 5)) for i in range(5)]  # only the last file has label 3
+    for i, array in enumerate(arrays):
+        write_labels(tmp_path / f"case_{i}.nii.gz", array)
+    (tmp_path / "notes.txt").write_text("not a label file")
+
+    def expected(indices):
+        counts = np.bincount(np.concatenate([arrays[i].ravel() for i in indices]))
+        return {v: int(n) for v, n in enumerate(counts) if n}
+
+    assert count_label_voxels(str(tmp_path), ".nii.gz") == expected(range(5))
+    assert count_label_voxels(str(tmp_path), ".nii.gz", max_files=2) == expected([0, 3])  # every 3rd file
+    assert count_label_voxels(str(tmp_path), ".nii.gz", max_files=3) == expected([0, 2, 4])

@@ -100,7 +100,7 @@ def test_2d_image_stored_with_a_singleton_axis_uses_in_plane_contours(singleton_
     assert naive != pytest.approx(expected)
 
 
-def test_errors():
+def test_empty_mask_shape_mismatch_and_bad_spacing_are_value_errors():
     a = np.zeros((5, 5, 5), bool)
     b = np.zeros_like(a)
     b[2, 2, 2] = True

@@ -15,9 +15,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from helpers import assert_same_geometry, message_latent_layers, message_projection, write_image
+from helpers import (assert_same_geometry, message_latent_layers, message_projection, set_message_projections,
+                     write_image)
 
-pytestmark = pytest.mark.integration  # a model trained by nnU-Net (session fixture trained_regions_2d)
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a model trained by nnU-Net (trained_regions_2d)
 
 
 def run(env: dict, *args: str) -> subprocess.CompletedProcess:
@@ -144,17 +145,6 @@ def test_only_the_sender_with_messages_has_a_map(trained, predictor):
     assert empty.shares["FLAIR"] == {"T1ce": None, "T2": None}
 
 
-def _set_messages(network, active, generator) -> None:
-    """Zero every message projection, then draw those of ``active``: ``(stage, subtask, sender slot)``."""
-    with torch.no_grad():
-        for (stage, subtask), (_, _) in message_latent_layers(network).items():
-            for slot in range(len(network.senders(subtask))):
-                message_projection(network, stage, subtask, slot).zero_()
-        for stage, subtask, slot in active:
-            w = message_projection(network, stage, subtask, slot)
-            w.copy_(torch.randn(w.shape, generator=generator))
-
-
 def _raw_grad_cams(network, x, target, layers):
     """pytorch-grad-cam's Grad-CAM of each layer before its min-max scaling: ``ReLU(sum_c w_c A_c)`` with its own
     hooks, backward pass, channel weights (``get_cam_weights``) and weighted sum (``get_cam_image``)."""
@@ -182,7 +172,7 @@ def test_tile_maps_match_pytorch_grad_cam_in_absolute_scale_summed_over_stages(t
     pairs = [p for p, (_, i) in enumerate(network.message_pairs) if i == subtask]
     assert [network.message_pairs[p][0] for p in pairs] == network.senders(subtask)
     generator = torch.Generator().manual_seed(1)
-    _set_messages(network, [(0, subtask, 0), (1, subtask, 0), (0, subtask, 1)], generator)
+    set_message_projections(network, [(0, subtask, 0), (1, subtask, 0), (0, subtask, 1)], generator)
     x = torch.randn((1, 3, 32, 32), generator=generator)
     mask = torch.zeros((2, 32, 32), dtype=torch.uint8)
     mask[:, 8:20, 10:26] = 1
@@ -212,44 +202,6 @@ def test_tile_maps_match_pytorch_grad_cam_in_absolute_scale_summed_over_stages(t
     (cam1, a1, g1), (_, latent1) = recorded[1], layers[1]
     stage1 = np.maximum(cam1.get_cam_image(x, None, [target], a1[:, :latent1], g1[:, :latent1], False), 0)
     assert stage1.sum() > 0.01 * ours[0].sum()
-
-
-def test_softmax_targets_exclude_background_3d():
-    """Label (softmax) models: the target is a subtask's foreground; background alone gives no map. 3D tiles."""
-    from torch import nn
-
-    from nnunetv2_ciml.interpretability import MessageGradCAM
-    from nnunetv2_ciml.interpretability.explain import _predicted_channels, _target_channels
-    from nnunetv2_ciml.network import CIMLUNet
-
-    network = CIMLUNet(2, 3, [4, 8, 16], nn.Conv3d, 3, [1, 2, 2], 3, 1, subtask_primaries=[0, 1],
-                       subtask_outputs=[[0, 1], [2]], n_conv_per_stage=1, norm_op=nn.InstanceNorm3d,
-                       norm_op_kwargs={"affine": True}, nonlin=nn.LeakyReLU, modality_names=["CT", "PET"],
-                       subtask_names=["GTVp", "GTVn"]).eval()
-    generator = torch.Generator().manual_seed(2)
-    _set_messages(network, [(stage, subtask, slot) for stage, subtask in message_latent_layers(network)
-                            for slot in range(len(network.senders(subtask)))], generator)
-    x = torch.randn((1, 2, 16, 16, 16), generator=generator)
-    channels = _target_channels(network, has_regions=False)
-    assert channels == {0: [1], 1: [2]}
-    pet_to_gtvp, ct_to_gtvn = network.message_pairs
-
-    def maps(gtvp_bias, gtvn_bias):
-        with torch.no_grad():
-            for layer in network.decoder[0].seg_layers:
-                layer.bias.copy_(torch.tensor(gtvp_bias))
-            for layer in network.decoder[1].seg_layers:
-                layer.bias.fill_(gtvn_bias)
-            targets = _predicted_channels(network(x)[0], has_regions=False)
-        with MessageGradCAM(network, [0, 1], channels) as gradcam:
-            return gradcam(x, targets)
-
-    background = maps([20.0, -20.0], -20.0)
-    assert background.shape == (2, 16, 16, 16) and not background.any()
-    gtvn = maps([0.0, -20.0], 40.0)
-    assert not gtvn[network.message_pairs.index(pet_to_gtvp)].any()
-    assert gtvn[network.message_pairs.index(ct_to_gtvn)].min() >= 0
-    assert gtvn[network.message_pairs.index(ct_to_gtvn)].max() > 0
 
 
 def test_cli_round_trip(trained, tmp_path):
@@ -293,11 +245,10 @@ def _plain_model_folder(trained, folder: Path) -> Path:
     return folder
 
 
-def test_clear_errors(trained, predictor, tmp_path, capsys):
-    from nnunetv2_ciml import cli
-    from nnunetv2_ciml.interpretability import ExplainError, explain_case, explain_folder, find_cases
+def test_unknown_subtask_or_sender_names_the_choices(trained, predictor):
+    from nnunetv2_ciml.interpretability import ExplainError, explain_case
 
-    _, raw, model = trained
+    _, raw, _ = trained
     files = _case_files(raw)
     with pytest.raises(ExplainError, match=r"unknown subtask 'whole tumor'.*'FLAIR', 'T1ce'"):
         explain_case(predictor, files, subtasks=["whole tumor"])
@@ -306,6 +257,13 @@ def test_clear_errors(trained, predictor, tmp_path, capsys):
     with pytest.raises(ExplainError, match=r"\['FLAIR'\] send no messages to subtask\(s\) \['FLAIR'\].*'T1ce', 'T2'"):
         explain_case(predictor, files, subtasks=["FLAIR"], senders=["FLAIR"])
 
+
+def test_input_folder_without_complete_cases_names_the_missing_channel(trained, tmp_path, capsys):
+    from nnunetv2_ciml import cli
+    from nnunetv2_ciml.interpretability import ExplainError, find_cases
+
+    _, raw, model = trained
+    files = _case_files(raw)
     modalities = ["T1ce", "T2", "FLAIR"]
     (tmp_path / "empty").mkdir()
     with pytest.raises(ExplainError, match=r"no cases in .*empty.*CASE_XXXX\.nii\.gz.*_0002: FLAIR"):
@@ -320,6 +278,17 @@ def test_clear_errors(trained, predictor, tmp_path, capsys):
     with pytest.raises(ExplainError, match=r"\['notes\.nii\.gz'\] lack the channel suffix"):
         find_cases(partial, ".nii.gz", modalities)
 
+    code = cli.main(["explain", "-m", str(model), "-f", "0", "-i", str(partial), "-o", str(tmp_path / "out"),
+                     "-device", "cpu"])
+    assert code == 1
+    assert "nnunetv2_ciml explain: error:" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_folder_without_the_fold_plans_or_ciml_network_is_refused(trained, tmp_path):
+    from nnunetv2_ciml.interpretability import ExplainError, explain_folder
+
+    _, raw, model = trained
     with pytest.raises(ExplainError, match=r"missing checkpoint .*fold_3.*folds with a checkpoint_final\.pth: fold_0"):
         explain_folder(model, 3, raw / "imagesTs", tmp_path / "out")
     with pytest.raises(ExplainError, match=r"not an nnU-Net model folder: it has no plans\.json"):
@@ -327,12 +296,6 @@ def test_clear_errors(trained, predictor, tmp_path, capsys):
     plain = _plain_model_folder(trained, tmp_path / "plain")
     with pytest.raises(ExplainError, match=r"holds a PlainConvUNet \(trainer nnUNetTrainer\), not a CIML network"):
         explain_folder(plain, 0, raw / "imagesTs", tmp_path / "out", device="cpu")
-
-    code = cli.main(["explain", "-m", str(model), "-f", "0", "-i", str(partial), "-o", str(tmp_path / "out"),
-                     "-device", "cpu"])
-    assert code == 1
-    assert "nnunetv2_ciml explain: error:" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
 
 
 def test_default_mirroring_targets_are_nnunets_mirrored_prediction(trained, tmp_path):

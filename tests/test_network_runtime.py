@@ -5,17 +5,12 @@ import pytest
 import torch
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-from helpers import LABELS, REGIONS, build_ciml_network, message_latent_layers, message_modules, message_projection
+from helpers import LABELS, REGIONS, build_ciml_network, message_modules, message_slots, set_message_projections
 
 
 def _with_messages(network, seed: int = 0) -> None:
     """Non-zero messages everywhere (untrained ones are exactly zero and would hide any difference)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for stage, subtask in message_latent_layers(network):
-            for slot in range(len(network.senders(subtask))):
-                w = message_projection(network, stage, subtask, slot)
-                w.copy_(torch.randn(w.shape, generator=generator))
+    set_message_projections(network, message_slots(network), torch.Generator().manual_seed(seed))
 
 
 def _rebuilt(arch: dict, **changes):
