@@ -1,4 +1,5 @@
 """The DDP path: 2 CPU processes on the gloo backend train the CIML network and stay identical."""
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -40,6 +41,7 @@ def _worker(rank: int, world_size: int, init_file: str, out_file: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two fresh processes that import torch and nnU-Net
 def test_ddp_gloo_two_processes_identical_parameters(tmp_path):
     out_file = tmp_path / "result.pt"
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(out_file)), nprocs=2, join=True)
