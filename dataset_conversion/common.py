@@ -29,7 +29,8 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 
 import numpy as np
 import SimpleITK as sitk
-from tqdm import tqdm
+
+from nnunetv2_ciml.progress import Progress
 
 from .grid import Grid
 
@@ -307,7 +308,7 @@ def run_jobs(worker: Callable, jobs: Sequence, num_processes: Optional[int], des
         num_processes = default_num_processes
     num_processes = max(1, min(int(num_processes), len(jobs)))
     results = []
-    with tqdm(total=len(jobs), desc=desc, unit="case", disable=None) as bar:
+    with Progress(len(jobs), desc, unit="case") as bar:
         if num_processes == 1:
             for job in jobs:
                 results.append(worker(job))

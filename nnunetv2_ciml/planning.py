@@ -5,13 +5,16 @@
 :class:`~nnunetv2_ciml.network.CIMLUNet`: the same stages, kernels, strides, normalisation and
 convolutions per stage, plus the decomposition, with narrower branches.
 
-Branch width rule: every branch (encoder or decoder) gets ``round(w * features_per_stage)``
-features, where ``w`` is the largest factor for which the CIML network's convolution MACs on one
-patch (messages included, counted by ``torch.utils.flop_counter`` on the meta device) do not exceed
-the plain U-Net's from the same plans, with widths rounded to multiples of 8 (``round_channels``:
-odd widths make CPU and tensor-core convolutions several times slower). The no-message ablation
-keeps the widths of the full CIML network so that it isolates the
-messages. Pass ``width_factor`` to choose ``w`` yourself.
+Branch width rule: every branch (encoder or decoder) gets ``w * features_per_stage`` features, rounded
+to the nearest multiple of 8 (``round_channels``: other widths make CPU and tensor-core convolutions
+several times slower), where ``w`` is the largest factor for which the branches' convolution MACs on
+one patch (counted by ``torch.utils.flop_counter`` on the meta device) do not exceed the plain U-Net's
+from the same plans. The messages are not counted: they are a few percent of the arithmetic. The
+no-message ablation keeps the widths of the full CIML network so that it isolates the messages. Pass
+``width_factor`` to choose ``w`` yourself (trainers: ``branch_width_factor``).
+
+Messages go to the stages of :func:`~nnunetv2_ciml.network.ciml_unet.default_message_stages` (all but
+full resolution); edit ``message_stages`` in the saved plans to change that.
 """
 import pydoc
 from copy import deepcopy
@@ -21,7 +24,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from nnunetv2_ciml.decomposition import Decomposition
-from nnunetv2_ciml.network.ciml_unet import MESSAGE_LATENT_FRACTION, round_channels
+from nnunetv2_ciml.network.ciml_unet import ENCODER_LAYOUT, MESSAGE_LATENT_FRACTION, default_message_stages, round_channels
 
 CIML_NETWORK = "nnunetv2_ciml.network.ciml_unet.CIMLUNet"
 SUPPORTED = {
@@ -68,14 +71,14 @@ def ciml_architecture(architecture: dict, decomposition: Decomposition, patch_si
     # the network that a saved model folder describes.
     ciml = {"network_class_name": CIML_NETWORK, "_kw_requires_import": list(architecture["_kw_requires_import"]),
             "arch_kwargs": {**kwargs, **decomposition.to_arch_kwargs(), "messages": messages,
-                            "message_stages": list(range(kwargs["n_stages"])),
-                            "message_latent_fraction": MESSAGE_LATENT_FRACTION}}
+                            "message_stages": default_message_stages(kwargs["n_stages"]),
+                            "message_latent_fraction": MESSAGE_LATENT_FRACTION, "encoder_layout": ENCODER_LAYOUT}}
     m = len(decomposition.modalities)
 
     def with_factor(w: float) -> dict:
         arch = deepcopy(ciml)
         arch["arch_kwargs"]["features_per_stage"] = _branch_widths(features, w)
-        arch["arch_kwargs"]["messages"] = True
+        arch["arch_kwargs"]["messages"] = False  # the budget is the branches' (module docstring)
         return arch
 
     if width_factor is None:

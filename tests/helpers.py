@@ -284,38 +284,38 @@ def train_in_process(env: Dict[str, str], dataset_id: int, configuration: str, t
 
 def message_modules(network: nn.Module) -> List[nn.Module]:
     """Every module that computes messages (to leave out of branch costs, count recomputations, ...)."""
-    from nnunetv2_ciml.network import ComplementaryMessages
+    from nnunetv2_ciml.network import StageMessages
 
-    return [m for m in network.modules() if isinstance(m, ComplementaryMessages)]
-
-
-def message_latent_layers(network: nn.Module) -> Dict[Tuple[int, int], Tuple[nn.Module, int]]:
-    """``(stage, subtask) -> (layer, L)``: the layer whose output is the stacked scaled latents ``u``
-    ``(B, n_senders * L, *spatial)`` of the messages into that skip (sender slots in the order of
-    ``network.senders(subtask)``), the Grad-CAM layer of the messages."""
-    return {(s, i): (module.message, module.latent_channels)
-            for s, level in enumerate(network.messages) for i, module in enumerate(level)}
+    return [m for m in network.modules() if isinstance(m, StageMessages)]
 
 
-def message_projection(network: nn.Module, stage: int, subtask: int, slot: int) -> torch.Tensor:
-    """The projection weight ``W_j`` (a view, to edit in place) of sender slot ``slot`` into ``subtask`` at ``stage``."""
-    return network.messages[stage][subtask].projection(slot)
+def message_latent_layers(network: nn.Module) -> Dict[int, Tuple[nn.Module, Dict[object, slice]]]:
+    """``stage -> (layer, {pair: channels})``: the layer whose output is the stacked scaled latents ``u``
+    ``(B, P * L, *spatial)`` of all messages at that stage (the Grad-CAM layer of the messages), and the
+    channels of ``u`` that belong to each :class:`~nnunetv2_ciml.network.MessagePair`."""
+    return {s: (network.messages[str(s)].message,
+                {p: network.messages[str(s)].latent_slice(p) for p in network.message_pairs})
+            for s in network.message_stages}
 
 
+def message_projection(network: nn.Module, stage: int, pair) -> torch.Tensor:
+    """The projection weight ``W`` of ``pair`` (a :class:`~nnunetv2_ciml.network.MessagePair`) at ``stage``:
+    a view, to edit in place."""
+    return network.messages[str(stage)].projection(pair)
 
-def message_slots(network: nn.Module) -> List[Tuple[int, int, int]]:
-    """Every ``(stage, subtask, sender slot)`` of the network's messages."""
-    return [(stage, subtask, slot) for stage, subtask in message_latent_layers(network)
-            for slot in range(len(network.senders(subtask)))]
+
+def message_slots(network: nn.Module) -> List[Tuple[int, object]]:
+    """Every ``(stage, pair)`` of the network's messages."""
+    return [(s, p) for s in network.message_stages for p in network.message_pairs]
 
 
-def set_message_projections(network: nn.Module, active: Sequence[Tuple[int, int, int]],
+def set_message_projections(network: nn.Module, active: Sequence[Tuple[int, object]],
                             generator: torch.Generator) -> None:
-    """Zero every message projection, then draw those of ``active`` ``(stage, subtask, slot)`` from N(0, 1):
-    messages that exist only where a test wants them (untrained ones are exactly zero)."""
+    """Zero every message projection, then draw those of ``active`` ``(stage, pair)`` from N(0, 1): messages
+    that exist only where a test wants them (untrained ones are exactly zero)."""
     with torch.no_grad():
-        for stage, subtask, slot in message_slots(network):
-            message_projection(network, stage, subtask, slot).zero_()
-        for stage, subtask, slot in active:
-            w = message_projection(network, stage, subtask, slot)
+        for stage, pair in message_slots(network):
+            message_projection(network, stage, pair).zero_()
+        for stage, pair in active:
+            w = message_projection(network, stage, pair)
             w.copy_(torch.randn(w.shape, generator=generator))

@@ -1,4 +1,7 @@
-"""The DDP path: 2 CPU processes on the gloo backend train the CIML network and stay identical."""
+"""The DDP path: 2 CPU processes on the gloo backend train each CIML network variant and stay identical.
+
+DDP fails at the second iteration when a parameter gets no gradient ("Expected to have finished reduction");
+the no-message ablation, whose sender-only modalities feed no decoder, is the variant that would show it."""
 import pytest
 import torch
 import torch.distributed as dist
@@ -16,8 +19,19 @@ from nnunetv2_ciml.training.trainers import unwrap
 def _worker(rank: int, world_size: int, init_file: str, out_file: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     torch.set_num_threads(1)
+    results = {variant: _train(rank, world_size, messages) for variant, messages in VARIANTS.items()}
+    if rank == 0:
+        torch.save(results, out_file)
+    dist.destroy_process_group()
+
+
+# Trainer variants by the network they build (the beta variants build the CIML network).
+VARIANTS = {"nnUNetTrainerCIML": True, "nnUNetTrainerCIML_noMessages": False}
+
+
+def _train(rank: int, world_size: int, messages: bool) -> dict:
     torch.manual_seed(0)  # same initial weights on every rank, as DDP requires
-    net, _ = build(REGIONS)
+    net, _ = build(REGIONS, messages=messages)
     ddp = DDP(net)
     # nnU-Net's region loss in its DDP form, with deep supervision, plus the KL term.
     seg_loss = DC_and_BCE_loss({}, {"batch_dice": True, "do_bg": True, "smooth": 1e-5, "ddp": True},
@@ -26,7 +40,7 @@ def _worker(rank: int, world_size: int, init_file: str, out_file: str) -> None:
     loss.beta = 1e-2
     optimizer = torch.optim.SGD(ddp.parameters(), 1e-2, momentum=0.99, nesterov=True)
     torch.manual_seed(100 + rank)  # different data per rank
-    for _ in range(2):
+    for _ in range(3):
         x = torch.randn(2, 3, 16, 16, 16)
         target = [(torch.rand(2, 2, 16, 16, 16) > 0.5).float(), (torch.rand(2, 2, 8, 8, 8) > 0.5).float()]
         optimizer.zero_grad(set_to_none=True)
@@ -35,16 +49,15 @@ def _worker(rank: int, world_size: int, init_file: str, out_file: str) -> None:
     flat = torch.cat([p.detach().flatten() for p in net.parameters()])
     gathered = [torch.zeros_like(flat) for _ in range(world_size)]
     dist.all_gather(gathered, flat)
-    if rank == 0:
-        torch.save({"params": gathered, "message_norm": float(net.messages[0][0].project.weight.abs().sum())},
-                   out_file)
-    dist.destroy_process_group()
+    return {"params": gathered,
+            "message_norm": sum(float(m.project.weight.abs().sum()) for m in net.messages.values())}
 
 
 @pytest.mark.slow  # two fresh processes that import torch and nnU-Net
 def test_ddp_gloo_two_processes_identical_parameters(tmp_path):
     out_file = tmp_path / "result.pt"
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(out_file)), nprocs=2, join=True)
-    result = torch.load(out_file)
-    assert torch.equal(result["params"][0], result["params"][1])
-    assert result["message_norm"] > 0  # the messages trained too (zero-initialised projection moved)
+    results = torch.load(out_file)
+    for result in results.values():
+        assert torch.equal(result["params"][0], result["params"][1])
+    assert results["nnUNetTrainerCIML"]["message_norm"] > 0  # the messages trained (zero projection moved)

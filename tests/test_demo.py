@@ -160,6 +160,16 @@ def test_report_figures_and_models_exist_and_user_folders_untouched(demo):
     assert all(not any(folder.iterdir()) for folder in user.values())
     for stage in ("plan_and_preprocess", "train_CIML", "explain", "report"):  # stage timings on the terminal
         assert f"{stage} done in" in run.stdout
+    # where the logs are, then one line per epoch of every training (from nnU-Net's logger, via epochs.jsonl)
+    assert f"logs: one per nnU-Net step in {out / 'logs'}" in run.stdout
+    for model in MODELS:
+        assert f"train {model}: epoch 1/2  loss" in run.stdout and f"train {model}: epoch 2/2  loss" in run.stdout
+        epochs = (Path(results["training"][model]["model_folder"]) / "fold_0" / "epochs.jsonl").read_text()
+        assert [json.loads(line)["epoch"] for line in epochs.splitlines()] == [0, 1]
+    assert "claims (quick run: " in run.stdout and "say nothing about CIML" in run.stdout
+    # a model without messages has no KL, hence no beta; the report says how the narrower plans are made
+    assert results["training"]["CIML_noMessages"]["beta"] is None and results["training"]["CIML"]["beta"] > 0
+    assert "features_per_stage" in report and "nnUNetPlans.json" in report
 
 
 @pytest.mark.integration

@@ -12,10 +12,8 @@ from helpers import brute_force_hd95
 from nnunetv2_ciml.evaluation import (BRATS_HD95_PENALTY_MM, EvaluationError, brats_region_metrics,
                                       evaluate_folder)
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats_TCGA-DU-7294"
+DATA = Path(__file__).resolve().parent / "data" / "brats_TCGA-DU-7294"  # cropped around the tumour
 TEAMS = ("hnfnetv1-20", "sanet0-20", "scan-20", "yixinmpl-20")
-needs_data = pytest.mark.skipif(not (DATA / "isen-20.nii.gz").is_file(),
-                                reason=f"shared BraTS sample case not found at {DATA}")
 
 
 def independent_dice_hd95(ref: np.ndarray, pred: np.ndarray, spacing):
@@ -71,7 +69,6 @@ def test_unknown_convention():
         brats_region_metrics(np.zeros((2, 2, 2)), np.zeros((2, 2, 2)), (1, 1, 1), labels="brats2021")
 
 
-@needs_data
 @pytest.mark.parametrize("team", TEAMS)
 def test_real_case_against_independent_computation(team):
     ref, pred = read(DATA / "isen-20.nii.gz"), read(DATA / f"{team}.nii.gz")
@@ -86,7 +83,6 @@ def test_real_case_against_independent_computation(team):
     assert 0.9 < metrics["WT"]["Dice"] < 1.0 and 0 < metrics["WT"]["HD95"] < 10
 
 
-@needs_data
 def test_folder_with_real_segmentations(tmp_path):
     ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
     ref_dir.mkdir()

@@ -114,13 +114,13 @@ def test_only_the_sender_with_messages_has_a_map(trained, predictor):
     network = ciml_network(predictor)
     flair = network.subtask_names.index("FLAIR")
     t1ce, t2 = network.modality_names.index("T1ce"), network.modality_names.index("T2")
-    senders = network.senders(flair)
+    pair = {p.sender: p for p in network.message_pairs if p.subtask == flair}
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for stage in sorted({s for s, i in message_latent_layers(network) if i == flair}):
-            w = message_projection(network, stage, flair, senders.index(t1ce))
+        for stage in network.message_stages:
+            w = message_projection(network, stage, pair[t1ce])
             w.copy_(torch.randn(w.shape, generator=generator))
-            message_projection(network, stage, flair, senders.index(t2)).zero_()
+            message_projection(network, stage, pair[t2]).zero_()
         _decoder_bias(network, flair, 10.0)  # predict the subtask everywhere: a target on every voxel
 
     result = explain_case(predictor, _case_files(raw), subtasks=["flair"])
@@ -150,7 +150,7 @@ def _raw_grad_cams(network, x, target, layers):
     hooks, backward pass, channel weights (``get_cam_weights``) and weighted sum (``get_cam_image``)."""
     from pytorch_grad_cam import GradCAM
 
-    with GradCAM(model=network, target_layers=[layer for layer, _ in layers]) as cam:
+    with GradCAM(model=network, target_layers=list(layers)) as cam:
         cam(input_tensor=x, targets=[target])
         activations = cam.activations_and_grads.activations
         gradients = cam.activations_and_grads.gradients
@@ -158,21 +158,22 @@ def _raw_grad_cams(network, x, target, layers):
 
 
 def test_tile_maps_match_pytorch_grad_cam_in_absolute_scale_summed_over_stages(trained, predictor):
-    """Two senders to subtask "T1ce", one with messages at stages 0 and 1, the other at stage 0 only. Our map of each
-    pair equals pytorch-grad-cam's unscaled Grad-CAM of that sender's latent channels at stage 0 plus its stage-1 map
-    upsampled (linear) and divided by the 4 patch pixels per stage-1 pixel (mass kept). Fails on a per-stage or
-    per-sender rescaling (e.g. min-max, as pytorch-grad-cam's default output), on a sum without the mass factor, on
-    the stage-0 map alone, or on mixing the senders' channels."""
+    """Two senders to subtask "T1ce", one with messages at the first two message stages, the other at the first
+    only. Our map of each pair equals the sum over stages of pytorch-grad-cam's unscaled Grad-CAM of that pair's
+    latent channels, each upsampled to the patch (linear) and divided by the patch pixels per stage pixel (mass
+    kept). Fails on a per-stage or per-sender rescaling (e.g. min-max, pytorch-grad-cam's default output), on a
+    sum without the mass factor, on one stage's map alone, or on mixing the pairs' channels."""
     import torch.nn.functional as F
 
     from nnunetv2_ciml.interpretability import MessageGradCAM, ciml_network
 
     network = ciml_network(predictor)
     subtask = network.subtask_names.index("T1ce")
-    pairs = [p for p, (_, i) in enumerate(network.message_pairs) if i == subtask]
-    assert [network.message_pairs[p][0] for p in pairs] == network.senders(subtask)
+    pairs = [p for p in network.message_pairs if p.subtask == subtask]
+    assert len(pairs) == 2 and len(network.message_stages) >= 2
+    first, second = network.message_stages[:2]
     generator = torch.Generator().manual_seed(1)
-    set_message_projections(network, [(0, subtask, 0), (1, subtask, 0), (0, subtask, 1)], generator)
+    set_message_projections(network, [(first, pairs[0]), (second, pairs[0]), (first, pairs[1])], generator)
     x = torch.randn((1, 3, 32, 32), generator=generator)
     mask = torch.zeros((2, 32, 32), dtype=torch.uint8)
     mask[:, 8:20, 10:26] = 1
@@ -184,24 +185,26 @@ def test_tile_maps_match_pytorch_grad_cam_in_absolute_scale_summed_over_stages(t
     def target(output):
         return (output[channels] * mask[channels]).sum()
 
-    layers = [message_latent_layers(network)[(stage, subtask)] for stage in (0, 1)]
+    layers = message_latent_layers(network)
     network.eval()
-    recorded = _raw_grad_cams(network, x, target, layers)
+    recorded = dict(zip((first, second), _raw_grad_cams(network, x, target, [layers[first][0], layers[second][0]])))
+
+    def raw_map(stage, pair):
+        cam, activation, gradient = recorded[stage]
+        part = layers[stage][1][pair]
+        return np.maximum(cam.get_cam_image(x, None, [target], activation[:, part], gradient[:, part], False), 0)
+
     expected = np.zeros((2, 32, 32), np.float32)
-    for (cam, activation, gradient), (_, latent) in zip(recorded, layers):
-        for slot in range(2):
-            part = slice(slot * latent, (slot + 1) * latent)
-            raw = np.maximum(cam.get_cam_image(x, None, [target], activation[:, part], gradient[:, part], False), 0)
-            level = torch.from_numpy(raw[:, None].astype(np.float32))
+    for stage in (first, second):
+        for n, pair in enumerate(pairs):
+            level = torch.from_numpy(raw_map(stage, pair)[:, None].astype(np.float32))
             per_pixel = 32 * 32 / level[0, 0].numel()
-            expected[slot] += (F.interpolate(level, size=(32, 32), mode="bilinear", align_corners=False)[0, 0]
-                               / per_pixel).numpy()
-    assert all(ours[slot].max() > 0 for slot in range(2))
+            expected[n] += (F.interpolate(level, size=(32, 32), mode="bilinear", align_corners=False)[0, 0]
+                            / per_pixel).numpy()
+    assert all(ours[n].max() > 0 for n in range(2))
     np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
-    # Sender 0's stage-1 part is not negligible: its stage-0 map alone would fail the comparison above.
-    (cam1, a1, g1), (_, latent1) = recorded[1], layers[1]
-    stage1 = np.maximum(cam1.get_cam_image(x, None, [target], a1[:, :latent1], g1[:, :latent1], False), 0)
-    assert stage1.sum() > 0.01 * ours[0].sum()
+    # Pair 0's second-stage part is not negligible: its first-stage map alone would fail the comparison above.
+    assert raw_map(second, pairs[0]).sum() > 0.01 * ours[0].sum()
 
 
 def test_cli_round_trip(trained, tmp_path):

@@ -2,18 +2,20 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
+from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch.distributions import Normal, kl_divergence
 
-from helpers import LABELS, REGIONS, build_ciml_network as build
+from helpers import LABELS, REGIONS, build_ciml_network as build, plain_architecture
 from nnunetv2_ciml.decomposition import resolve_decomposition
-from nnunetv2_ciml.network import CIMLUNet, ComplementaryMessages
+from nnunetv2_ciml.network import CIMLUNet, MessagePair, StageMessages
 from nnunetv2_ciml.network.message import GATE_INIT_LOGIT
 from nnunetv2_ciml.planning import ciml_architecture
 
-
 def randomize_messages(net: CIMLUNet) -> None:
     for m in net.modules():
-        if isinstance(m, ComplementaryMessages):
+        if isinstance(m, StageMessages):
             torch.nn.init.normal_(m.project.weight, std=0.5)
 
 
@@ -37,8 +39,9 @@ def test_outputs_are_assembled_in_nnunet_channel_order():
     net.eval()
     x = torch.randn(1, 2, 16, 16)
     out = net(x)
-    features = [e(x[:, c:c + 1]) for c, e in enumerate(net.encoders)]
-    per_subtask = [dec(features[p]) for p, dec in zip(net.subtask_primaries, net.decoder)]  # messages are zero
+    features = net.encoder(x)
+    per_subtask = [dec([net.modality_features(f, s, p) for s, f in enumerate(features)])  # messages are zero
+                   for p, dec in zip(net.subtask_primaries, net.decoder)]
     torch.testing.assert_close(out[:, 2], per_subtask[0][:, 0])
     torch.testing.assert_close(out[:, 1], per_subtask[1][:, 0])
     torch.testing.assert_close(out[:, 0], per_subtask[1][:, 1])
@@ -49,55 +52,159 @@ def test_same_parameters_whatever_the_deep_supervision_flag():
     without, _ = build(REGIONS, deep_supervision=False)
     without.load_state_dict(with_ds.state_dict(), strict=True)  # as nnU-Net's predictor does
     assert not any(k.startswith("decoder.0.encoder") for k in with_ds.state_dict())  # no duplicated encoders
+    assert with_ds.message_stages == [1, 2]  # no messages at full resolution by default
 
 
 @pytest.mark.parametrize("dim", [2, 3])
-def test_messages_match_the_per_sender_definition(dim):
-    """DESIGN §1 written out sender by sender: posterior and attention on concatenations, m_j = a_j * W_j z_j;
-    KL against torch.distributions; RMS against the materialised message."""
+def test_stage_messages_match_the_per_pair_definition(dim):
+    """The method written out pair by pair (posterior and attention on concatenations of the two modalities'
+    features, m_j = a_j * W_j z_j, summed per subtask); KL against torch.distributions; RMS against the
+    materialised message. Fails if a grouped weight is sliced into the wrong pair, subtask or modality."""
     torch.manual_seed(0)
     conv_op, conv = (torch.nn.Conv2d, F.conv2d) if dim == 2 else (torch.nn.Conv3d, F.conv3d)
-    module = ComplementaryMessages(conv_op, 4, 3, (3,) * dim, n_senders=2)
-    torch.nn.init.normal_(module.project.weight)
-    receiver, senders = torch.randn(2, 4, *(5,) * dim), [torch.randn(2, 4, *(5,) * dim) for _ in range(2)]
+    c, latent, primaries = 4, 3, [2, 0]  # 3 modalities, 2 subtasks
+    pairs = [MessagePair(j, i, f"{j}->{i}") for i, p in enumerate(primaries) for j in range(3) if j != p]
+    module = StageMessages(conv_op, c, latent, (3,) * dim, primaries, pairs)
+    for conv_module in (module.project, module.receiver_posterior, module.receiver_attention):
+        torch.nn.init.normal_(conv_module.weight)
+    torch.nn.init.normal_(module.receiver_attention.bias)
+    features = torch.randn(2, 3 * c, *(5,) * dim)
+    h = list(features.split(c, 1))
     module.eval()
-    message, kl, rms = module(receiver, *senders)
+    message, kl, rms = module(features)
     assert kl is None and rms is None
     module.train()
     torch.manual_seed(1)
-    _, kl, rms = module(receiver, *senders)
+    _, kl, rms = module(features)
 
-    expected_message, expected_kl, expected_rms = 0, [], []
-    for j, sender in enumerate(senders):
-        both = torch.cat((sender, receiver), 1)
-        weight = torch.cat((module.sender_posterior[j].weight,
-                            module.receiver_posterior.weight[6 * j:6 * (j + 1)]), 1)
-        mu, logvar = conv(both, weight, module.receiver_posterior.bias[6 * j:6 * (j + 1)]
-                                                ).chunk(2, 1)
-        attention_weight = torch.cat((module.receiver_attention.weight[j:j + 1],
-                                      module.latent_attention.weight[j:j + 1]), 1)
+    expected_message = [0, 0]
+    expected_kl = []
+    for p, pair in enumerate(pairs):
+        i, k = divmod(p, 2)
+        receiver = h[primaries[pair.subtask]]
+        both = torch.cat((h[pair.sender], receiver), 1)
+        weight = torch.cat((module.sender_posterior.weight[2 * latent * p:2 * latent * (p + 1)],
+                            module.receiver_posterior.weight[2 * latent * p:2 * latent * (p + 1)]), 1)
+        mu, logvar = conv(both, weight, module.receiver_posterior.bias[2 * latent * p:2 * latent * (p + 1)]).chunk(2, 1)
+        attention_weight = torch.cat((module.receiver_attention.weight[p:p + 1],
+                                      module.latent_attention.weight[p:p + 1]), 1)
         attention = torch.sigmoid(conv(torch.cat((receiver, mu), 1), attention_weight,
-                                                             module.receiver_attention.bias[j:j + 1], padding=1))
-        m_j = attention * conv(mu, module.projection(j))
-        expected_message = expected_message + m_j
+                                       module.receiver_attention.bias[p:p + 1], padding=1))
+        expected_message[i] = expected_message[i] + attention * conv(mu, module.projection(pair))
         expected_kl.append(kl_divergence(Normal(mu, torch.exp(0.5 * logvar)), Normal(0.0, 1.0)).sum(1).mean())
-    torch.testing.assert_close(message, expected_message)
+    torch.testing.assert_close(message, torch.cat(expected_message, 1))
     torch.testing.assert_close(kl, torch.stack(expected_kl))
     # The training-mode RMS is that of the sampled message: check it against the same sample.
     torch.manual_seed(1)
     seen = {}
     hook = module.message.register_forward_hook(lambda mod, i, out: seen.setdefault("u", out))
-    module(receiver, *senders)
+    module(features)
     hook.remove()
-    for j in range(2):
-        m_j = conv(seen["u"][:, 3 * j:3 * (j + 1)], module.projection(j))
-        torch.testing.assert_close(rms[j], m_j.square().mean().sqrt())
+    for pair, value in zip(pairs, rms):
+        m_p = conv(seen["u"][:, module.latent_slice(pair)], module.projection(pair))
+        torch.testing.assert_close(value, m_p.square().mean().sqrt())
+
+
+def _separate_encoder(residual: bool, dim: int, width: list):
+    conv = torch.nn.Conv2d if dim == 2 else torch.nn.Conv3d
+    norm = torch.nn.InstanceNorm2d if dim == 2 else torch.nn.InstanceNorm3d
+    common = dict(conv_bias=True, norm_op=norm, norm_op_kwargs={"eps": 1e-5, "affine": True},
+                  nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True}, return_skips=True)
+    if residual:
+        return ResidualEncoder(1, 3, width, conv, 3, [1, 2, 2], [1, 2, 1], **common)
+    return PlainConvEncoder(1, 3, width, conv, 3, [1, 2, 2], [1, 2, 1], **common)
+
+
+@pytest.mark.parametrize("dim, residual", [(2, False), (3, False), (2, True), (3, True)])
+def test_grouped_encoder_equals_separate_modality_encoders(dim, residual):
+    """M independent DNA encoders (one input channel each) loaded into the grouped encoder give the same
+    features block by block and the same gradients (float64). Fails if a group mixes modalities (a norm or
+    convolution across channel blocks) or if stem/bottleneck channels are not multiplied by M."""
+    torch.manual_seed(0)
+    width = [4, 8, 8]
+    arch = plain_architecture(dim, residual=residual, base=4)
+    arch["arch_kwargs"]["n_conv_per_stage" if not residual else "n_blocks_per_stage"] = [1, 2, 1]
+    arch["arch_kwargs"]["features_per_stage"] = width
+    d, _ = resolve_decomposition(REGIONS)
+    ciml = ciml_architecture(arch, d, (16,) * dim, 2, width_factor=1.0)
+    net = get_network_from_plans(ciml["network_class_name"], ciml["arch_kwargs"], ciml["_kw_requires_import"],
+                                 3, 2, allow_init=True, deep_supervision=False).double()
+    separate = [_separate_encoder(residual, dim, width).double() for _ in range(3)]
+    for e in separate:  # nonzero norm affines, so that a mixed-up channel shows
+        for m in e.modules():
+            if isinstance(m, (torch.nn.InstanceNorm2d, torch.nn.InstanceNorm3d)):
+                torch.nn.init.normal_(m.weight), torch.nn.init.normal_(m.bias)
+    grouped_state = {k: torch.cat([e.state_dict()[k] for e in separate], 0) for k in separate[0].state_dict()}
+    net.encoder.load_state_dict(grouped_state, strict=True)
+
+    x = torch.randn(2, 3, *(16,) * dim, dtype=torch.float64)
+    grouped_features = net.encoder(x)
+    separate_features = [e(x[:, c:c + 1]) for c, e in enumerate(separate)]
+    for s, f in enumerate(grouped_features):
+        for c in range(3):
+            torch.testing.assert_close(net.modality_features(f, s, c), separate_features[c][s])
+    weights = [torch.randn_like(f) for f in grouped_features]
+    sum((w * f).sum() for w, f in zip(weights, grouped_features)).backward()
+    sum((w.chunk(3, 1)[c] * f).sum() for c in range(3) for w, f in zip(weights, separate_features[c])).backward()
+    grads = dict(net.encoder.named_parameters())
+    for name, _ in separate[0].named_parameters():
+        torch.testing.assert_close(grads[name].grad, torch.cat([dict(e.named_parameters())[name].grad
+                                                                for e in separate], 0))
+
+
+def test_channel_count_mismatch_names_the_modalities():
+    net, _ = build(REGIONS, deep_supervision=False)
+    with pytest.raises(ValueError, match=r"expects 3 input channels.*T1ce, T2, FLAIR.*got 2.*nnunetv2_ciml predict"):
+        net(torch.randn(1, 2, 16, 16, 16))
+
+
+def test_group_norm_and_old_layouts_are_refused():
+    d, _ = resolve_decomposition(REGIONS)
+    arch = plain_architecture(3)
+    arch["arch_kwargs"]["norm_op"] = "torch.nn.GroupNorm"
+    ciml = ciml_architecture(plain_architecture(3), d, (16,) * 3, 2, width_factor=1.0)
+    kwargs = dict(ciml["arch_kwargs"], norm_op="torch.nn.GroupNorm")
+    with pytest.raises(ValueError, match="per-channel norm.*GroupNorm"):
+        get_network_from_plans(ciml["network_class_name"], kwargs, ciml["_kw_requires_import"], 3, 2)
+    old = {k: v for k, v in ciml["arch_kwargs"].items() if k != "encoder_layout"}
+    with pytest.raises(ValueError, match="do not load: retrain"):
+        get_network_from_plans(ciml["network_class_name"], old, ciml["_kw_requires_import"], 3, 2)
+
+
+def test_message_pairs_are_named_and_kl_follows_their_order():
+    """Per-pair statistics are in ``message_pairs`` order: a message made to carry KL only for one pair shows
+    up at that pair's name, not at a list position of another layout."""
+    net, _ = build(REGIONS, deep_supervision=False)
+    names = [p.name for p in net.message_pairs]
+    assert names == ["T2->whole tumor", "FLAIR->whole tumor", "T1ce->tumor core", "T2->tumor core"] or \
+        len(names) == len(set(names))
+    target = net.message_pairs[-1]
+    for module in net.messages.values():
+        with torch.no_grad():
+            rows = module.sender_posterior.weight
+            rows.zero_()
+            p = module.pairs.index(target)
+            rows[2 * module.latent_channels * p:2 * module.latent_channels * (p + 1)].normal_(std=3.0)
+            module.receiver_posterior.weight.zero_(), module.receiver_posterior.bias.zero_()
+    net.train()
+    net(torch.randn(2, 3, 16, 16, 16))
+    assert int(net.message_kl.argmax()) == net.message_pairs.index(target)
+    assert all(float(v) < 1e-6 for k, v in enumerate(net.message_kl) if k != net.message_pairs.index(target))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_no_graph_breaks_under_torch_compile(training):
+    """torch.compile sees the whole network (grouped encoder, stage messages, checkpointing) as one graph."""
+    net, _ = build(LABELS, dim=2, deep_supervision=False)
+    net.train(training)
+    explanation = torch._dynamo.explain(net)(torch.randn(2, 2, 16, 16))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
 def test_untrained_network_equals_the_no_message_network():
     """Messages start at exactly zero, with their gates nearly closed (nnU-Net's init does not undo either)."""
     net, _ = build(REGIONS)
-    modules = [m for m in net.modules() if isinstance(m, ComplementaryMessages)]
+    modules = [m for m in net.modules() if isinstance(m, StageMessages)]
     assert modules and all(not m.project.weight.any() for m in modules)
     assert all(torch.all(m.receiver_attention.bias == GATE_INIT_LOGIT) for m in modules)
     ablation, _ = build(REGIONS, messages=False)
@@ -118,7 +225,12 @@ def test_gradients_reach_sender_only_encoders_once_messages_are_nonzero():
     def encoder_grads():
         net.zero_grad()
         sum(o.square().mean() for o in net(x)).backward()
-        return [sum(p.grad.abs().sum() for p in e.parameters() if p.grad is not None) for e in net.encoders]
+        grads = [0.0] * 3
+        for p in net.encoder.parameters():  # channel block c of every grouped parameter is modality c's
+            if p.grad is not None:
+                for c, block in enumerate(p.grad.chunk(3, 0)):
+                    grads[c] += float(block.abs().sum())
+        return grads
 
     grads = encoder_grads()
     assert grads[t2] == 0 and all(g > 0 for c, g in enumerate(grads) if c != t2)
@@ -142,4 +254,5 @@ def test_unsupported_plans_and_inconsistent_kwargs_are_errors():
     with pytest.raises(ValueError, match="PlainConvUNet and ResidualEncoderUNet"):
         ciml_architecture({"network_class_name": "x.Primus", "arch_kwargs": {}, "_kw_requires_import": []}, d, (8,), 2)
     with pytest.raises(ValueError, match="exactly once"):
-        CIMLUNet(3, 2, 4, torch.nn.Conv2d, 3, [1, 2], 2, 1, [0, 1], [[0], [0]], n_conv_per_stage=1)
+        CIMLUNet(3, 2, 4, torch.nn.Conv2d, 3, [1, 2], 2, 1, [0, 1], [[0], [0]], n_conv_per_stage=1,
+                 encoder_layout="grouped")

@@ -30,15 +30,7 @@ def next_rounding_step(features, widths) -> list:
     return [8 * round(step * f / 8) for f in features]
 
 
-NEW_RULE = pytest.mark.xfail(strict=True, reason="the budget excludes message MACs from the network rework on: "
-                                                  "remove this mark when that rule lands")
-
-
-@pytest.mark.parametrize("residual, base", [
-    (False, 32),
-    pytest.param(False, 24, marks=[NEW_RULE, pytest.mark.slow]),
-    pytest.param(True, 40, marks=[NEW_RULE, pytest.mark.slow]),
-])
+@pytest.mark.parametrize("residual, base", [(False, 24), pytest.param(True, 40, marks=pytest.mark.slow)])
 def test_branch_width_is_the_largest_within_the_plain_convolution_budget(residual, base):
     """Branches (M encoders, one decoder per subtask, messages not counted) cost at most the plain U-Net's
     convolution MACs on one patch, and one more rounding step of 8 channels would exceed that budget; widths

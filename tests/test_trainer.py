@@ -93,13 +93,14 @@ def test_edited_message_stages_and_latent_fraction_build_that_network(planned_re
     trainer, plans = make_trainer(nnUNetTrainerCIML_halfWidth, env, raw)
     trainer._use_ciml_architecture()
     kwargs = plans["configurations"]["2d"]["architecture"]["arch_kwargs"]
-    kwargs.update(features_per_stage=[16 * 2 ** s for s in range(kwargs["n_stages"])], message_stages=[1, 2],
+    kwargs.update(features_per_stage=[16 * 2 ** s for s in range(kwargs["n_stages"])], message_stages=[0, 2],
                   message_latent_fraction=0.5)
     trainer, _ = initialized(nnUNetTrainerCIML, env, raw, plans)
     network = trainer.network
     latents = message_latent_layers(network)
-    assert sorted({s for s, _ in latents}) == [1, 2]
-    assert {(s, i): n for (s, i), (_, n) in latents.items()} == {(1, 0): 16, (1, 1): 16, (2, 0): 32, (2, 1): 32}
+    assert sorted(latents) == [0, 2]  # the default has no full-resolution messages and has stage 3
+    # Latent width per pair: half of the stage's 16 and 64 channels.
+    assert {s: {c.stop - c.start for c in pairs.values()} for s, (_, pairs) in latents.items()} == {0: {8}, 2: {32}}
     network.train()
     outputs = network(torch.randn(2, 3, *trainer.configuration_manager.patch_size))
     assert outputs[0].shape[1] == 2 and network.kl > 0

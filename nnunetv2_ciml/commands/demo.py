@@ -1,4 +1,4 @@
-"""``nnunetv2_ciml demo [--out DIR] [--device auto|cpu|cuda] [--quick] [--overwrite]``.
+"""``nnunetv2_ciml demo [--out DIR] [--device auto|cpu|cuda] [--quick] [--overwrite] [--quiet]``.
 
 Thin glue over :func:`nnunetv2_ciml.demo.pipeline.run_demo`; stages, settings and claims are documented there.
 """
@@ -16,10 +16,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="training and inference device (default auto: CUDA when available)")
     parser.add_argument("--quick", action="store_true",
-                        help="a few minutes on a CPU: tiny data and budget to check that every stage works; its "
-                             "numbers say nothing about CIML")
+                        help="about 1.5 min on a 2-core CPU: tiny data and budget to check that every stage works; "
+                             "its numbers say nothing about CIML")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier demo run in --out (any other non-empty folder is refused)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="print nothing but errors (the logs in DIR/logs and report.md are written as always)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -27,7 +29,7 @@ def main(args: argparse.Namespace) -> int:
     from nnunetv2_ciml.demo.pipeline import DemoError, run_demo
 
     try:
-        run_demo(args.out, device=args.device, quick=args.quick, overwrite=args.overwrite)
+        run_demo(args.out, device=args.device, quick=args.quick, overwrite=args.overwrite, verbose=not args.quiet)
     except (DemoError, StepError) as e:
         print(f"nnunetv2_ciml demo: error: {e}", file=sys.stderr)
         return 1

@@ -1,4 +1,4 @@
-"""nnU-Net's own planning and training, each in a subprocess: output to a log file, a progress bar on the terminal.
+"""nnU-Net's own planning and training, each in a subprocess: output to a log file, progress on the console.
 
 - Planning and preprocessing run ``nnUNetv2_plan_and_preprocess`` (its entry module, with this
   interpreter).
@@ -8,19 +8,23 @@
   oversubscribes the cores (on a shared 2-core machine we measured CIML training steps 7x slower in
   the median, 25x at worst). On CUDA the threads are nnU-Net's (1).
 
+Progress: the demo's trainers append one JSON line per epoch to ``fold_0/epochs.jsonl`` through
+nnU-Net's own logger (:mod:`nnunetv2_ciml.training.epoch_log`); :func:`run_step` follows that file and
+prints one line per epoch (loss, pseudo Dice, time left), and a "still running" line whenever nothing
+was printed for ``heartbeat`` seconds (nnU-Net's set-up, its final validation, planning).
+
 A failing step raises :class:`StepError` with the command, the log file and the log's last lines.
 """
 import os
-import re
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, TextIO
 
-__all__ = ["StepError", "run_step", "plan_and_preprocess", "train"]
+__all__ = ["StepError", "run_step", "plan_and_preprocess", "train", "format_epoch"]
 
-EPOCH_LINE = re.compile(r": Epoch (\d+)\s*$")
-PSEUDO_DICE_LINE = re.compile(r": Pseudo dice \[(.*)\]\s*$")
+HEARTBEAT_SECONDS = 25.0
 
 
 class StepError(RuntimeError):
@@ -34,44 +38,71 @@ def _tail(path: Path, lines: int = 40) -> str:
         return ""
 
 
+def format_epoch(line: dict, first_start: float) -> str:
+    """One console line for an ``epochs.jsonl`` record: epoch i/N, losses, pseudo Dice, epoch time, time left."""
+    from nnunetv2_ciml.progress import format_duration
+
+    done, total = line["epoch"] + 1, line["num_epochs"]
+    width = len(str(total))
+    dice = " ".join(f"{d:.3f}" for d in line.get("pseudo_dice") or [] if d is not None)
+    per_epoch = (line["end"] - first_start) / done
+    text = (f"epoch {done:>{width}}/{total}  loss {line.get('train_loss', float('nan')):+.3f} "
+            f"(val {line.get('val_loss', float('nan')):+.3f})  pseudo Dice {dice or 'n/a'}  "
+            f"{line['end'] - line['start']:.1f} s")
+    if done < total:
+        text += f"  about {format_duration(per_epoch * (total - done))} left"
+    return text
+
+
 def run_step(command: Sequence[str], env: Dict[str, str], log_file: Path, description: str,
-             total_epochs: Optional[int] = None, show_progress: bool = True) -> None:
+             epoch_log: Optional[Path] = None, show_progress: bool = True,
+             heartbeat: float = HEARTBEAT_SECONDS, stream: Optional[TextIO] = None) -> None:
     """Run ``command`` with ``env``, its stdout and stderr going to ``log_file``.
 
-    With ``total_epochs`` a progress bar follows nnU-Net's ``Epoch N`` lines (and shows the last pseudo
-    Dice); without, it shows the elapsed time. Bars appear only when stderr is a terminal.
+    With ``epoch_log`` (a trainer's ``epochs.jsonl``) one line per finished epoch is printed; without, and
+    between epochs, a line every ``heartbeat`` seconds says the step is still running.
     """
-    from tqdm import tqdm
+    from nnunetv2_ciml.progress import format_duration
+    from nnunetv2_ciml.training.epoch_log import read_epoch_lines
 
+    stream = stream if stream is not None else sys.stdout
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    # disable=None: no bar when stderr is not a terminal (logs stay readable)
-    bar = tqdm(total=total_epochs, desc=description, unit="epoch" if total_epochs else "it",
-               disable=None if show_progress else True, leave=True, dynamic_ncols=True, mininterval=1.0,
-               bar_format=None if total_epochs else "{desc}: {elapsed}")
+    start = last_print = time.monotonic()
+    offset, epochs_done, num_epochs, first_start = 0, 0, None, None
+
+    def say(text: str) -> None:
+        nonlocal last_print
+        if show_progress:
+            print(f"    {description}: {text}", file=stream, flush=True)
+        last_print = time.monotonic()
+
     with open(log_file, "w") as log:
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
-        process = subprocess.Popen(list(command), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True, bufsize=1)
-        assert process.stdout is not None
-        for line in process.stdout:
-            log.write(line)
-            if total_epochs:
-                epoch = EPOCH_LINE.search(line)
-                if epoch:
-                    bar.n = int(epoch.group(1))
-                    bar.refresh()
-                dice = PSEUDO_DICE_LINE.search(line)
-                if dice:
-                    values = re.findall(r"[-+]?\d*\.\d+|\d+", re.sub(r"np\.float\d+", "", dice.group(1)))
-                    bar.set_postfix_str("pseudo Dice " + ", ".join(f"{float(v):.3f}" for v in values))
-            else:
-                bar.update(0)
-        code = process.wait()
-    if code == 0 and total_epochs:
-        bar.n = total_epochs
-        bar.refresh()
-    bar.close()
+        # unbuffered: the log file grows as the step runs (users may follow it with tail -f)
+        process = subprocess.Popen(list(command), env=dict(env, PYTHONUNBUFFERED="1"), stdout=log,
+                                   stderr=subprocess.STDOUT)
+        while True:
+            code = process.poll()
+            if epoch_log is not None:
+                lines, offset = read_epoch_lines(str(epoch_log), offset)
+                for line in lines:
+                    first_start = line["start"] if first_start is None else first_start
+                    epochs_done, num_epochs = line["epoch"] + 1, line["num_epochs"]
+                    say(format_epoch(line, first_start))
+            if code is not None:
+                break
+            if time.monotonic() - last_print >= heartbeat:
+                if epoch_log is None:
+                    phase = "still running"
+                elif epochs_done == 0:
+                    phase = "nnU-Net is setting up and training epoch 1"
+                elif epochs_done == num_epochs:
+                    phase = "training done; nnU-Net validates fold 0"
+                else:
+                    phase = f"epoch {epochs_done + 1}/{num_epochs} running"
+                say(f"{phase} ({format_duration(time.monotonic() - start)} so far; log: {log_file})")
+            time.sleep(0.5)
     if code != 0:
         raise StepError(f"{description} failed (exit code {code}): {' '.join(command)}\n"
                         f"full log: {log_file}\n--- last lines ---\n{_tail(log_file)}")
@@ -88,12 +119,13 @@ def plan_and_preprocess(dataset_id: int, configuration: str, env: Dict[str, str]
 
 
 def train(dataset_id: int, configuration: str, fold: str, trainer: str, plans: str, device: str, threads: int,
-          epochs: int, env: Dict[str, str], log_file: Path, description: str, show_progress: bool = True) -> None:
+          env: Dict[str, str], log_file: Path, description: str, epoch_log: Optional[Path] = None,
+          show_progress: bool = True) -> None:
     """``nnUNetv2_train ID CONFIGURATION FOLD -tr TRAINER -p PLANS -device DEVICE`` with ``threads`` torch
-    threads on CPU."""
+    threads on CPU; ``epoch_log``: the trainer's ``epochs.jsonl``, followed for progress."""
     command = [sys.executable, "-m", "nnunetv2_ciml.demo.nnunet_steps", "train", str(dataset_id), configuration,
                str(fold), trainer, plans, device, str(threads)]
-    run_step(command, env, log_file, description, total_epochs=epochs, show_progress=show_progress)
+    run_step(command, env, log_file, description, epoch_log=epoch_log, show_progress=show_progress)
 
 
 def _train_entry(argv: Sequence[str]) -> None:

@@ -21,10 +21,14 @@ Stages (each timed; ``results.json["seconds"]``):
    decoy/twin pairs) Dice, Dice inside the complementary masks and pair accuracy
    (:mod:`nnunetv2_ciml.demo.complementary`).
 6. ``explain``: Grad-CAM on CIML's messages (:mod:`nnunetv2_ciml.interpretability`) for every
-   held-out case; ``complementary_share`` is the mean over complementary cases of the share of the
-   message-map mass (all senders, all subtasks) inside the complementary mask,
-   ``complementary_area_share`` the mean of the mask's share of the image over the same cases.
+   held-out case (maps and overlays of the ``figure_cases`` written to ``explain/``);
+   ``complementary_share`` is the mean over complementary cases of the share of the message-map mass
+   (all senders, all subtasks) inside the complementary mask, ``complementary_area_share`` the mean of
+   the mask's share of the image over the same cases.
 7. ``report``: ``results.json``, ``report.md`` and figures (:mod:`nnunetv2_ciml.demo.report`).
+
+On the console (unless ``verbose=False``): where the logs are, each stage with its time, one line per
+training epoch and a line whenever a step was silent for 25 s (:mod:`nnunetv2_ciml.demo.nnunet_steps`).
 
 The nnU-Net folders are ``DIR/nnUNet_raw``, ``DIR/nnUNet_preprocessed`` and ``DIR/nnUNet_results``
 whatever the environment says: the demo never reads or writes the user's own nnU-Net folders. To use
@@ -59,6 +63,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
+from nnunetv2_ciml.progress import format_duration
+
 __all__ = ["DemoSettings", "DEFAULT_SETTINGS", "QUICK_SETTINGS", "DemoError", "run_demo", "narrow_plans",
            "nnunet_environment", "claims", "DATASET_ID", "DATASET_NAME", "CONFIGURATION", "FOLD", "PLANS",
            "MODELS", "CLEAR_MARGIN", "SHARE_FACTOR"]
@@ -91,11 +97,11 @@ class DemoSettings:
 
     num_train: int = 60
     num_test: int = 40
-    size: int = 64
-    radius: Tuple[int, int] = (5, 10)
+    size: int = 48
+    radius: Tuple[int, int] = (4, 8)
     num_modalities: int = 3
     seed: int = 0
-    base_features: int = 16
+    base_features: int = 32
     max_features: int = 128
     batch_size: int = 8
     trainers: Dict[str, str] = field(default_factory=lambda: {
@@ -123,8 +129,9 @@ def _training_record(trainer: str, model_folder: Path) -> dict:
     cls = _trainer_class(trainer)
     record = {"trainer": trainer, "epochs": cls.demo_epochs, "iterations_per_epoch": cls.demo_iterations,
               "model_folder": str(model_folder)}
-    if hasattr(cls, "kl_weight"):
-        record.update(beta=cls.kl_weight, beta_warmup_fraction=cls.kl_warmup_fraction, messages=cls.messages)
+    if hasattr(cls, "kl_weight"):  # without messages there is no KL, so no beta to record
+        record.update(messages=cls.messages, beta=cls.kl_weight if cls.messages else None,
+                      beta_warmup_fraction=cls.kl_warmup_fraction if cls.messages else None)
     return record
 
 
@@ -213,8 +220,8 @@ class _Stages:
         yield
         self.seconds[name] = round(time.perf_counter() - t0, 2)
         if self.verbose:
-            print(f"    {name} done in {self.seconds[name]:.1f} s (total {time.perf_counter() - self.start:.0f} s)",
-                  flush=True)
+            print(f"    {name} done in {format_duration(self.seconds[name])} "
+                  f"(total {format_duration(time.perf_counter() - self.start)})", flush=True)
 
 
 def _test_cases(raw: Path, file_ending: str, num_modalities: int) -> Dict[str, List[str]]:
@@ -232,9 +239,11 @@ def _predict(model_folder: Path, cases: Dict[str, List[str]], out_dir: Path, dev
     """Predict the cases with nnU-Net's predictor (no test-time mirroring: the demo trainers allow none);
     returns the predictor."""
     import torch
-    from tqdm import tqdm
+
+    from nnunetv2_ciml.progress import progress
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    console = sys.stdout  # nnU-Net's own prints go to the log file
     with open(log_file, "w") as log, contextlib.redirect_stdout(log), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # deprecations raised by nnU-Net's imports
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -244,8 +253,8 @@ def _predict(model_folder: Path, cases: Dict[str, List[str]], out_dir: Path, dev
                                     verbose=False, verbose_preprocessing=False, allow_tqdm=False)
         predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=(FOLD,),
                                                        checkpoint_name="checkpoint_final.pth")
-        for case, files in tqdm(cases.items(), desc=description, unit="case", disable=None if verbose else True,
-                                file=sys.stderr):
+        for case, files in progress(cases.items(), len(cases), f"    {description}", enabled=verbose,
+                                    stream=console):
             predictor.predict_from_files_sequential([files], [str(out_dir / case)], save_probabilities=False,
                                                     overwrite=True)
     return predictor
@@ -298,19 +307,17 @@ def _evaluate_model(raw: Path, pred_dir: Path, out_dir: Path, objects: dict, com
 def _explain(predictor, cases: Dict[str, List[str]], raw: Path, complementary_cases: List[str], figure_cases: List[str],
              out_dir: Path, file_ending: str, verbose: bool) -> Tuple[dict, Dict[str, object]]:
     """complementary_share and its parts; returns (results, explanations of the figure cases)."""
-    from tqdm import tqdm
-
     from nnunetv2_ciml.demo.complementary import complementary_share, mass_breakdown
     from nnunetv2_ciml.demo.shape_composition import LABELS
     from nnunetv2_ciml.interpretability import explain_case, write_case_explanation
+    from nnunetv2_ciml.progress import progress
 
     predictor.allow_tqdm = False
     shares, areas, breakdowns = [], [], []
     pair_shares: Dict[str, List[float]] = {}
     all_shares, all_areas = [], []
     kept = {}
-    for case, files in tqdm(cases.items(), desc="explain CIML", unit="case", disable=None if verbose else True,
-                              file=sys.stderr):
+    for case, files in progress(cases.items(), len(cases), "    explain CIML", enabled=verbose, stream=sys.stdout):
         explanation = explain_case(predictor, files, case=case)
         mask = _read(raw / "complementaryTs" / f"{case}{file_ending}")
         share, area = complementary_share(explanation.maps.values(), mask > 0)
@@ -379,6 +386,7 @@ def run_demo(out_dir: Union[str, Path], device: str = "auto", quick: bool = Fals
     from nnunetv2_ciml.demo import nnunet_steps
     from nnunetv2_ciml.demo.report import write_figures, write_report
     from nnunetv2_ciml.demo.shape_composition import generate_shape_composition, information_structure
+    from nnunetv2_ciml.training.epoch_log import EPOCH_LOG_NAME
 
     settings = settings or (QUICK_SETTINGS if quick else DEFAULT_SETTINGS)
     out_dir = Path(out_dir).resolve()
@@ -394,7 +402,9 @@ def run_demo(out_dir: Union[str, Path], device: str = "auto", quick: bool = Fals
     started = datetime.datetime.now().isoformat(timespec="seconds")
     if verbose:
         print(f"nnunetv2_ciml demo -> {out_dir} (device {device}"
-              f"{f', {threads} torch thread(s)' if device == 'cpu' else ''}{', quick' if quick else ''})")
+              f"{f', {threads} torch thread(s)' if device == 'cpu' else ''}{', quick' if quick else ''})\n"
+              f"  logs: one per nnU-Net step in {logs} (follow one with: tail -f {logs}/train_CIML.log)\n"
+              f"  nnU-Net folders: {out_dir}/nnUNet_raw, nnUNet_preprocessed, nnUNet_results", flush=True)
 
     raw = out_dir / "nnUNet_raw" / DATASET_NAME
     with stages("generate", f"ShapeComposition, {settings.num_train} training + {settings.num_test} held-out "
@@ -420,9 +430,10 @@ def run_demo(out_dir: Union[str, Path], device: str = "auto", quick: bool = Fals
         cls = _trainer_class(trainer)
         with stages(f"train_{model}", f"nnUNetv2_train {DATASET_ID} {CONFIGURATION} {FOLD} -tr {trainer} -p {PLANS} "
                                       f"({cls.demo_epochs} epochs x {cls.demo_iterations} iterations)"):
-            nnunet_steps.train(DATASET_ID, CONFIGURATION, FOLD, trainer, PLANS, device, threads, cls.demo_epochs, env,
-                               logs / f"train_{model}.log", f"train {model}", verbose)
-        model_folders[model] = out_dir / "nnUNet_results" / DATASET_NAME / f"{trainer}__{PLANS}__{CONFIGURATION}"
+            model_folders[model] = out_dir / "nnUNet_results" / DATASET_NAME / f"{trainer}__{PLANS}__{CONFIGURATION}"
+            nnunet_steps.train(DATASET_ID, CONFIGURATION, FOLD, trainer, PLANS, device, threads, env,
+                               logs / f"train_{model}.log", f"train {model}",
+                               epoch_log=model_folders[model] / f"fold_{FOLD}" / EPOCH_LOG_NAME, show_progress=verbose)
 
     import torch
     previous_threads = torch.get_num_threads()
@@ -441,12 +452,13 @@ def run_demo(out_dir: Union[str, Path], device: str = "auto", quick: bool = Fals
                                          complementary_cases, file_ending) for m in MODELS}
 
         figure_cases = complementary_cases[:settings.figure_cases]
-        with stages("explain", "Grad-CAM on CIML's messages for every held-out case"):
+        with stages("explain", f"Grad-CAM on CIML's messages for the {len(cases)} held-out cases (maps of "
+                               f"{len(figure_cases)} written to explain/)"):
             from nnunetv2_ciml.interpretability import ciml_network
             explained, explanations = _explain(predictors["CIML"], cases, raw, complementary_cases, figure_cases,
                                                out_dir / "explain", file_ending, verbose)
             network = ciml_network(predictors["CIML"])
-            pair_names = [f"{network.modality_names[j]}->{network.subtask_names[i]}" for j, i in network.message_pairs]
+            pair_names = [pair.name for pair in network.message_pairs]
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -479,7 +491,9 @@ def run_demo(out_dir: Union[str, Path], device: str = "auto", quick: bool = Fals
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     if verbose:
         print(f"\nwritten: {out_dir / 'report.md'}, {out_dir / 'results.json'}, figures in {out_dir}")
+        if quick:
+            print("claims (quick run: a few iterations to check every stage; these numbers say nothing about CIML):")
         for c in results["claims"]:
             print(f"  [{'held' if c['held'] else 'NOT held'}] {c['claim']}: {c['measured']}")
-        print(f"total {results['seconds']['total']:.0f} s")
+        print(f"total {format_duration(results['seconds']['total'])}")
     return results

@@ -4,16 +4,17 @@ Figures (PNG, in the demo's output folder):
 
 - ``examples.png``: rows are complementary held-out cases; columns the three modalities, the ground
   truth (white outline: complementary mask), the three models' predictions and CIML's message maps
-  (Grad-CAM per sender -> subtask, one colour scale per row, white outline: the complementary mask of
-  that subtask's label);
-- ``dice_hd95.png``: per model, Dice and HD95 per label on all held-out cases, and on the complementary
-  cases Dice, Dice inside the complementary masks and pair accuracy;
-- ``kl_per_message.png``: CIML's KL (nats per voxel) and message RMS per (sender -> subtask)
+  (Grad-CAM per sender -> subtask, one colour scale per row with its colour bar, white outline: the
+  complementary mask of that subtask's label; a map that is 0 everywhere says so);
+- ``dice_hd95.png``: the three claims: per model, Dice and HD95 per label on all held-out cases; on the
+  complementary cases Dice, Dice inside the complementary masks and pair accuracy (with its chance level);
+  CIML's message Grad-CAM mass inside the masks against their area share (with the factor claim 3 needs);
+- ``kl_per_message.png``: CIML's KL (nats per voxel, log scale) and message RMS per (sender -> subtask)
   over the epochs, and beta (``nnunetv2_ciml.training.progress.plot_ciml_progress``).
 """
 import datetime
 from pathlib import Path
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -60,8 +61,10 @@ def plot_examples(path: Path, raw: Path, predictions: Path, models: Sequence[str
         panels = [(m, _slice2d(explanation.image[c]), "gray") for c, m in enumerate(modalities)]
         panels.append(("ground truth", _slice2d(_read(raw / "labelsTs" / f"{case}{file_ending}")), "labels"))
         panels += [(m, _slice2d(_read(predictions / m / f"{case}{file_ending}")), "labels") for m in models]
+        # one scale per row: maps divided by the row's largest value, so senders compare within a case
         vmax = max([float(explanation.maps[p].max()) for p in pairs] + [0.0]) or 1.0
         panels += [(f"{s} -> {t}", _slice2d(explanation.maps[(s, t)]), ("map", LABELS[t])) for s, t in pairs]
+        image_map = None
         for c, (title, image, kind) in enumerate(panels):
             ax = axes[r, c]
             if kind == "gray":
@@ -71,35 +74,54 @@ def plot_examples(path: Path, raw: Path, predictions: Path, models: Sequence[str
                 if title == "ground truth" and mask.any():
                     ax.contour(mask > 0, levels=[0.5], colors="white", linewidths=0.7)
             else:
-                ax.imshow(image, cmap="inferno", vmin=0, vmax=vmax, interpolation="nearest")
+                image_map = ax.imshow(image / vmax, cmap="inferno", vmin=0, vmax=1, interpolation="nearest")
                 own = mask == kind[1]
                 if own.any():
                     ax.contour(own, levels=[0.5], colors="white", linewidths=0.7)
+                if not image.any():
+                    ax.text(0.5, 0.5, "0 everywhere\n(see below)", transform=ax.transAxes, ha="center", va="center",
+                            color="white", fontsize=7)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(title, fontsize=8)
             if c == 0:
                 ax.set_ylabel(case, fontsize=8)
-    fig.suptitle("Held-out complementary cases: modalities, ground truth (white: complementary mask), predictions "
-                 "(orange circle, teal square), CIML message Grad-CAM", fontsize=9)
+        if image_map is not None:  # one scale per row, shared by its message maps
+            bar = fig.colorbar(image_map, ax=list(axes[r, columns - len(pairs):]), shrink=0.85, pad=0.01, aspect=12)
+            bar.set_label("Grad-CAM / row max", fontsize=7)
+            bar.ax.tick_params(labelsize=6)
+    fig.suptitle("Held-out cases that need complementary information: the modalities, the ground truth (white outline: "
+                 "decoy/twin pairs, told apart only by another modality),\neach model's prediction (orange circle, "
+                 "teal square) and CIML's message Grad-CAM per sender -> subtask (white outline: that subtask's "
+                 "pairs)", fontsize=9)
+    fig.supxlabel("A map that is 0 everywhere: Grad-CAM keeps only positive evidence (ReLU), and that message "
+                  "adds none to its subtask's prediction in this case (its gate is closed there or it only "
+                  "lowers the logits).", fontsize=7)
     fig.savefig(str(path))
 
 
-def plot_metrics(path: Path, models: Mapping[str, dict]) -> None:
-    """``dice_hd95.png`` (see module docstring)."""
+def plot_metrics(path: Path, models: Mapping[str, dict], share: Optional[float] = None,
+                 area: Optional[float] = None) -> None:
+    """``dice_hd95.png`` (see module docstring); with ``share`` and ``area`` (``complementary_share`` and
+    ``complementary_area_share``) a fourth panel shows the third claim."""
+    from nnunetv2_ciml.demo.pipeline import CLEAR_MARGIN, SHARE_FACTOR
+
     names = list(next(iter(models.values()))["dice"])
     panels = [
-        ("Dice, all held-out cases", [*names, "mean"],
+        ("Dice, all held-out cases\n(claim 1: CIML at least nnU-Net)", [*names, "mean"],
          lambda r: [*(r["dice"][n] for n in names), r["mean_dice"]], (0, 1.05)),
-        ("HD95 (mm), all held-out cases", [*names, "mean"],
+        ("HD95 (mm), all held-out cases\n(lower is better)", [*names, "mean"],
          lambda r: [*(r["hd95"][n] for n in names), r["mean_hd95"]], None),
-        ("complementary cases", ["Dice", "Dice in masks", "pair accuracy"],
+        (f"cases that need complementary information\n(claim 2: CIML beats no messages by {CLEAR_MARGIN:g})",
+         ["Dice", "Dice in masks", "pair accuracy"],
          lambda r: [r["complementary_cases"]["mean_dice"], r["complementary_cases"]["mean_mask_dice"],
                     r["complementary_cases"]["pair_accuracy"]], (0, 1.05)),
     ]
-    fig = _figure(13, 3.8)
-    axes = fig.subplots(1, len(panels))
+    with_share = share is not None and bool(area)
+    fig = _figure(16 if with_share else 13, 4.3)
+    axes = fig.subplots(1, len(panels) + with_share,
+                        gridspec_kw={"width_ratios": [3] * len(panels) + [1.6] * with_share})
     width = 0.8 / len(models)
     for ax, (title, groups, values, ylim) in zip(axes, panels):
         x = np.arange(len(groups))
@@ -112,9 +134,22 @@ def plot_metrics(path: Path, models: Mapping[str, dict]) -> None:
         ax.set_title(title, fontsize=9)
         if ylim:
             ax.set_ylim(*ylim)
-    axes[2].axhline(0.5, color="k", lw=0.6, ls=":")  # pair accuracy by chance
+    # a guess decides half the pairs right: a line over that group only, in the legend
+    chance = axes[2].hlines(0.5, 1.55, 2.45, color="k", lw=1.0, ls="--", label="pair accuracy by chance (0.5)")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside upper center", ncol=len(models), fontsize=8, frameon=False)
+    handles, labels = handles + [chance], labels + [chance.get_label()]
+    if with_share:
+        ax = axes[-1]
+        bars = ax.bar([0, 1], [share, area], 0.6, color=[MODEL_COLOURS["CIML"], "#bbbbbb"])
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+        needed = ax.hlines(SHARE_FACTOR * area, -0.4, 0.4, color="k", lw=1.0, ls=":",
+                           label=f"claim 3 holds above {SHARE_FACTOR:g}x the area share")
+        ax.set_xticks([0, 1], ["message mass\ninside masks", "masks' area\nshare"], fontsize=8)
+        ax.set_ylim(0, max(1.0, share * 1.15, SHARE_FACTOR * area * 1.15))
+        ax.set_title(f"CIML's message Grad-CAM\n(claim 3: {share / area:.2f}x area)", fontsize=9)
+        handles, labels = handles + [needed], labels + [needed.get_label()]
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.suptitle("The demonstration's three claims on the held-out cases", fontsize=10)
     fig.savefig(str(path))
 
 
@@ -133,7 +168,8 @@ def write_figures(results: dict, raw: Path, out_dir: Path, explanations: Mapping
     figures = {"examples": "examples.png", "metrics": "dice_hd95.png", "message_kl": "kl_per_message.png"}
     plot_examples(out_dir / figures["examples"], raw, out_dir / "predictions", list(results["models"]),
                   list(figure_cases), explanations, file_ending)
-    plot_metrics(out_dir / figures["metrics"], results["models"])
+    plot_metrics(out_dir / figures["metrics"], results["models"], results.get("complementary_share"),
+                 results.get("complementary_area_share"))
     plot_message_kl(out_dir / figures["message_kl"], results["ciml_message_log"])
     return {k: v for k, v in figures.items() if (out_dir / v).is_file()}
 
@@ -242,15 +278,28 @@ def write_report(results: dict, out_dir: Path) -> Path:
               "cases):", "", "| message | share inside its subtask's mask |", "|---|---|"]
     for pair, share in explain["complementary_share_by_pair"].items():
         lines.append(f"| {pair} | {_f(share)} |")
-    lines.append("")
+    lines += ["", "This is the part of one message's own map mass inside the masks (mean over the complementary "
+              "cases where its map is not empty). The `share` in the overlays of `explain/` and in "
+              "`explain/explain.json` is another quantity: a sender's part of all senders' map mass to a subtask in "
+              "one case. A message can hold a fair part of its own mass inside the masks and still be close to 0 % "
+              "of a case's total when another sender's map is much larger there.", ""]
 
     figures = results.get("figures", {})
-    captions = {"examples": "Examples", "metrics": "Dice and HD95 per model",
-                "message_kl": "CIML messages over training"}
+    captions = {
+        "examples": ("Examples", "Cases that need complementary information. The message maps of a row share one "
+                     "colour scale; white outlines mark the decoy/twin pairs."),
+        "metrics": ("The three claims", "Dice and HD95 per label (claim 1); on the cases that need complementary "
+                    "information, Dice, Dice inside the masks and pair accuracy, whose chance level is the dashed "
+                    "line (claim 2); CIML's message Grad-CAM mass inside the masks against the masks' area share, "
+                    "with the 2x it needs dotted (claim 3)."),
+        "message_kl": ("CIML messages over training", "KL (log scale) and magnitude per message, and beta: "
+                       "messages that carry nothing fall towards zero KL."),
+    }
     if figures:
         lines += ["## Figures", ""]
         for key, name in figures.items():
-            lines += [f"### {captions.get(key, key)}", "", f"![{key}]({name})", ""]
+            heading, caption = captions.get(key, (key, ""))
+            lines += [f"### {heading}", "", f"![{key}]({name})", "", caption, ""]
         lines += ["Per-case message maps as NIfTI (in the input geometry) and overlays: `explain/`.", ""]
 
     lines += ["## Stage timings", "", "| stage | seconds |", "|---|---|"]
@@ -266,7 +315,13 @@ def write_report(results: dict, out_dir: Path) -> Path:
     lines += ["## Reproduce with nnU-Net's own commands", "", "```bash",
               f"export nnUNet_raw={raw.parent} nnUNet_preprocessed={preprocessed} nnUNet_results={results_dir}",
               f"nnUNetv2_plan_and_preprocess -d {dataset_id} -c {configuration}",
-              f"# then the narrower plans: {preprocessed / results['data']['dataset'] / plans}.json"]
+              f"# the narrower plans {plans}: a copy of nnU-Net's plans with fewer features per stage and another",
+              "# batch size (edit the JSON by hand, or:)",
+              f"python -c \"import json; folder = '{preprocessed / results['data']['dataset']}'; "
+              f"p = json.load(open(folder + '/nnUNetPlans.json')); c = p['configurations']['{configuration}']; "
+              f"c['architecture']['arch_kwargs']['features_per_stage'] = {edits['features_per_stage'][1]}; "
+              f"c['batch_size'] = {edits['batch_size'][1]}; p['plans_name'] = '{plans}'; "
+              f"json.dump(p, open(folder + '/{plans}.json', 'w'), indent=4)\""]
     lines += [f"nnUNetv2_train {dataset_id} {configuration} {fold} -tr {t['trainer']} -p {plans}"
               for t in training.values()]
     lines += [f"nnUNetv2_predict -i {raw / 'imagesTs'} -o predictions_CIML -d {dataset_id} -c {configuration} "

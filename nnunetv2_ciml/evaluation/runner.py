@@ -28,6 +28,7 @@ import numpy as np
 
 from nnunetv2_ciml.evaluation.autopet import make_autopet_mode
 from nnunetv2_ciml.evaluation.base import EvaluationError, EvaluationMode
+from nnunetv2_ciml.progress import Progress
 from nnunetv2_ciml.evaluation.brats import make_brats_mode
 from nnunetv2_ciml.evaluation.hecktor import make_hecktor_mode
 from nnunetv2_ciml.evaluation.nnunet_mode import make_nnunet_mode
@@ -129,7 +130,7 @@ def evaluate_folder(mode: str, ref_dir: Union[str, Path], pred_dir: Union[str, P
         ref_dir, pred_dir: folders of label images, one file per case, same names in both.
         out_dir: where ``per_case.csv`` and ``summary.json`` go (created if needed).
         num_processes: worker processes (1: evaluate in this process).
-        verbose: print the table (and warnings) to stdout.
+        verbose: print the table (and warnings) to stdout, and progress to stderr (a bar on a terminal).
         **mode_options: ``labels`` (brats: ``"brats2020"``, ``"brats2023"``, ``"nnunet"``), ``dataset_json``
             (nnunet: path or dict), ``file_ending`` (default ``".nii.gz"``; nnunet: from ``dataset.json``).
     Returns:
@@ -143,11 +144,19 @@ def evaluate_folder(mode: str, ref_dir: Union[str, Path], pred_dir: Union[str, P
         raise EvaluationError(f"num_processes must be at least 1, got {num_processes}")
     refs, preds, unmatched = find_cases(Path(ref_dir), Path(pred_dir), evaluation_mode.file_ending)
     jobs = [(evaluation_mode, case, refs[case], preds[case]) for case in refs]
-    if num_processes == 1 or len(jobs) == 1:
-        results = [evaluate_case_files(*job) for job in jobs]
-    else:
-        with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
-            results = pool.starmap(evaluate_case_files, jobs)
+    with Progress(len(jobs), f"evaluate {mode}", enabled=verbose) as bar:
+        if num_processes == 1 or len(jobs) == 1:
+            results = []
+            for job in jobs:
+                results.append(evaluate_case_files(*job))
+                bar.update()
+        else:
+            with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
+                pending = [pool.apply_async(evaluate_case_files, job) for job in jobs]
+                results = []
+                for result in pending:  # in case order, as the per-case table is
+                    results.append(result.get())
+                    bar.update()
 
     per_case = {case: metrics for case, (metrics, _) in zip(refs, results)}
     warnings = [w for _, w in results if w is not None]

@@ -43,7 +43,7 @@ from tqdm import tqdm
 from nnunetv2_ciml.interpretability.geometry import can_write_map, to_input_geometry, write_map
 from nnunetv2_ciml.interpretability.message_gradcam import MessageGradCAM, sliding_window_message_cams
 from nnunetv2_ciml.interpretability.overlay import render_subtask_overlay
-from nnunetv2_ciml.network import CIMLUNet
+from nnunetv2_ciml.network import CIMLUNet, MessagePair
 
 __all__ = ["ExplainError", "CaseExplanation", "load_predictor", "ciml_network", "find_cases", "explain_image",
            "explain_case", "map_file_name", "write_case_explanation", "explain_folder"]
@@ -146,20 +146,20 @@ def _match(name: str, options: Sequence[str], what: str) -> str:
 
 
 def _selection(network: CIMLUNet, subtasks: Optional[Sequence[str]],
-               senders: Optional[Sequence[str]]) -> Tuple[List[int], List[int], List[int]]:
+               senders: Optional[Sequence[str]]) -> Tuple[List[int], List[MessagePair], List[MessagePair]]:
     """(subtask indices, message pairs to compute, message pairs to return)."""
     names = network.subtask_names
     chosen = sorted({names.index(_match(s, names, "subtask")) for s in subtasks}) if subtasks else \
-        sorted({i for _, i in network.message_pairs})
+        sorted({p.subtask for p in network.message_pairs})
     sender_names = network.modality_names
     sending = {sender_names.index(_match(s, sender_names, "sender modality")) for s in senders} if senders else \
         set(range(len(sender_names)))
-    computed = [p for p, (_, i) in enumerate(network.message_pairs) if i in chosen]
+    computed = [p for p in network.message_pairs if p.subtask in chosen]
     if not computed:
         raise ExplainError(f"subtask(s) {[names[i] for i in chosen]} receive no messages")
-    shown = [p for p in computed if network.message_pairs[p][0] in sending]
+    shown = [p for p in computed if p.sender in sending]
     if not shown:
-        valid = sorted({sender_names[network.message_pairs[p][0]] for p in computed})
+        valid = sorted({sender_names[p.sender] for p in computed})
         raise ExplainError(f"sender(s) {sorted(sender_names[j] for j in sending)} send no messages to subtask(s) "
                            f"{[names[i] for i in chosen]} (a subtask's primary modality does not message it); "
                            f"their senders are: {', '.join(map(repr, valid))}")
@@ -214,7 +214,8 @@ def explain_image(predictor: nnUNetPredictor, image: np.ndarray, properties: dic
 
 
 def _explain_image(predictor: nnUNetPredictor, network: CIMLUNet, image: np.ndarray, properties: dict,
-                   chosen: List[int], computed: List[int], shown: List[int], case: str) -> CaseExplanation:
+                   chosen: List[int], computed: List[MessagePair], shown: List[MessagePair],
+                   case: str) -> CaseExplanation:
     plans_manager, configuration_manager = predictor.plans_manager, predictor.configuration_manager
     label_manager = predictor.label_manager
     preprocessor = configuration_manager.preprocessor_class(verbose=predictor.verbose_preprocessing)
@@ -245,16 +246,16 @@ def _explain_image(predictor: nnUNetPredictor, network: CIMLUNet, image: np.ndar
         result.primaries[subtask] = modalities[network.subtask_primaries[i]]
         result.predicted[subtask] = _predicted_outputs(segmentation, target_channels[i], label_manager)
         result.target_voxels[subtask] = int(targets[target_channels[i]].amax(0).sum()) if target_channels[i] else 0
-        pairs = [p for p in computed if network.message_pairs[p][1] == i]
-        masses = {modalities[network.message_pairs[p][0]]: float(maps[computed.index(p)].sum(dtype=np.float64))
+        pairs = [p for p in computed if p.subtask == i]
+        masses = {modalities[p.sender]: float(maps[computed.index(p)].sum(dtype=np.float64))
                   for p in pairs}
         total = sum(masses.values())
         result.masses[subtask] = masses
         result.shares[subtask] = {s: (m / total if total > 0 else None) for s, m in masses.items()}
-        result.senders[subtask] = [modalities[network.message_pairs[p][0]] for p in pairs if p in shown]
+        result.senders[subtask] = [modalities[p.sender] for p in pairs if p in shown]
         for p in pairs:
             if p in shown:
-                result.maps[(modalities[network.message_pairs[p][0]], subtask)] = maps[computed.index(p)]
+                result.maps[(modalities[p.sender], subtask)] = maps[computed.index(p)]
     return result
 
 
@@ -383,7 +384,7 @@ def explain_folder(model_folder: Union[str, Path], fold: Union[int, str], input_
         "trainer": predictor.trainer_name, "modalities": list(modalities),
         "subtasks": {network.subtask_names[i]: {
             "primary": modalities[network.subtask_primaries[i]],
-            "senders": [modalities[j] for p, (j, r) in enumerate(network.message_pairs) if r == i and p in computed]}
+            "senders": [modalities[p.sender] for p in computed if p.subtask == i]}
             for i in chosen},
         "method": "Grad-CAM on the message tensors per (sender, subtask): target = subtask's foreground logits summed "
                   "over the voxels nnU-Net predicts as them; ReLU(sum_c mean(grad_c) * message_c) per skip level, "

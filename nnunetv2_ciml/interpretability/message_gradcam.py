@@ -9,7 +9,7 @@ confident. No predicted voxels, no target: the maps of that subtask are zero.
 For the message ``A = m_{j->i}^s`` (``(C_s, *spatial_s)``) at skip level ``s`` and gradient ``G`` of the
 target, Grad-CAM is ``ReLU(sum_c w_c A_c)`` with ``w_c`` the mean of ``G_c`` over the tile. It is taken on
 the scaled latent ``u_j`` of which the message is a per-voxel linear map (``m_j = W_j u_j``, see
-:class:`~nnunetv2_ciml.network.ComplementaryMessages`): the same map, without the message's width. Before the
+:class:`~nnunetv2_ciml.network.StageMessages`): the same map, without the message's width. Before the
 ReLU, its sum over the level's voxels is the first-order contribution of that message to the target,
 ``sum_c sum_x G_c(x) A_c(x)`` (in logits), with each gradient replaced by its tile mean. Each level's map is upsampled to the patch (linear interpolation) and divided by the
 number of patch voxels per level voxel, so that it keeps that mass; the map of a (sender, subtask)
@@ -30,19 +30,18 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 from tqdm import tqdm
 
-from nnunetv2_ciml.network import CIMLUNet
+from nnunetv2_ciml.network import CIMLUNet, MessagePair
 
 __all__ = ["MessageGradCAM", "sliding_window_message_cams"]
 
 
 class MessageGradCAM:
-    """Grad-CAM maps of the messages of ``pairs`` (indices into ``network.message_pairs``) for one tile.
+    """Grad-CAM maps of the messages of ``pairs`` (:class:`~nnunetv2_ciml.network.MessagePair` s of
+    ``network.message_pairs``) for one tile.
 
-    Use as a context manager: it hooks the ``message`` (``nn.Identity``) of the
-    :class:`~nnunetv2_ciml.network.ComplementaryMessages` of those pairs' subtasks and removes the hooks
-    on exit.
-    Inside, the network is in eval mode (``z = mu``, no activation checkpointing, so each hook fires
-    once); its mode is restored on exit.
+    Use as a context manager: it hooks the ``message`` (``nn.Identity``) of every
+    :class:`~nnunetv2_ciml.network.StageMessages` and removes the hooks on exit. Inside, the network is in eval
+    mode (``z = mu``, no activation checkpointing, so each hook fires once); its mode is restored on exit.
 
     Args:
         network: the CIML network.
@@ -50,34 +49,36 @@ class MessageGradCAM:
         target_channels: output channels that make up the target of each receiving subtask.
     """
 
-    def __init__(self, network: CIMLUNet, pairs: Sequence[int], target_channels: Dict[int, Sequence[int]]):
+    def __init__(self, network: CIMLUNet, pairs: Sequence[MessagePair], target_channels: Dict[int, Sequence[int]]):
+        unknown = [p for p in pairs if p not in network.message_pairs]
+        if unknown:
+            raise ValueError(f"message pairs {[p.name for p in unknown]} are not among the network's "
+                             f"{[p.name for p in network.message_pairs]}")
         self.network = network
         self.pairs = list(pairs)
-        receivers = {network.message_pairs[p][1] for p in self.pairs}
+        receivers = {p.subtask for p in self.pairs}
         self.channels = sorted({k for i in receivers for k in target_channels.get(i, ())})
-        self._messages: Dict[tuple, torch.Tensor] = {}
+        self._latents: Dict[int, torch.Tensor] = {}
         self._hooks: List = []
         self._was_training = network.training
 
     def __enter__(self) -> "MessageGradCAM":
         self._was_training = self.network.training
         self.network.eval()
-        receivers = sorted({self.network.message_pairs[p][1] for p in self.pairs})
-        for s, level in enumerate(self.network.messages):
-            for i in receivers if len(level) else ():
-                self._hooks.append(level[i].message.register_forward_hook(self._recorder((s, i))))
+        for s in self.network.message_stages:
+            self._hooks.append(self.network.messages[str(s)].message.register_forward_hook(self._recorder(s)))
         return self
 
     def __exit__(self, *exc) -> None:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
-        self._messages.clear()
+        self._latents.clear()
         self.network.train(self._was_training)
 
-    def _recorder(self, key: tuple):
+    def _recorder(self, stage: int):
         def record(module, inputs, output):
-            self._messages[key] = output
+            self._latents[stage] = output
         return record
 
     def __call__(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -90,29 +91,27 @@ class MessageGradCAM:
         mask = targets[self.channels].to(torch.float32)
         if not self.pairs or not torch.any(mask):
             return cams
-        self._messages.clear()
+        self._latents.clear()
         with torch.enable_grad():
             logits = self.network(x)
             if isinstance(logits, (list, tuple)):  # a network built with deep supervision
                 logits = logits[0]
             target = (logits[0, self.channels].float() * mask).sum()
-            keys = list(self._messages)
-            gradients = dict(zip(keys, torch.autograd.grad(target, [self._messages[k] for k in keys])))
+            stages = list(self._latents)
+            gradients = dict(zip(stages, torch.autograd.grad(target, [self._latents[s] for s in stages])))
         mode = "bilinear" if len(patch) == 2 else "trilinear"
         with torch.no_grad():
-            for n, p in enumerate(self.pairs):
-                sender, i = self.network.message_pairs[p]
-                k = self.network.senders(i).index(sender)
-                for s in (s for s, r in keys if r == i):
-                    latent = self.network.messages[s][i].latent_channels
-                    a, g = (t[:, k * latent:(k + 1) * latent] for t in (self._messages[(s, i)], gradients[(s, i)]))
+            for n, pair in enumerate(self.pairs):
+                for s in stages:
+                    channels = self.network.messages[str(s)].latent_slice(pair)
+                    a, g = self._latents[s][:, channels], gradients[s][:, channels]
                     weights = g.float().mean(dim=tuple(range(2, g.ndim)), keepdim=True)
                     cam = F.relu((weights * a.float()).sum(1, keepdim=True))
                     voxels_per_level_voxel = cams[0].numel() / cam[0, 0].numel()
                     if tuple(cam.shape[2:]) != patch:
                         cam = F.interpolate(cam, size=patch, mode=mode, align_corners=False)
                     cams[n] += cam[0, 0] / voxels_per_level_voxel
-        self._messages.clear()
+        self._latents.clear()
         return cams
 
 

@@ -1,8 +1,9 @@
-"""CIMLUNet: unimodal encoders, one decoder per subtask, complementary messages on the skips."""
+"""CIMLUNet: one grouped encoder for the modality branches, one decoder per subtask, complementary messages."""
 from types import SimpleNamespace
-from typing import List, Optional, Sequence, Tuple, Type, Union
+from typing import List, Optional, Sequence, Type, Union
 
 import torch
+from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
 from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
 from dynamic_network_architectures.building_blocks.residual import BasicBlockD, BottleneckD
 from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
@@ -13,23 +14,26 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.dropout import _DropoutNd
 from torch.utils.checkpoint import checkpoint
 
-from nnunetv2_ciml.network.message import ComplementaryMessages
+from nnunetv2_ciml.network.grouped import check_channelwise_norm, grouped_conv
+from nnunetv2_ciml.network.message import MessagePair, StageMessages
 
 IntOrSeq = Union[int, Sequence[int]]
 
-# What a UNetDecoder reads from its encoder. Handing it a plain namespace (instead of the encoder
-# module) keeps the encoder's weights out of the decoder's state dict.
-_DECODER_READS = ("output_channels", "strides", "conv_op", "conv_bias", "norm_op", "norm_op_kwargs",
-                  "dropout_op", "dropout_op_kwargs", "nonlin", "nonlin_kwargs", "kernel_sizes")
-
-
 MESSAGE_LATENT_FRACTION = 0.25
+# The encoder layout of the saved weights; plans written before the grouped encoder have none.
+ENCODER_LAYOUT = "grouped"
 
 
 def round_channels(channels: float) -> int:
-    """Round to a multiple of 8 from 8 channels up (CPU and tensor-core kernels are much faster on
+    """Round to the nearest multiple of 8 from 8 channels up (CPU and tensor-core kernels are much faster on
     those), to an integer >= 1 below that (tiny test networks)."""
     return 8 * max(1, round(channels / 8)) if channels >= 8 else max(1, round(channels))
+
+
+def default_message_stages(n_stages: int) -> List[int]:
+    """Every stage below full resolution: on the ShapeComposition demo the full-resolution messages carried
+    8 % of the message Grad-CAM mass, and on a GPU about a quarter of the training step."""
+    return list(range(1, n_stages))
 
 
 class SubtaskDecoders(nn.ModuleList):
@@ -47,31 +51,32 @@ class SubtaskDecoders(nn.ModuleList):
 
 
 class CIMLUNet(nn.Module):
-    """CIML network (DESIGN §1) built from nnU-Net's U-Net plans.
+    """CIML network built from nnU-Net's U-Net plans.
 
-    Input ``(B, M, *spatial)`` with one channel per modality; modality ``c`` has its own encoder
-    (``PlainConvEncoder``, or ``ResidualEncoder`` when ``n_blocks_per_stage`` is given as in ResEnc
-    plans) that sees channel ``c`` only. Subtask ``i`` has a ``UNetDecoder`` fed by the encoder of
-    ``subtask_primaries[i]``; at every encoder stage ``s`` each other modality ``j`` adds a message to
-    that skip, ``skip_i^s = h_i^s + sum_j m_{j->i}^s`` (``messages[s][i]``, a :class:`ComplementaryMessages`
-    computing all of them; ``message_pairs`` lists the ``(j, i)`` pairs, subtask by subtask, senders in
-    channel order). The decoders'
-    logits are assembled into nnU-Net's output channels (``subtask_outputs[i]`` lists the channels
-    subtask ``i`` owns): a tensor ``(B, num_classes, *spatial)``, or with deep supervision a list of
+    Input ``(B, M, *spatial)``, one channel per modality. The M modality encoders are ONE
+    dynamic-network-architectures encoder (``PlainConvEncoder``, or ``ResidualEncoder`` when
+    ``n_blocks_per_stage`` is given as in ResEnc plans) with M x ``features_per_stage`` channels whose
+    convolutions have M groups (:func:`~nnunetv2_ciml.network.grouped.grouped_conv`): with a per-channel norm,
+    channel block ``c`` of every stage is exactly the encoder of modality ``c``, seeing channel ``c`` only.
+    Subtask ``i`` has a ``UNetDecoder`` fed by the block of ``subtask_primaries[i]``; at each stage ``s`` of
+    ``message_stages`` every other modality ``j`` adds a message to that skip,
+    ``skip_i^s = h_i^s + sum_j m_{j->i}^s`` (``messages[str(s)]``, one :class:`StageMessages` for all pairs of
+    the stage; ``message_pairs`` lists the :class:`MessagePair` s, subtask by subtask, senders in channel
+    order). The decoders' logits are assembled into nnU-Net's output channels (``subtask_outputs[i]`` lists the
+    channels subtask ``i`` owns): ``(B, num_classes, *spatial)``, or with deep supervision a list of
     ``n_stages - 1`` such tensors, highest resolution first. The parameters do not depend on
     ``deep_supervision`` (nnU-Net loads weights strictly).
 
     After each training-mode forward, ``kl`` holds the mean KL over all messages (a scalar with grad),
-    ``message_kl`` and ``message_magnitude`` (detached, shape ``(len(message_pairs),)``) the KL and
-    root-mean-square message per (sender, subtask) pair, averaged over stages. Eval mode skips these
-    statistics (``kl`` is 0): inference pays only for the messages themselves.
+    ``message_kl`` and ``message_magnitude`` (detached, ``(len(message_pairs),)``) the KL and root-mean-square
+    message per pair, averaged over stages. Eval mode skips these statistics (``kl`` is 0).
 
-    ``features_per_stage`` are the widths of each branch (see ``nnunetv2_ciml.planning`` for how
-    they are chosen from the plain plans); ``z`` has ``message_latent_fraction`` of the stage's
-    channels (rounded as :func:`round_channels`). ``messages=False`` builds the unimodal-branch
-    ablation; ``message_stages`` lists the encoder stages that receive messages (default: all).
-    ``checkpoint_messages`` recomputes message intermediates in the backward pass instead
-    of storing them (less activation memory for a little more compute).
+    ``features_per_stage`` are the widths of each branch (see ``nnunetv2_ciml.planning``); each latent ``z``
+    has ``message_latent_fraction`` of the stage's channels (rounded as :func:`round_channels`).
+    ``messages=False`` builds the unimodal-branch ablation; ``message_stages`` lists the encoder stages that
+    receive messages (default :func:`default_message_stages`). ``checkpoint_messages`` recomputes message
+    intermediates in the backward pass instead of storing them. ``encoder_layout`` must be
+    ``ENCODER_LAYOUT``: plans written by earlier versions (separate encoders) are refused with a clear error.
     """
 
     def __init__(self,
@@ -103,8 +108,14 @@ class CIMLUNet(nn.Module):
                  message_latent_fraction: float = MESSAGE_LATENT_FRACTION,
                  checkpoint_messages: bool = True,
                  modality_names: Optional[Sequence[str]] = None,
-                 subtask_names: Optional[Sequence[str]] = None):
+                 subtask_names: Optional[Sequence[str]] = None,
+                 encoder_layout: Optional[str] = None):
         super().__init__()
+        if encoder_layout != ENCODER_LAYOUT:
+            raise ValueError(f"These plans describe a CIML network of encoder layout {encoder_layout!r}; this "
+                             f"version of nnunetv2_ciml builds {ENCODER_LAYOUT!r} (all modality encoders as one "
+                             f"grouped encoder, arch_kwargs['encoder_layout']). Models saved by versions before "
+                             f"the grouped encoder do not load: retrain them with this version.")
         if (n_conv_per_stage is None) == (n_blocks_per_stage is None):
             raise ValueError("CIMLUNet needs exactly one of n_conv_per_stage (PlainConvUNet plans) or "
                              "n_blocks_per_stage (ResidualEncoderUNet plans)")
@@ -115,47 +126,56 @@ class CIMLUNet(nn.Module):
         if len(subtask_primaries) != len(subtask_outputs) or not all(0 <= p < input_channels for p in subtask_primaries):
             raise ValueError(f"subtask_primaries {list(subtask_primaries)} must give one input channel in "
                              f"[0, {input_channels}) per subtask ({len(subtask_outputs)} subtasks)")
+        check_channelwise_norm(norm_op)
+        m = input_channels
         if isinstance(features_per_stage, int):
             features_per_stage = [features_per_stage] * n_stages
         if isinstance(kernel_sizes, int):
             kernel_sizes = [kernel_sizes] * n_stages
-        dim = 3 if conv_op is nn.Conv3d else 2
+        dim = convert_conv_op_to_dim(conv_op)
         kernel_sizes = [[k] * dim if isinstance(k, int) else list(k) for k in kernel_sizes]
+        features_per_stage = [int(f) for f in features_per_stage]
 
-        self.modality_names = list(modality_names) if modality_names else [f"channel{c}" for c in range(input_channels)]
+        self.modality_names = list(modality_names) if modality_names else [f"channel{c}" for c in range(m)]
         self.subtask_names = list(subtask_names) if subtask_names else [f"subtask{i}" for i in range(len(subtask_outputs))]
         self.subtask_primaries = [int(p) for p in subtask_primaries]
         self.subtask_outputs = [[int(k) for k in outs] for outs in subtask_outputs]
+        self.features_per_stage = features_per_stage
         self.checkpoint_messages = checkpoint_messages
 
-        def make_encoder() -> nn.Module:
-            common = dict(conv_bias=conv_bias, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, dropout_op=dropout_op,
-                          dropout_op_kwargs=dropout_op_kwargs, nonlin=nonlin, nonlin_kwargs=nonlin_kwargs,
-                          return_skips=True)
-            if n_blocks_per_stage is not None:
-                return ResidualEncoder(1, n_stages, features_per_stage, conv_op, kernel_sizes, strides,
-                                       n_blocks_per_stage, block=block, bottleneck_channels=bottleneck_channels,
-                                       disable_default_stem=False, stem_channels=stem_channels, **common)
-            return PlainConvEncoder(1, n_stages, features_per_stage, conv_op, kernel_sizes, strides,
-                                    n_conv_per_stage, **common)
-
-        self.encoders = nn.ModuleList([make_encoder() for _ in range(input_channels)])
-        spec = SimpleNamespace(**{k: getattr(self.encoders[0], k) for k in _DECODER_READS})
+        common = dict(conv_bias=conv_bias, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, dropout_op=dropout_op,
+                      dropout_op_kwargs=dropout_op_kwargs, nonlin=nonlin, nonlin_kwargs=nonlin_kwargs,
+                      return_skips=True)
+        grouped = grouped_conv(conv_op, m)
+        times_m = (lambda v: None if v is None else [m * int(c) for c in v] if isinstance(v, (list, tuple)) else m * int(v))
+        if n_blocks_per_stage is not None:
+            self.encoder = ResidualEncoder(m, n_stages, times_m(features_per_stage), grouped, kernel_sizes, strides,
+                                           n_blocks_per_stage, block=block,
+                                           bottleneck_channels=times_m(bottleneck_channels),
+                                           disable_default_stem=False, stem_channels=times_m(stem_channels), **common)
+        else:
+            self.encoder = PlainConvEncoder(m, n_stages, times_m(features_per_stage), grouped, kernel_sizes, strides,
+                                            n_conv_per_stage, **common)
+        # The decoders see one modality's features through nnU-Net's plain convolution: their spec comes from
+        # the constructor arguments, not from the grouped encoder.
+        spec = SimpleNamespace(output_channels=features_per_stage, strides=self.encoder.strides, conv_op=conv_op,
+                               kernel_sizes=kernel_sizes, **{k: v for k, v in common.items() if k != "return_skips"})
         self.decoder = SubtaskDecoders([UNetDecoder(spec, len(outs), n_conv_per_stage_decoder, deep_supervision)
                                         for outs in self.subtask_outputs])
 
-        # (sender channel, subtask index) for every message, subtask by subtask.
-        self.message_pairs: List[Tuple[int, int]] = [
-            (j, i) for i, p in enumerate(self.subtask_primaries) for j in range(input_channels) if j != p
-        ] if messages and input_channels > 1 else []
-        self.message_stages = sorted(range(n_stages) if message_stages is None else set(message_stages))
-        # messages[s][i]: stage s, subtask i (an empty list at stages without messages).
-        self.messages = nn.ModuleList([
-            nn.ModuleList([ComplementaryMessages(conv_op, c, round_channels(message_latent_fraction * c), k,
-                                                 input_channels - 1) for _ in self.subtask_outputs]
-                          if s in self.message_stages else [])
-            for s, (c, k) in enumerate(zip(spec.output_channels, kernel_sizes))
-        ]) if self.message_pairs else None
+        self.message_pairs: List[MessagePair] = [
+            MessagePair(j, i, f"{self.modality_names[j]}->{self.subtask_names[i]}")
+            for i, p in enumerate(self.subtask_primaries) for j in range(m) if j != p
+        ] if messages and m > 1 else []
+        stages = default_message_stages(n_stages) if message_stages is None else message_stages
+        self.message_stages = sorted(set(int(s) for s in stages)) if self.message_pairs else []
+        if any(not 0 <= s < n_stages for s in self.message_stages):
+            raise ValueError(f"message_stages {list(stages)} must lie in [0, {n_stages})")
+        self.messages = nn.ModuleDict({
+            str(s): StageMessages(conv_op, features_per_stage[s],
+                                  round_channels(message_latent_fraction * features_per_stage[s]), kernel_sizes[s],
+                                  self.subtask_primaries, self.message_pairs)
+            for s in self.message_stages})
 
         order = [k for outs in self.subtask_outputs for k in outs]
         self.register_buffer("_output_order", torch.tensor([order.index(k) for k in range(num_classes)]),
@@ -165,38 +185,44 @@ class CIMLUNet(nn.Module):
         self.message_kl = torch.zeros(len(self.message_pairs))
         self.message_magnitude = torch.zeros(len(self.message_pairs))
 
-    def senders(self, subtask: int) -> List[int]:
-        """Channels that message ``subtask``, in the order of its :class:`ComplementaryMessages`."""
-        return [j for j, i in self.message_pairs if i == subtask]
+    @property
+    def num_modalities(self) -> int:
+        return len(self.modality_names)
 
-    def _messages_to(self, stage: int, subtask: int, receiver: torch.Tensor, senders: List[torch.Tensor]):
-        module = self.messages[stage][subtask]
+    def modality_features(self, features: torch.Tensor, stage: int, modality: int) -> torch.Tensor:
+        """Modality ``modality``'s block ``(B, C_s, *spatial)`` of the grouped encoder's stage output."""
+        c = self.features_per_stage[stage]
+        return features[:, modality * c:(modality + 1) * c]
+
+    def _stage_messages(self, stage: int, features: torch.Tensor):
+        module = self.messages[str(stage)]
         if self.checkpoint_messages and self.training and torch.is_grad_enabled():
             # Message intermediates (posterior, z, attention) would dominate activation memory; recompute them.
-            return checkpoint(module, receiver, *senders, use_reentrant=False)
-        return module(receiver, *senders)
+            return checkpoint(module, features, use_reentrant=False)
+        return module(features)
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
-        features = [encoder(x[:, c:c + 1]) for c, encoder in enumerate(self.encoders)]
-        kls, rms = [], []
+        if x.shape[1] != self.num_modalities:
+            raise ValueError(
+                f"CIMLUNet expects {self.num_modalities} input channels, one per modality "
+                f"({', '.join(self.modality_names)}), got {x.shape[1]}. If a sequence is missing, predict with "
+                f"`nnunetv2_ciml predict`, which accepts cases with missing modality files.")
+        features = self.encoder(x)
+        messages, kls, rms = {}, [], []
+        for s in self.message_stages:
+            messages[s], kl, magnitude = self._stage_messages(s, features[s])
+            if self.training:
+                kls.append(kl)
+                rms.append(magnitude)
         logits = []
         for i, (primary, decoder) in enumerate(zip(self.subtask_primaries, self.decoder)):
-            skips = list(features[primary])
-            senders = self.senders(i)
-            stage_kls, stage_rms = [], []
-            for s in self.message_stages if senders else ():
-                message, kl, magnitude = self._messages_to(s, i, skips[s], [features[j][s] for j in senders])
-                skips[s] = skips[s] + message
-                if self.training:
-                    stage_kls.append(kl)
-                    stage_rms.append(magnitude)
-            if stage_kls:
-                kls.append(torch.stack(stage_kls).mean(0))
-                rms.append(torch.stack(stage_rms).mean(0))
+            skips = [self.modality_features(f, s, primary) for s, f in enumerate(features)]
+            for s, message in messages.items():
+                skips[s] = skips[s] + self.modality_features(message, s, i)
             logits.append(decoder(skips))
         if kls:
-            kl = torch.cat(kls)
-            self.kl, self.message_kl, self.message_magnitude = kl.mean(), kl.detach(), torch.cat(rms)
+            kl = torch.stack(kls).mean(0)  # (P,): per pair, mean over stages
+            self.kl, self.message_kl, self.message_magnitude = kl.mean(), kl.detach(), torch.stack(rms).mean(0)
         else:
             self.kl = x.new_zeros((), dtype=torch.float32)
         if isinstance(logits[0], torch.Tensor):
@@ -210,11 +236,11 @@ class CIMLUNet(nn.Module):
     @staticmethod
     def initialize(module: nn.Module) -> None:
         """nnU-Net's He init (as ``PlainConvUNet``/``ResidualEncoderUNet``); messages start at zero with
-        their gates nearly closed (:meth:`ComplementaryMessages.reset_parameters`).
+        their gates nearly closed (:meth:`StageMessages.reset_parameters`).
 
         Meant for ``network.apply(CIMLUNet.initialize)``, which visits children before parents.
         """
         InitWeights_He(1e-2)(module)
         init_last_bn_before_add_to_0(module)
-        if isinstance(module, ComplementaryMessages):
+        if isinstance(module, StageMessages):
             module.reset_parameters()

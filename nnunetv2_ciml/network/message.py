@@ -1,4 +1,5 @@
-"""The complementary messages from the other modalities' encoders to one subtask's skip."""
+"""The complementary messages of one encoder stage: every (sender modality -> subtask) pair at once."""
+from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Type
 
 import torch
@@ -6,66 +7,108 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 
-GATE_INIT_LOGIT = -3.0  # initial attention logit: gates start nearly closed (see ComplementaryMessages)
+GATE_INIT_LOGIT = -3.0  # initial attention logit: gates start nearly closed (see StageMessages)
 
 
-def pointwise(conv: _ConvNd, x: torch.Tensor) -> torch.Tensor:
-    """``conv`` (a 1x1 convolution) applied to ``x`` ``(B, C, *spatial)`` as one batched matrix product.
+@dataclass(frozen=True)
+class MessagePair:
+    """One message: modality channel ``sender`` to subtask ``subtask``; ``name`` as in logs and maps
+    (``"T2->whole tumor"``)."""
 
-    Same result and parameters as ``conv(x)``; on CPU 10x faster forward and 8x backward than oneDNN's
-    1x1 convolution at the narrow widths of the messages (16 to 8 channels, 2 x 64^3), which reorders
-    its input and output to a blocked layout on every call."""
-    weight = conv.weight.flatten(1).expand(x.shape[0], -1, -1)  # (B, O, C)
-    if conv.bias is None:
-        y = torch.bmm(weight, x.flatten(2))
-    else:  # baddbmm rather than "+ bias": autocast then keeps the whole result in half precision
-        y = torch.baddbmm(conv.bias.view(1, -1, 1), weight, x.flatten(2))
-    return y.unflatten(2, x.shape[2:])
+    sender: int
+    subtask: int
+    name: str
 
 
-class ComplementaryMessages(nn.Module):
-    """All messages ``sum_j m_{j->i}`` into the skip of subtask ``i`` at one level, one per sender ``j``.
+def grouped_pointwise(weight: torch.Tensor, bias: Optional[torch.Tensor], x: torch.Tensor, groups: int) -> torch.Tensor:
+    """A grouped 1x1 convolution as one batched matrix product.
 
-    Per sender (DESIGN §1): ``mu_j, logvar_j = Conv1x1([h_j, h_i])``; ``z_j = mu_j + exp(logvar_j / 2) * eps``
-    in training and ``z_j = mu_j`` in eval mode; the cross-modal spatial attention
-    ``a_j = sigmoid(Conv_k([h_i, z_j]))`` (one channel) says where the receiver needs outside information;
-    the message is ``m_j = a_j * W_j z_j`` with ``W_j`` a zero-initialised 1x1 projection without bias,
-    so an untrained message is exactly zero, and the gates ``a_j`` start nearly closed
+    ``weight`` ``(G * O, I, 1, ...)`` as in a grouped ``nn.Conv3d``, ``x`` ``(B, G * I, *spatial)``; returns
+    ``(B, G * O, *spatial)``, the same as ``F.conv3d(x, weight, bias, groups=G)``. On CPU 8 to 10x faster than
+    oneDNN's convolution at the messages' narrow widths (it reorders input and output to a blocked layout
+    on every call); on CUDA a strided batched GEMM, as cuDNN runs a 1x1 convolution.
+    """
+    b, spatial = x.shape[0], x.shape[2:]
+    w = weight.flatten(1).unflatten(0, (groups, -1))  # (G, O, I)
+    y = torch.matmul(w, x.reshape(b, groups, w.shape[2], -1))  # (B, G, O, N)
+    if bias is not None:
+        y = y + bias.view(1, groups, -1, 1)
+    return y.reshape(b, -1, *spatial)
+
+
+def _attention_layout(*tensors: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """Inputs of the k^3 attention convolutions in the layout their backend runs fastest.
+
+    On CPU oneDNN runs these few-output convolutions 2.3x faster (forward and backward, 2 x 16 + 12 channels
+    at 64^3) on channels-last inputs; on CUDA cuDNN takes them as they are."""
+    if not tensors[0].is_cpu:
+        return tensors
+    layout = torch.channels_last_3d if tensors[0].dim() == 5 else torch.channels_last
+    return tuple(t.contiguous(memory_format=layout) for t in tensors)
+
+
+class StageMessages(nn.Module):
+    """All messages of one encoder stage, ``sum_j m_{j->i}`` for every subtask ``i``, as one module.
+
+    Per pair ``(j, i)`` with receiver features ``h_i`` (subtask ``i``'s primary modality) and sender features
+    ``h_j``: ``mu, logvar = Conv1x1([h_j, h_i])``; ``z = mu + exp(logvar / 2) * eps`` in training, ``z = mu`` in
+    eval mode; the cross-modal spatial attention ``a = sigmoid(Conv_k([h_i, z]))`` (one channel) says where the
+    receiver needs outside information; the message is ``m = a * W z`` with ``W`` a zero-initialised 1x1
+    projection without bias (an untrained message is exactly zero) and the gates start nearly closed
     (:meth:`reset_parameters`).
 
-    Computed without ever holding a per-sender tensor of the skip's width: the convolutions over a
-    concatenation are split into their sender and receiver parts (the receiver's computed once for all
-    senders), and ``sum_j a_j * W_j z_j = W [a_1 z_1, ..., a_n z_n]`` is one projection of the stacked
-    scaled latents ``u`` ``(B, n * L, *spatial)``. ``message`` (an ``nn.Identity``) sees ``u``: the hook
-    point for Grad-CAM, whose map of ``u_j`` equals that of ``m_j = W_j u_j`` (``W_j`` is linear and
-    per voxel, so the gradient-weighted sums agree).
+    Input is the grouped encoder's stage output ``(B, M * C, *spatial)``: channel block ``c`` is modality ``c``.
+    Every (sender, subtask) pair is one group of a grouped operation, so the stage costs a few large kernels
+    whatever the number of pairs: the convolutions over a concatenation are split into their sender part (one
+    group per pair) and receiver part (one group per subtask, computed once for all its senders), and
+    ``sum_j a_j * W_j z_j = W_i [a_1 z_1, ..., a_n z_n]`` is one grouped projection of the gated latents ``u``
+    ``(B, P * L, *spatial)``. ``message`` (an ``nn.Identity``) sees ``u``: the hook point for Grad-CAM, whose
+    map of ``u_j`` equals that of ``m_j = W_j u_j`` (linear and per voxel); :meth:`latent_slice` says which
+    channels of ``u`` belong to a pair.
 
-    Per sender, in training: the KL ``KL(N(mu_j, sigma_j^2) || N(0, I))`` summed over latent channels and
-    averaged over batch and voxels (nats per voxel), and the message's root-mean-square over channels and
-    voxels (exact, from the latents' Gram matrix); both in float32 (safe under AMP). Eval mode skips them,
-    so that sliding-window inference pays for the messages alone.
+    ``pairs`` must list, subtask by subtask in subtask order, the senders of each subtask (every modality but
+    its primary, in channel order): the order of ``u``, of the KL and of the RMS vectors.
+
+    In training the module also returns per pair the KL ``KL(N(mu, sigma^2) || N(0, I))`` summed over latent
+    channels and averaged over batch and voxels (nats per voxel), and the message's root-mean-square over
+    channels and voxels (exact, from the latents' Gram matrix), both float32 (safe under AMP). Eval mode skips
+    them: sliding-window inference pays for the messages alone.
 
     Args:
         conv_op: ``nn.Conv2d`` or ``nn.Conv3d``.
-        channels: feature channels ``C`` of senders and receiver at this level.
-        latent_channels: channels ``L`` of each ``z_j``.
+        channels: features ``C`` per modality at this stage.
+        latent_channels: channels ``L`` of each ``z``.
         kernel_size: kernel of the attention convolution (the stage's kernel, e.g. ``(1, 3, 3)``).
-        n_senders: number of sending modalities ``n``.
+        subtask_primaries: primary modality of each subtask.
+        pairs: the messages, see above.
     """
 
     def __init__(self, conv_op: Type[_ConvNd], channels: int, latent_channels: int, kernel_size: Sequence[int],
-                 n_senders: int):
+                 subtask_primaries: Sequence[int], pairs: Sequence[MessagePair]):
         super().__init__()
+        self.pairs = tuple(pairs)
+        self.subtask_primaries = tuple(subtask_primaries)
+        self.channels, self.latent_channels = channels, latent_channels
+        n_subtasks, n_pairs, latent = len(self.subtask_primaries), len(self.pairs), latent_channels
+        if n_pairs % n_subtasks or [p.subtask for p in self.pairs] != sorted(p.subtask for p in self.pairs):
+            raise ValueError("StageMessages needs the same number of senders per subtask, listed subtask by subtask")
+        self.senders_per_subtask = n_pairs // n_subtasks
         padding = [k // 2 for k in kernel_size]
-        n, latent = n_senders, latent_channels
-        self.n_senders, self.latent_channels = n, latent
-        self.sender_posterior = nn.ModuleList([conv_op(channels, 2 * latent, 1, bias=False) for _ in range(n)])
-        self.receiver_posterior = conv_op(channels, n * 2 * latent, 1)
-        self.receiver_attention = conv_op(channels, n, kernel_size, padding=padding)
-        self.latent_attention = conv_op(n * latent, n, kernel_size, padding=padding, groups=n, bias=False)
-        self.project = conv_op(n * latent, channels, 1, bias=False)
+        self.sender_posterior = conv_op(n_pairs * channels, n_pairs * 2 * latent, 1, groups=n_pairs, bias=False)
+        self.receiver_posterior = conv_op(n_subtasks * channels, n_pairs * 2 * latent, 1, groups=n_subtasks)
+        self.receiver_attention = conv_op(n_subtasks * channels, n_pairs, kernel_size, padding=padding,
+                                          groups=n_subtasks)
+        self.latent_attention = conv_op(n_pairs * latent, n_pairs, kernel_size, padding=padding, groups=n_pairs,
+                                        bias=False)
+        self.project = conv_op(n_pairs * latent, n_subtasks * channels, 1, groups=n_subtasks, bias=False)
         self.message = nn.Identity()
+        self.register_buffer("_sender_channels", self._channel_index([p.sender for p in self.pairs]), persistent=False)
+        self.register_buffer("_receiver_channels", self._channel_index(self.subtask_primaries), persistent=False)
         self.reset_parameters()
+
+    def _channel_index(self, modalities: Sequence[int]) -> torch.Tensor:
+        c = self.channels
+        return torch.tensor([m * c + k for m in modalities for k in range(c)], dtype=torch.long)
 
     def reset_parameters(self) -> None:
         """Messages start at exactly zero (zero projection) with their gates nearly closed
@@ -77,52 +120,54 @@ class ComplementaryMessages(nn.Module):
         nn.init.zeros_(self.project.weight)
         nn.init.constant_(self.receiver_attention.bias, GATE_INIT_LOGIT)
 
-    def projection(self, sender: int) -> torch.Tensor:
-        """``W_j`` of the ``sender``-th sender: a view ``(C, L, 1, ...)`` of the projection's weight."""
-        return self.project.weight[:, sender * self.latent_channels:(sender + 1) * self.latent_channels]
+    def latent_slice(self, pair: MessagePair) -> slice:
+        """Channels of ``pair``'s gated latent in ``u`` (what ``message`` sees)."""
+        p = self.pairs.index(pair)
+        return slice(p * self.latent_channels, (p + 1) * self.latent_channels)
 
-    def _attention(self, receiver: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """``sigmoid(Conv_k([h_i, z_j]))`` for every sender: ``(B, n, *spatial)`` from ``z`` ``(B, n * L, *spatial)``."""
-        if receiver.is_cpu:
-            # oneDNN runs these few-output k^3 convolutions 2.3x faster (forward and backward, 2 x 16 + 12
-            # channels at 64^3) on channels-last inputs; the layout changes cost a copy each.
-            layout = torch.channels_last_3d if receiver.dim() == 5 else torch.channels_last
-            receiver, z = receiver.contiguous(memory_format=layout), z.contiguous(memory_format=layout)
-        attention = self.receiver_attention(receiver) + self.latent_attention(z)
-        return torch.sigmoid(attention).contiguous()
+    def projection(self, pair: MessagePair) -> torch.Tensor:
+        """``W_j`` of ``pair``: a view ``(C, L, 1, ...)`` of the projection's weight."""
+        p, c = self.pairs.index(pair), self.channels
+        i, k = divmod(p, self.senders_per_subtask)
+        return self.project.weight[i * c:(i + 1) * c, k * self.latent_channels:(k + 1) * self.latent_channels]
 
-    def forward(self, receiver: torch.Tensor, *senders: torch.Tensor
-                ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """``receiver`` ``h_i`` and the ``n`` ``senders`` ``h_j``: ``(B, C, *spatial)``.
+    def forward(self, features: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """``features`` ``(B, M * C, *spatial)``, the grouped encoder's output at this stage.
 
-        Returns the summed message ``(B, C, *spatial)``, and per sender the KL and the message RMS
-        (``(n,)`` float32 each; ``None`` in eval mode)."""
-        n, latent = self.n_senders, self.latent_channels
-        spatial = receiver.shape[2:]
-        posterior = pointwise(self.receiver_posterior, receiver).unflatten(1, (n, 2 * latent)) + torch.stack(
-            [pointwise(conv, h) for conv, h in zip(self.sender_posterior, senders)], 1)
-        mu, logvar = posterior.chunk(2, dim=2)  # (B, n, L, *spatial)
+        Returns the summed messages of every subtask ``(B, S * C, *spatial)`` (block ``i`` for subtask ``i``),
+        and per pair the KL and the message RMS (``(P,)`` float32 each; ``None`` in eval mode)."""
+        n_pairs, n_subtasks, latent = len(self.pairs), len(self.subtask_primaries), self.latent_channels
+        b, spatial = features.shape[0], features.shape[2:]
+        senders = features.index_select(1, self._sender_channels)  # (B, P * C, *spatial)
+        receivers = features.index_select(1, self._receiver_channels)  # (B, S * C, *spatial)
+        posterior = (grouped_pointwise(self.sender_posterior.weight, None, senders, n_pairs)
+                     + grouped_pointwise(self.receiver_posterior.weight, self.receiver_posterior.bias, receivers,
+                                         n_subtasks))
+        mu, logvar = posterior.unflatten(1, (n_pairs, 2 * latent)).chunk(2, dim=2)  # (B, P, L, *spatial)
         logvar = logvar.clamp(-10.0, 10.0)
         if self.training:
             std = torch.exp(0.5 * logvar)
-            z = torch.addcmul(mu, std, torch.randn_like(mu))
+            z = torch.addcmul(mu, std, torch.randn_like(mu)).flatten(1, 2)
         else:
-            z = mu
-        attention = self._attention(receiver, z.flatten(1, 2))
-        u = self.message((attention.unsqueeze(2) * z).flatten(1, 2))
-        message = pointwise(self.project, u)
+            z = mu.flatten(1, 2)
+        attention_inputs = _attention_layout(receivers, z)
+        attention = torch.sigmoid(self.receiver_attention(attention_inputs[0])
+                                  + self.latent_attention(attention_inputs[1])).contiguous()  # (B, P, *spatial)
+        u = self.message((attention.unsqueeze(2) * z.unflatten(1, (n_pairs, latent))).flatten(1, 2))
+        message = grouped_pointwise(self.project.weight, None, u, n_subtasks)
         if not self.training:
             return message, None, None
         # KL = (|mu|^2 + |sigma|^2 - sum(log sigma^2)) / 2 per voxel - L / 2, from three float32 reductions
         # (no elementwise intermediates: this runs twice per step with checkpointing).
-        dims, voxels = (0, *range(2, 3 + len(spatial))), mu.shape[0] * spatial.numel()
+        dims, voxels = (0, *range(2, 3 + len(spatial))), b * spatial.numel()
         square_sums = [torch.linalg.vector_norm(t, dim=dims, dtype=torch.float32).square() for t in (mu, std)]
         kl = 0.5 * (sum(square_sums) - logvar.sum(dims, dtype=torch.float32)) / voxels - 0.5 * latent
         with torch.no_grad():
-            u32 = u.detach().float().flatten(2)  # (B, n * L, voxels)
-            gram = torch.bmm(u32, u32.transpose(1, 2)).sum(0) / (u32.shape[0] * u32.shape[2])
-            gram = torch.stack([gram[j * latent:(j + 1) * latent, j * latent:(j + 1) * latent] for j in range(n)])
-            w = self.project.weight.detach().float().flatten(1).unflatten(1, (n, latent))  # (C, n, L)
-            square = (gram * torch.einsum("cnl,cnk->nlk", w, w)).sum((1, 2))  # mean_x |m_j(x)|^2
-            rms = (square.clamp_min(0) / w.shape[0]).sqrt()
+            u32 = u.detach().float().reshape(b, n_pairs, latent, -1)
+            gram = torch.einsum("bpln,bpkn->plk", u32, u32) / (b * u32.shape[3])  # (P, L, L)
+            w = self.project.weight.detach().float().flatten(1)  # (S * C, n * L)
+            w = w.unflatten(0, (n_subtasks, -1)).unflatten(2, (self.senders_per_subtask, latent))  # (S, C, n, L)
+            w = w.permute(0, 2, 1, 3).flatten(0, 1)  # (P, C, L)
+            square = (gram * torch.einsum("pcl,pck->plk", w, w)).sum((1, 2))  # mean_x |m_p(x)|^2
+            rms = (square.clamp_min(0) / self.channels).sqrt()
         return message, kl, rms

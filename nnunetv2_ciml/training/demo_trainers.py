@@ -21,22 +21,25 @@ mass inside the complementary masks was 0.28 for beta 1e-3, 0.31 for 1e-2 and 0.
 0.23 for the masks' area, with every decoy/twin pair resolved in all three. On other data (seed 1, this
 budget, fold 0) beta 0.1, 0.3 and 1 gave 0.50, 0.47 and 0.39 against 0.24 (pair accuracy 0.99, 1.0,
 0.99). 0.1 keeps the messages on what only another modality knows without starving them. (These runs
-had the attention gates start half open; with the current nearly closed start see the README's demo
-section.)
+had the attention gates start half open; with the current nearly closed start see docs/demo.md.)
 """
 import torch
+from batchgenerators.utilities.file_and_folder_operations import join
 from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring import \
     nnUNetTrainerNoMirroring
 
+from nnunetv2_ciml.training.epoch_log import EPOCH_LOG_NAME, EpochLineLogger
 from nnunetv2_ciml.training.trainers import nnUNetTrainerCIML, nnUNetTrainerCIML_noMessages
 
 __all__ = ["nnUNetTrainer_ShapeCompositionDemo", "nnUNetTrainerCIML_ShapeCompositionDemo",
+           "nnUNetTrainerCIML_width075_ShapeCompositionDemo", "nnUNetTrainerCIML_width1_ShapeCompositionDemo",
            "nnUNetTrainerCIML_noMessages_ShapeCompositionDemo", "nnUNetTrainer_ShapeCompositionDemoQuick",
            "nnUNetTrainerCIML_ShapeCompositionDemoQuick", "nnUNetTrainerCIML_noMessages_ShapeCompositionDemoQuick"]
 
 
 class _DemoBudget(nnUNetTrainerNoMirroring):
-    """The demonstration's budget: ``demo_epochs`` x ``demo_iterations`` training iterations, no mirroring."""
+    """The demonstration's budget: ``demo_epochs`` x ``demo_iterations`` training iterations, no mirroring;
+    each epoch's numbers also go to ``fold_X/epochs.jsonl`` (:mod:`nnunetv2_ciml.training.epoch_log`)."""
 
     demo_epochs: int = 30
     demo_iterations: int = 25
@@ -48,6 +51,9 @@ class _DemoBudget(nnUNetTrainerNoMirroring):
         self.num_epochs = self.demo_epochs
         self.num_iterations_per_epoch = self.demo_iterations
         self.num_val_iterations_per_epoch = self.demo_val_iterations
+        # one JSON line per epoch in the fold folder: `nnunetv2_ciml demo` follows training through it
+        if self.local_rank == 0:
+            self.logger.loggers.append(EpochLineLogger(join(self.output_folder, EPOCH_LOG_NAME), self.num_epochs))
 
 
 class _QuickDemoBudget(_DemoBudget):
@@ -66,6 +72,18 @@ class nnUNetTrainerCIML_ShapeCompositionDemo(nnUNetTrainerCIML, _DemoBudget):
     """``nnUNetTrainerCIML`` on the demonstration's budget, beta 0.1 (see module docstring)."""
 
     kl_weight = 1e-1
+
+
+class nnUNetTrainerCIML_width075_ShapeCompositionDemo(nnUNetTrainerCIML_ShapeCompositionDemo):
+    """Branches 0.75x as wide as the plain U-Net's (the width study, ``benchmarks/demo_width_study.py``)."""
+
+    branch_width_factor = 0.75
+
+
+class nnUNetTrainerCIML_width1_ShapeCompositionDemo(nnUNetTrainerCIML_ShapeCompositionDemo):
+    """Branches as wide as the plain U-Net's (the width study, ``benchmarks/demo_width_study.py``)."""
+
+    branch_width_factor = 1.0
 
 
 class nnUNetTrainerCIML_noMessages_ShapeCompositionDemo(nnUNetTrainerCIML_noMessages, _DemoBudget):

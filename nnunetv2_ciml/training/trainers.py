@@ -118,8 +118,7 @@ class nnUNetTrainerCIML(nnUNetTrainer):
                                join(self.output_folder, "ciml_progress.png"))
 
     def message_pair_names(self) -> List[str]:
-        network = unwrap(self.network)
-        return [f"{network.modality_names[j]}->{network.subtask_names[i]}" for j, i in network.message_pairs]
+        return [pair.name for pair in unwrap(self.network).message_pairs]
 
 
 class nnUNetTrainerCIML_beta1e2(nnUNetTrainerCIML):

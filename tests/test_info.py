@@ -1,0 +1,51 @@
+"""``nnunetv2_ciml info``: what it shows, read from the sources without importing nnU-Net's trainers."""
+import argparse
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from nnunetv2_ciml.commands import info
+from nnunetv2_ciml.registration import ENV_VAR, EXT_TRAINER_DIR
+
+
+def test_shim_names_are_the_trainers_modules_export():
+    """Read statically from the shim's ``from M import *`` lines; must equal what importing gives (catches a
+    parser that misses a module, or lists names that are not exported)."""
+    from nnunetv2_ciml.training import demo_trainers, trainers
+
+    expected = {n: "nnunetv2_ciml.training.trainers" for n in trainers.__all__}
+    expected.update({n: "nnunetv2_ciml.training.demo_trainers" for n in demo_trainers.__all__})
+    assert info.shim_trainer_names(EXT_TRAINER_DIR) == expected
+
+
+def test_table_shows_nnunet_folders_and_aligns_long_names(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    monkeypatch.delenv("nnUNet_results", raising=False)
+    assert info.main(argparse.Namespace(check=False)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = [re.match(r"^(\S.*?\S)\s{2,}(\S.*)$", line) for line in lines[:lines.index(next(
+        line for line in lines if line.startswith("trainers")))]]
+    rows = {m.group(1): m.group(2) for m in table}
+    assert rows["nnUNet_raw"] == str(tmp_path / "raw")
+    assert "(unset" in rows["nnUNet_results"] and "nnUNet_preprocessed" in rows and "CUDA available" in rows
+    assert len({m.start(2) for m in table}) == 1  # values start in one column, however long the name
+    trainer_lines = [line for line in lines if line.startswith("  ")]
+    assert len(trainer_lines) == len(info.shim_trainer_names(EXT_TRAINER_DIR))
+    assert len({line.index("registered") for line in trainer_lines}) == 1
+
+
+def test_unregistered_shim_is_an_error(monkeypatch, capsys):
+    monkeypatch.setenv(ENV_VAR, os.path.join(os.sep, "somewhere", "else"))
+    assert info.main(argparse.Namespace(check=False)) == 1
+    assert "NOT REGISTERED" in capsys.readouterr().out
+
+
+def test_no_warning_in_the_output_of_a_fresh_process():
+    """A fresh interpreter imports torch here; its deprecation warnings must not land in the table."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    out = subprocess.run([sys.executable, "-m", "nnunetv2_ciml.cli", "info"], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Warning" not in out.stdout + out.stderr and "nnUNetTrainerCIML " in out.stdout
