@@ -78,6 +78,8 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=8)
     parser.add_argument("--json", type=Path, help="also write the results here (default WORK/epoch_time.json)")
     args = parser.parse_args()
+    if args.cases < 5:
+        parser.error("--cases must be at least 5 (nnU-Net's 5-fold split)")
     work = args.work.resolve()
     env = dict(os.environ, nnUNet_raw=str(work / "nnUNet_raw"), nnUNet_preprocessed=str(work / "nnUNet_preprocessed"),
                nnUNet_results=str(work / "nnUNet_results"), nnUNet_n_proc_DA=str(args.workers))

@@ -159,6 +159,18 @@ def build_ciml_network(dataset_json: dict, dim: int = 3, residual: bool = False,
     return net, arch
 
 
+def hand_made_trainer(cls, nnunet_env, dataset_json: dict = REGIONS):
+    """A trainer of class ``cls`` on a hand-made 3D plans dict (``plain_architecture(3, base=16)``, patch 16^3) and
+    ``dataset_json``, on the CPU: for checks that stop before the planner's outputs matter. Returns (trainer, plans)."""
+    plans = {"dataset_name": "Dataset999_Test", "plans_name": "nnUNetPlans", "continue_training": False,
+             "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+             "label_manager": "LabelManager", "original_median_spacing_after_transp": [1.0, 1.0, 1.0],
+             "configurations": {"3d_fullres": {"data_identifier": "x", "preprocessor_name": "DefaultPreprocessor",
+                                               "batch_size": 2, "patch_size": [16, 16, 16], "spacing": [1, 1, 1],
+                                               "architecture": plain_architecture(3, base=16), "batch_dice": False}}}
+    return cls(plans, "3d_fullres", 0, dict(dataset_json, file_ending=".nii.gz"), torch.device("cpu")), plans
+
+
 # --------------------------------------------------------------------- tiny synthetic nnU-Net datasets
 
 

@@ -13,7 +13,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from helpers import REGIONS, build_ciml_network as build
 from nnunetv2_ciml.training.loss import KLRegularizedLoss
-from nnunetv2_ciml.training.trainers import unwrap
+from nnunetv2_ciml.network import unwrap
 
 
 def _worker(rank: int, world_size: int, init_file: str, out_file: str) -> None:

@@ -15,7 +15,9 @@ def test_shim_names_are_the_trainers_modules_export():
     parser that misses a module, or lists names that are not exported)."""
     from nnunetv2_ciml.training import benchmark_trainers, demo_trainers, trainers
 
-    expected = {n: m.__name__ for m in (trainers, demo_trainers, benchmark_trainers) for n in m.__all__}
+    expected = {}
+    for module in (trainers, demo_trainers, benchmark_trainers):
+        expected.update({n: module.__name__ for n in module.__all__})
     assert info.shim_trainer_names(EXT_TRAINER_DIR) == expected
 
 

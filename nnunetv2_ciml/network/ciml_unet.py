@@ -36,6 +36,12 @@ def default_message_stages(n_stages: int) -> List[int]:
     return list(range(1, n_stages))
 
 
+def unwrap(network: nn.Module) -> nn.Module:
+    """The module behind DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    network = getattr(network, "module", network)
+    return getattr(network, "_orig_mod", network)
+
+
 class SubtaskDecoders(nn.ModuleList):
     """One ``UNetDecoder`` per subtask. Setting ``deep_supervision`` sets it on all of them, which is
     what nnU-Net's ``set_deep_supervision_enabled`` does to ``network.decoder``."""
