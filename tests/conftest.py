@@ -1,4 +1,4 @@
-"""Shared test settings: deterministic, CPU, few processes (nnU-Net reads some of these at import)."""
+"""Shared test settings (deterministic, CPU, few processes; nnU-Net reads some at import) and fixtures."""
 import os
 import sys
 from pathlib import Path
@@ -7,12 +7,18 @@ os.environ.setdefault("nnUNet_compile", "f")
 os.environ.setdefault("nnUNet_def_n_proc", "1")
 os.environ.setdefault("nnUNet_n_proc_DA", "0")
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/synthetic.py
+sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from helpers import make_dataset, nnunet_environment, plan_and_preprocess, shrink_plans, train_in_process  # noqa: E402
+
 torch.set_num_threads(2)
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REGIONS_2D_ID = 961
+CPU_TEST_TRAINER = "nnUNetTrainerCIML_CPUtest"
 
 
 @pytest.fixture(autouse=True)
@@ -26,3 +32,26 @@ def nnunet_env(tmp_path, monkeypatch):
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(var, str(tmp_path / var))
     return tmp_path / "nnUNet_raw"
+
+
+@pytest.fixture(scope="session")
+def planned_regions_2d(tmp_path_factory):
+    """(env, raw dataset folder): a tiny 2D region dataset (channels T1ce, T2, FLAIR; regions whole tumor,
+    tumor core) planned and preprocessed by nnU-Net's own planner, plans narrowed as a user may. Read-only."""
+    root = tmp_path_factory.mktemp("regions_2d")
+    env = nnunet_environment(root)
+    raw = make_dataset(root / "raw", REGIONS_2D_ID, regions=True, shape=(32, 32), num_cases=5, num_test=2)
+    plan_and_preprocess(env, REGIONS_2D_ID, "2d")
+    shrink_plans(root / "preprocessed", raw.name, "2d")
+    return env, raw
+
+
+@pytest.fixture(scope="session")
+def trained_regions_2d(planned_regions_2d):
+    """(env, raw dataset folder, model folder): ``nnUNetTrainerCIML_CPUtest`` trained by nnU-Net on
+    ``planned_regions_2d`` (fold 0). Tests must not write into the model folder."""
+    env, raw = planned_regions_2d
+    train_in_process(env, REGIONS_2D_ID, "2d", CPU_TEST_TRAINER)
+    model = Path(env["nnUNet_results"]) / raw.name / f"{CPU_TEST_TRAINER}__nnUNetPlans__2d"
+    assert (model / "fold_0" / "checkpoint_final.pth").is_file()
+    return env, raw, model

@@ -9,7 +9,7 @@ import SimpleITK as sitk
 from nnunetv2_ciml.dataset_conversion.autopet import convert_autopet, export_autopet
 from nnunetv2_ciml.dataset_conversion.common import ConversionError
 from nnunetv2_ciml.decomposition import resolve_decomposition
-from helpers import tree_digest
+from helpers import read_array, tree_digest
 
 # PET grid (CTres, SUV and SEG live on it): anisotropic spacing, far-off origin, flipped x/y axes
 PET_SIZE, PET_SPACING = (12, 10, 8), (4.07, 3.5, 3.0)
@@ -155,3 +155,60 @@ def test_autopet_export_errors(autopet_source, tmp_path):
         export_autopet(preds, tmp_path / "out", source=[autopet_source], num_processes=1)
     with pytest.raises(ConversionError, match="needs --source"):
         export_autopet(preds, tmp_path / "out", source=[], num_processes=1)
+
+
+def test_cli_convert_skip_incomplete_name_overwrite_export_and_evaluate(autopet_source, nnunet_env, tmp_path, capsys):
+    """The whole autoPET round trip through ``nnunetv2_ciml`` (``cli.main``): an incomplete study stops the
+    conversion (exit 1, named), ``--skip-incomplete`` converts the rest under ``--name``, a second run needs
+    ``--overwrite`` and then replaces the dataset, ``export autopet`` puts the labels back on each study's grid
+    (equal to the source SEG), and ``evaluate autopet`` scores a prediction with one study left empty:
+    Dice 0 and FN volume = its 2 lesion voxels x voxel volume. Fails if an option is not passed on to the API."""
+    from nnunetv2_ciml import cli
+
+    incomplete = autopet_source / "PETCT_1d2e3f" / PATIENTS["PETCT_1d2e3f"][0]
+    (incomplete / "SUV.nii.gz").rename(tmp_path / "SUV.nii.gz")
+    skipped = "PETCT_1d2e3f_01-01-2001-NA-PET-CT-1"
+    before = tree_digest(autopet_source)
+    convert = ["convert", "autopet", str(autopet_source), "-d", "222", "--name", "myPET", "-np", "1"]
+    assert cli.main(convert) == 1
+    err = capsys.readouterr().err
+    assert "nnunetv2_ciml convert autopet: error:" in err and skipped in err and "SUV" in err
+    assert not list(nnunet_env.glob("Dataset222*"))
+
+    assert cli.main(convert + ["--skip-incomplete"]) == 0
+    out = capsys.readouterr().out
+    ds = nnunet_env / "Dataset222_myPET"
+    assert skipped in out and ds.is_dir()
+    assert json.loads((ds / "dataset.json").read_text())["numTraining"] == 5
+    (ds / "user_note.txt").write_text("from an earlier conversion")
+    assert cli.main(convert + ["--skip-incomplete"]) == 1
+    assert "--overwrite" in capsys.readouterr().err and (ds / "user_note.txt").is_file()
+    assert cli.main(convert + ["--skip-incomplete", "--overwrite"]) == 0
+    assert not (ds / "user_note.txt").exists() and len(list((ds / "labelsTr").glob("*.nii.gz"))) == 5
+    capsys.readouterr()
+
+    exported = tmp_path / "exported"
+    assert cli.main(["export", "autopet", str(ds / "labelsTr"), str(exported), "--source", str(autopet_source),
+                     "-np", "1"]) == 0
+    studies = sorted(p.relative_to(exported).parent for p in exported.rglob("PRED.nii.gz"))
+    assert len(studies) == 5 and Path("PETCT_1d2e3f") / PATIENTS["PETCT_1d2e3f"][0] not in studies
+    for study in studies:
+        np.testing.assert_array_equal(read_array(exported / study / "PRED.nii.gz"),
+                                      read_array(autopet_source / study / "SEG.nii.gz"))
+    assert tree_digest(autopet_source) == before
+
+    predictions = tmp_path / "predictions"
+    predictions.mkdir()
+    cases = sorted(p.name for p in (ds / "labelsTr").glob("*.nii.gz"))
+    for name in cases[1:]:
+        (predictions / name).write_bytes((ds / "labelsTr" / name).read_bytes())
+    empty = sitk.ReadImage(str(ds / "labelsTr" / cases[0])) * 0
+    sitk.WriteImage(empty, str(predictions / cases[0]))
+    assert cli.main(["evaluate", "autopet", "-ref", str(ds / "labelsTr"), "-pred", str(predictions),
+                     "-o", str(tmp_path / "scores")]) == 0
+    summary = json.loads((tmp_path / "scores" / "summary.json").read_text())
+    missed = summary["per_case"][cases[0][:-len(".nii.gz")]]
+    assert missed["Dice"] == 0.0 and missed["FPvol_ml"] == 0.0
+    assert missed["FNvol_ml"] == pytest.approx(2 * np.prod(PET_SPACING) / 1000)
+    assert all(summary["per_case"][c[:-len(".nii.gz")]]["Dice"] == 1.0 for c in cases[1:])
+    assert summary["mean"]["Dice"] == pytest.approx(4 / 5)

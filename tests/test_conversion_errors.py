@@ -9,15 +9,13 @@ import SimpleITK as sitk
 from nnunetv2_ciml import cli
 from nnunetv2_ciml.dataset_conversion.brats import convert_brats, export_brats
 from nnunetv2_ciml.dataset_conversion.common import ConversionError
-from helpers import tree_digest
+from helpers import tree_digest, write_image
 
 MODS_2020 = ("t1", "t1ce", "t2", "flair")
 
 
 def write(array_zyx, path: Path, origin=(0.0, 0.0, 0.0)) -> None:
-    img = sitk.GetImageFromArray(array_zyx)
-    img.SetOrigin(origin)
-    sitk.WriteImage(img, str(path))
+    write_image(path, array_zyx, origin=origin)
 
 
 def make_brats_case(root: Path, case_id: str, seed: int, label: bool = True) -> Path:

@@ -228,3 +228,53 @@ def test_common_fov_grid_and_resample_to_grid():
     expected = np.zeros((2, 3, 8), np.int16)
     expected[:, :, 2:8] = arr[1:3, 1:4, 0:6]
     np.testing.assert_array_equal(out, expected)
+
+
+def test_cli_convert_skip_incomplete_name_overwrite_export_and_evaluate(hecktor_source, nnunet_env, tmp_path, capsys):
+    """HECKTOR through ``nnunetv2_ciml`` (``cli.main``): a case without PET stops ``convert`` (exit 1, named);
+    ``--skip-incomplete`` with ``--name`` and ``--spacing`` converts the others; a rerun needs ``--overwrite``;
+    ``export hecktor`` puts the labels back on each case's CT grid (equal to the source label but for the voxel
+    outside the PET's field of view); ``evaluate hecktor`` aggregates Dice as counted by hand. Fails if an
+    option is not passed on to the API."""
+    from nnunetv2_ciml import cli
+
+    (hecktor_source / "imagesTr" / "CHUM-001__PT.nii.gz").unlink()
+    before = tree_digest(hecktor_source)
+    convert = ["convert", "hecktor", str(hecktor_source), "-d", "504", "--name", "HNC", "-np", "1"]
+    assert cli.main(convert) == 1
+    assert "convert hecktor: error:" in capsys.readouterr().err
+    assert cli.main(convert + ["--skip-incomplete", "--spacing", "2", "2", "2"]) == 0
+    assert "CHUM-001" in capsys.readouterr().out
+    ds = nnunet_env / "Dataset504_HNC"
+    assert sorted(p.name for p in (ds / "labelsTr").iterdir()) == ["CHUS-002.nii.gz"]
+    assert sitk.ReadImage(str(ds / "labelsTr" / "CHUS-002.nii.gz")).GetSpacing() == (2.0, 2.0, 2.0)
+    assert cli.main(convert + ["--skip-incomplete"]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli.main(convert + ["--skip-incomplete", "--overwrite"]) == 0
+    assert sitk.ReadImage(str(ds / "labelsTr" / "CHUS-002.nii.gz")).GetSpacing() == CT_SPACING  # the CT's grid
+    capsys.readouterr()
+
+    out = tmp_path / "submission"
+    assert cli.main(["export", "hecktor", str(ds / "labelsTr"), str(out), "--source", str(hecktor_source),
+                     "-np", "1"]) == 0
+    source_label = sitk.ReadImage(str(hecktor_source / "labelsTr" / "CHUS-002.nii.gz"))
+    exported = sitk.ReadImage(str(out / "CHUS-002.nii.gz"))
+    assert exported.GetSize() == source_label.GetSize() and exported.GetOrigin() == source_label.GetOrigin()
+    expected = sitk.GetArrayFromImage(source_label)
+    expected[OUTSIDE_INDEX[::-1]] = 0
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(exported), expected)
+    assert tree_digest(hecktor_source) == before
+
+    # evaluate: CHUM-001 predicted perfectly, CHUS-002's nodes missed. GTVn blobs are 7 x 7 x 5 = 245 CT voxels
+    # (CHUS-002 has one more, outside the PET): DSCagg(GTVn) = 2 x 245 / (245 + 246 + 245).
+    ref, pred = tmp_path / "ref", tmp_path / "pred"
+    ref.mkdir()
+    pred.mkdir()
+    for case in ("CHUM-001", "CHUS-002"):
+        label = sitk.ReadImage(str(hecktor_source / "labelsTr" / f"{case}.nii.gz"))
+        sitk.WriteImage(label, str(ref / f"{case}.nii.gz"))
+        sitk.WriteImage(sitk.ChangeLabel(label, {2: 0}) if case == "CHUS-002" else label, str(pred / f"{case}.nii.gz"))
+    assert cli.main(["evaluate", "hecktor", "-ref", str(ref), "-pred", str(pred), "-o", str(tmp_path / "scores")]) == 0
+    aggregated = json.loads((tmp_path / "scores" / "summary.json").read_text())["aggregated"]
+    assert aggregated["GTVp"]["DSCagg"] == 1.0
+    assert aggregated["GTVn"]["DSCagg"] == pytest.approx(2 * 245 / (245 + 246 + 245))

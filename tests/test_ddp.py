@@ -2,6 +2,7 @@
 
 DDP fails at the second iteration when a parameter gets no gradient ("Expected to have finished reduction");
 the no-message ablation, whose sender-only modalities feed no decoder, is the variant that would show it."""
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -10,9 +11,9 @@ from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from helpers import REGIONS, build_ciml_network as build
 from nnunetv2_ciml.training.loss import KLRegularizedLoss
 from nnunetv2_ciml.network import unwrap
-from test_network import REGIONS, build
 
 
 def _worker(rank: int, world_size: int, init_file: str, out_file: str) -> None:
@@ -52,6 +53,7 @@ def _train(rank: int, world_size: int, messages: bool) -> dict:
             "message_norm": sum(float(m.project.weight.abs().sum()) for m in net.messages.values())}
 
 
+@pytest.mark.slow  # two fresh processes that import torch and nnU-Net
 def test_ddp_gloo_two_processes_identical_parameters(tmp_path):
     out_file = tmp_path / "result.pt"
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(out_file)), nprocs=2, join=True)

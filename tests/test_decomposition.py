@@ -30,6 +30,34 @@ def test_hecktor_background_goes_to_the_largest_class():
     assert owners["background"] == "CT"
 
 
+@pytest.mark.parametrize("channels, expected", [
+    (("T1", "T1Gd", "T2", "T2-FLAIR"), {"whole tumor": "T2-FLAIR", "tumor core": "T1Gd", "enhancing tumor": "T1Gd"}),
+    (("t1n", "t1c", "t2w", "t2f"), {"whole tumor": "t2f", "tumor core": "t1c", "enhancing tumor": "t1c"}),
+    (("T2 FLAIR", "T1c", "T1", "T2"), {"whole tumor": "T2 FLAIR", "tumor core": "T1c", "enhancing tumor": "T1c"}),
+    (("t2_flair", "T1-post", "T2", "T1"), {"whole tumor": "t2_flair", "tumor core": "T1-post",
+                                           "enhancing tumor": "T1-post"}),
+])
+def test_brats_modality_aliases_get_their_outputs(channels, expected):
+    """BraTS modality names as datasets spell them (2023+ short names, T1Gd, T2-FLAIR, in any channel order).
+    Fails if an alias is missing: the fallback then makes channel 0 the only primary."""
+    dj = dict(BRATS, channel_names={str(c): name for c, name in enumerate(channels)})
+    d, origin = resolve_decomposition(dj, 4)
+    assert "defaults" in origin
+    owners = {d.output_names[k]: d.modalities[s.primary] for s in d.subtasks for k in s.outputs}
+    assert owners == expected
+
+
+@pytest.mark.parametrize("pet_name", ["SUV", "PT", "pet", "FDG"])
+def test_pet_aliases_own_the_lesions(pet_name):
+    """autoPET/HECKTOR PET channel names (autoPET's SUV, HECKTOR's PT): PET owns the lesion and GTVn, CT the GTVp."""
+    d, origin = resolve_decomposition(dict(AUTOPET, channel_names={"0": "CTres", "1": pet_name}), 2)
+    assert "defaults" in origin and [(s.primary, s.outputs) for s in d.subtasks] == [(1, (0, 1))]
+    d, _ = resolve_decomposition(dict(HECKTOR, channel_names={"0": "CT", "1": pet_name}), 2,
+                                 label_voxel_counts=lambda: {0: 100, 1: 20, 2: 10})
+    owners = {d.output_names[k]: d.modalities[s.primary] for s in d.subtasks for k in s.outputs}
+    assert owners == {"background": "CT", "GTVp": "CT", "GTVn": pet_name}
+
+
 def test_explicit_block_case_insensitive_with_background():
     dj = dict(HECKTOR, ciml={"subtasks": {"primary tumour": {"primary": "ct", "outputs": ["gtvp", "Background"]},
                                           "nodes": {"primary": "PT", "outputs": ["GTVn"]}}})
@@ -73,3 +101,26 @@ def test_block_errors_name_the_problem_and_the_choices(block, message):
 def test_wrong_channel_count_is_an_error():
     with pytest.raises(DecompositionError, match="one network input channel per modality"):
         resolve_decomposition(BRATS, 5)
+
+
+def test_count_label_voxels_counts_values_over_an_even_sample_of_files(tmp_path):
+    """Voxels per label value, summed over the label files (all of them, or every k-th for ``max_files``);
+    other file endings ignored. Fails on counting one file only, or on a sample that is not evenly spaced."""
+    import numpy as np
+
+    from helpers import write_labels
+    from nnunetv2_ciml.decomposition import count_label_voxels
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 3 + (i == 4), (3, 4, 5)) for i in range(5)]  # only the last file has label 3
+    for i, array in enumerate(arrays):
+        write_labels(tmp_path / f"case_{i}.nii.gz", array)
+    (tmp_path / "notes.txt").write_text("not a label file")
+
+    def expected(indices):
+        counts = np.bincount(np.concatenate([arrays[i].ravel() for i in indices]))
+        return {v: int(n) for v, n in enumerate(counts) if n}
+
+    assert count_label_voxels(str(tmp_path), ".nii.gz") == expected(range(5))
+    assert count_label_voxels(str(tmp_path), ".nii.gz", max_files=2) == expected([0, 3])  # every 3rd file
+    assert count_label_voxels(str(tmp_path), ".nii.gz", max_files=3) == expected([0, 2, 4])

@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import read_array
+
 from nnunetv2_ciml.demo.complementary import (complementary_share, mass_breakdown, mask_dice, pair_accuracy,
                                               pair_decisions)
-from nnunetv2_ciml.demo.pipeline import MODELS, PLANS
+from nnunetv2_ciml.demo.pipeline import CLEAR_MARGIN, DATASET_NAME, MODELS, PLANS, SHARE_FACTOR, claims
 from nnunetv2_ciml.demo.shape_composition import ShapeCompositionSpec, make_case
 
 STAGES = {"generate", "plan_and_preprocess", *(f"{s}_{m}" for s in ("train", "predict") for m in MODELS),
@@ -54,6 +56,41 @@ def test_complementary_share_and_mass_breakdown():
     assert mass_breakdown([np.zeros((1, 20, 20))], mask, label) is None
 
 
+def _results(ciml, plain, comp_ciml, comp_ablation, share, area) -> dict:
+    models = {"CIML": (ciml, comp_ciml), "nnUNet": (plain, 0.0), "CIML_noMessages": (0.0, comp_ablation)}
+    return {"models": {m: {"mean_dice": d, "complementary_cases": {"mean_dice": c}} for m, (d, c) in models.items()},
+            "complementary_share": share, "complementary_area_share": area}
+
+
+@pytest.mark.parametrize("numbers, held", [
+    ((0.80, 0.80, 0.70, 0.64, 0.50, 0.20), [True, True, True]),     # a tie is "at least"; +0.06; 2.5x
+    ((0.79, 0.80, 0.70, 0.66, 0.39, 0.20), [False, False, False]),  # -0.01; +0.04 < margin; 1.95x
+    ((0.90, 0.10, 0.90, 0.10, 0.20, 0.10), [True, True, True]),     # exactly 2x is "at least"
+    ((0.50, 0.40, 0.30, 0.50, None, 0.20), [True, False, False]),   # ablation better; no share (no targets)
+    ((0.50, 0.40, 0.30, 0.10, 0.20, 0.0), [True, True, False]),     # zero area: no ratio, not held
+])
+def test_claims_decide_held_from_the_numbers(numbers, held):
+    """The three claims (``CLEAR_MARGIN`` 0.05, ``SHARE_FACTOR`` 2) on hand-made numbers. Fails on a strict
+    comparison where the claim says "at least", a margin or factor not applied, the wrong model compared, or
+    a crash on a missing share."""
+    assert (CLEAR_MARGIN, SHARE_FACTOR) == (0.05, 2.0)
+    result = claims(_results(*numbers))
+    assert [c["held"] for c in result] == held
+    assert all(type(c["held"]) is bool for c in result)
+    ciml, plain, comp_ciml, comp_ablation, share, area = numbers
+    assert f"CIML {ciml:.4f} vs nnU-Net {plain:.4f}" in result[0]["measured"]
+    assert f"CIML {comp_ciml:.4f} vs CIML_noMessages {comp_ablation:.4f}" in result[1]["measured"]
+    if share is not None and area:
+        assert f"({share / area:.2f}x)" in result[2]["measured"]
+
+
+def _dice(ref: np.ndarray, pred: np.ndarray) -> float:
+    """Dice by counting, with the BraTS rules the demo's evaluation states: both empty 1, one empty 0."""
+    if not ref.any() and not pred.any():
+        return 1.0
+    return 2 * np.count_nonzero(ref & pred) / (np.count_nonzero(ref) + np.count_nonzero(pred))
+
+
 def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
@@ -76,6 +113,7 @@ def demo(tmp_path_factory):
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_results_json_schema_and_ranges(demo):
     out, _, _, _ = demo
     results = json.loads((out / "results.json").read_text())
@@ -103,6 +141,7 @@ def test_results_json_schema_and_ranges(demo):
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_report_figures_and_models_exist_and_user_folders_untouched(demo):
     out, run, user, _ = demo
     report = (out / "report.md").read_text()
@@ -135,6 +174,7 @@ def test_report_figures_and_models_exist_and_user_folders_untouched(demo):
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_refuses_foreign_or_earlier_output_without_overwrite(demo, tmp_path):
     out, _, _, env = demo
     foreign = tmp_path / "foreign"
@@ -145,3 +185,30 @@ def test_refuses_foreign_or_earlier_output_without_overwrite(demo, tmp_path):
                               "--out", str(folder)], env=env, capture_output=True, text=True, timeout=120)
         assert run.returncode == 1 and expected in run.stderr
     assert (foreign / "keep.txt").read_text() == "user data" and (out / "results.json").is_file()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_results_json_dice_is_that_of_the_written_predictions(demo):
+    """Recompute every model's Dice from ``predictions/`` and the held-out labels: per label and mean, on all
+    held-out cases and on the complementary ones. Fails if results.json reports numbers of other files, of
+    another model, or averaged differently (e.g. over voxels instead of cases)."""
+    out, _, _, _ = demo
+    results = json.loads((out / "results.json").read_text())
+    labels_dir = out / "nnUNet_raw" / DATASET_NAME / "labelsTs"
+    complementary = results["data"]["held_out_information_structure"]["complementary_cases"]
+    cases = sorted(p.name[:-len(".nii.gz")] for p in labels_dir.glob("*.nii.gz"))
+    assert len(cases) == 4 and set(complementary) <= set(cases)
+    for model in MODELS:
+        per_case = {}
+        for case in cases:
+            ref, pred = read_array(labels_dir / f"{case}.nii.gz"), read_array(out / "predictions" / model /
+                                                                                f"{case}.nii.gz")
+            per_case[case] = {name: _dice(ref == value, pred == value) for name, value in (("circle", 1), ("square", 2))}
+        reported = results["models"][model]
+        for name in ("circle", "square"):
+            assert reported["dice"][name] == pytest.approx(np.mean([d[name] for d in per_case.values()]), abs=1e-9)
+            assert reported["complementary_cases"]["dice"][name] == pytest.approx(
+                np.mean([per_case[c][name] for c in complementary]), abs=1e-9)
+        assert reported["mean_dice"] == pytest.approx(
+            np.mean([np.mean([d[n] for d in per_case.values()]) for n in ("circle", "square")]), abs=1e-9)

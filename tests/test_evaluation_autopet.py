@@ -3,8 +3,9 @@ import math
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 from scipy.ndimage import gaussian_filter
+
+from helpers import write_labels
 
 from nnunetv2_ciml.evaluation import EvaluationError, autopet_case_metrics, evaluate_folder
 
@@ -27,9 +28,7 @@ def official_autopet3(gt: np.ndarray, pred: np.ndarray, voxel_ml: float):
 
 
 def write(path, array, spacing=SPACING):
-    image = sitk.GetImageFromArray(array.astype(np.uint8))
-    image.SetSpacing(tuple(reversed(spacing)))
-    sitk.WriteImage(image, str(path))
+    write_labels(path, array, spacing[::-1])  # SPACING is in array order
 
 
 def test_components_and_volumes():

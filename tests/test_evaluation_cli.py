@@ -7,16 +7,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from helpers import write_labels as write
+
 from nnunetv2_ciml.evaluation import EvaluationError, evaluate_folder
-
-
-def write(path, array, spacing_xyz=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=None, pixel=np.uint8):
-    image = sitk.GetImageFromArray(np.asarray(array).astype(pixel))
-    image.SetSpacing(spacing_xyz)
-    image.SetOrigin(origin)
-    if direction is not None:
-        image.SetDirection(direction)
-    sitk.WriteImage(image, str(path))
 
 
 def brats_labels(offset=0):
@@ -105,12 +98,12 @@ def test_cli_reports_bad_input_with_the_case_name(folders, tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     (dict(array=brats_labels()[:, :-1]), r"shape \(x, y, z\) \(14, 11, 10\) vs reference \(14, 12, 10\)"),
-    (dict(spacing_xyz=(1.0, 1.0, 2.0)), r"spacing \(mm, x, y, z\)"),
+    (dict(spacing=(1.0, 1.0, 2.0)), r"spacing \(mm, x, y, z\)"),
     (dict(origin=(0.0, 5.0, 0.0)), r"origin \(mm, x, y, z\)"),
     (dict(direction=(-1, 0, 0, 0, 1, 0, 0, 0, 1)), "direction"),
     (dict(array=brats_labels()[0]), "dimension 2D vs reference 3D"),
     (dict(array=np.where(brats_labels() == 4, 3, brats_labels())), r"label values \[3\] outside \[0, 1, 2, 4\]"),
-    (dict(array=brats_labels() * 0.5, pixel=np.float32), "non-integer values"),
+    (dict(array=brats_labels() * 0.5, dtype=np.float32), "non-integer values"),
 ])
 def test_prediction_errors_name_case_and_file(folders, tmp_path, change, message):
     ref_dir, pred_dir = folders
@@ -126,7 +119,7 @@ def test_prediction_errors_name_case_and_file(folders, tmp_path, change, message
 def test_float_labels_with_integer_values_are_accepted(folders, tmp_path):
     ref_dir, pred_dir = folders
     write(ref_dir / "c.nii.gz", brats_labels())
-    write(pred_dir / "c.nii.gz", brats_labels(), pixel=np.float32)
+    write(pred_dir / "c.nii.gz", brats_labels(), dtype=np.float32)
     assert evaluate_folder("brats", ref_dir, pred_dir, tmp_path / "out", verbose=False)["mean"]["WT"]["Dice"] == 1.0
 
 

@@ -3,7 +3,8 @@ import math
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
+
+from helpers import write_labels as write
 
 from nnunetv2_ciml.evaluation import EvaluationError, evaluate_folder, hecktor_aggregated_dice, hecktor_case_metrics
 
@@ -14,13 +15,6 @@ def labels_with(shape, counts):
     for label, (start, n) in counts.items():
         flat[start:start + n] = label
     return flat.reshape(shape)
-
-
-def write(path, array, spacing_xyz=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)):
-    image = sitk.GetImageFromArray(array.astype(np.uint8))
-    image.SetSpacing(spacing_xyz)
-    image.SetOrigin(origin)
-    sitk.WriteImage(image, str(path))
 
 
 def test_aggregated_dice_by_hand():

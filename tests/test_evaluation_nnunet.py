@@ -3,9 +3,10 @@ import json
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
-from nnunetv2_ciml.evaluation import (EvaluationError, brats_region_metrics, evaluate_folder,
+from helpers import brute_force_hd95, read_array as read, write_labels as write
+
+from nnunetv2_ciml.evaluation import (EvaluationError, evaluate_folder,
                                       labels_or_regions_from_dataset_json, nnunet_case_metrics)
 
 DEMO_JSON = {"channel_names": {"0": "A", "1": "B"}, "labels": {"background": 0, "circle": 1, "square": 2},
@@ -14,14 +15,6 @@ BRATS_REGIONS_JSON = {"channel_names": {"0": "T1", "1": "T1ce", "2": "T2", "3": 
                       "labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3],
                                  "enhancing tumor": [3]},
                       "regions_class_order": [1, 2, 3], "numTraining": 1, "file_ending": ".nii.gz"}
-
-
-def write(path, array, spacing_xyz, origin=None):
-    image = sitk.GetImageFromArray(array.astype(np.uint8))
-    image.SetSpacing(spacing_xyz)
-    if origin is not None:
-        image.SetOrigin(origin)
-    sitk.WriteImage(image, str(path))
 
 
 def shapes_2d(circle_centre, with_square=True, size=48):
@@ -68,21 +61,68 @@ def test_2d_dataset_stored_as_single_slice_volumes(tmp_path):
                       "square_Dice,square_HD95,square_n_ref,square_n_pred,square_empty")
 
 
-def test_regions_agree_with_the_brats_mode(tmp_path):
+@pytest.mark.parametrize("dataset_json, ignore", [
+    (BRATS_REGIONS_JSON, None),
+    ({"labels": {"background": 0, "edema": 1, "necrosis": 2, "enhancing": 3, "ignore": 4}, "file_ending": ".nii.gz"},
+     4),
+])
+def test_folder_metrics_equal_nnunets_compute_metrics_and_brute_force_hd95(tmp_path, dataset_json, ignore):
+    """Per case and per label or region: Dice, n_ref and n_pred as nnU-Net's own ``compute_metrics`` gives them
+    (which gives NaN where both are empty: ours is 1 there, marked ``both``), HD95 as the brute-force reference
+    with the anisotropic spacing. Cases: perturbed, missed ET, ET absent from both. Fails on regions taken as
+    single labels, a wrong ignore mask, spacing axes swapped, or a wrong empty-case rule."""
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
     rng = np.random.default_rng(0)
-    ref = np.zeros((16, 18, 20), np.uint8)
-    ref[3:13, 4:15, 5:16] = 1
-    ref[5:11, 6:12, 7:13] = 2
-    ref[7:9, 8:10, 9:11] = 3
-    pred = np.roll(ref, 1, axis=2)
-    pred[rng.random(pred.shape) < 0.02] = 1
-    targets, valid, ignore = labels_or_regions_from_dataset_json(BRATS_REGIONS_JSON)
-    assert targets == {"whole tumor": (1, 2, 3), "tumor core": (2, 3), "enhancing tumor": (3,)}
-    assert valid == (0, 1, 2, 3) and ignore is None
-    ours = nnunet_case_metrics(ref, pred, (1.0, 1.2, 0.9), targets)
-    brats = brats_region_metrics(ref, pred, (1.0, 1.2, 0.9), labels="nnunet")
-    for region, name in (("WT", "whole tumor"), ("TC", "tumor core"), ("ET", "enhancing tumor")):
-        assert ours[name]["Dice"] == brats[region]["Dice"] and ours[name]["HD95"] == brats[region]["HD95"]
+    spacing_xyz = (0.9, 1.2, 2.0)
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    ref_dir.mkdir()
+    pred_dir.mkdir()
+    base = np.zeros((12, 18, 20), np.uint8)
+    base[3:10, 4:15, 5:16] = 1
+    base[4:9, 6:12, 7:13] = 2
+    base[5:8, 8:10, 9:11] = 3
+    cases = {}
+    perturbed = np.roll(base, 1, axis=2)
+    perturbed[rng.random(base.shape) < 0.03] = 1
+    cases["perturbed"] = (base, perturbed)
+    cases["missed_et"] = (base, np.where(base == 3, 2, base))
+    no_et = np.where(base == 3, 2, base)
+    cases["no_et"] = (no_et, np.roll(no_et, -1, axis=1))
+    for name, (ref, pred) in cases.items():
+        if ignore is not None:
+            ref = ref.copy()
+            ref[:, :3] = ignore  # unannotated rows: whatever is predicted there does not count
+            pred = pred.copy()
+            pred[:, :3] = rng.integers(0, 4, pred[:, :3].shape)
+        write(ref_dir / f"{name}.nii.gz", ref, spacing_xyz)
+        write(pred_dir / f"{name}.nii.gz", pred, spacing_xyz)
+    (tmp_path / "dataset.json").write_text(json.dumps(dataset_json))
+
+    summary = evaluate_folder("nnunet", ref_dir, pred_dir, tmp_path / "out", dataset_json=tmp_path / "dataset.json")
+
+    targets, _, _ = labels_or_regions_from_dataset_json(dataset_json)
+    checked_both_empty = 0
+    for case in cases:
+        theirs = compute_metrics(str(ref_dir / f"{case}.nii.gz"), str(pred_dir / f"{case}.nii.gz"), SimpleITKIO(),
+                                 list(targets.values()), ignore)["metrics"]
+        ref, pred = read(ref_dir / f"{case}.nii.gz"), read(pred_dir / f"{case}.nii.gz")
+        keep = ref != ignore if ignore is not None else np.ones(ref.shape, bool)
+        for name, target in targets.items():
+            ours, nnunet = summary["per_case"][case][name], theirs[target]
+            assert (ours["n_ref"], ours["n_pred"]) == (nnunet["n_ref"], nnunet["n_pred"]), (case, name)
+            if np.isnan(nnunet["Dice"]):
+                assert ours["empty"] == "both" and ours["Dice"] == 1.0 and ours["HD95"] == 0.0
+                checked_both_empty += 1
+                continue
+            assert ours["Dice"] == pytest.approx(nnunet["Dice"], abs=1e-12), (case, name)
+            r, p = np.isin(ref, target) & keep, np.isin(pred, target) & keep
+            if r.any() and p.any():
+                assert ours["HD95"] == pytest.approx(brute_force_hd95(r, p, spacing_xyz[::-1]), rel=1e-6), (case, name)
+            else:
+                assert ours["HD95"] == 373.12866
+    assert checked_both_empty == 1
 
 
 def test_ignore_label_is_left_out():

@@ -2,25 +2,9 @@
 import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
-from scipy.spatial.distance import cdist
 
+from helpers import brute_force_hd95
 from nnunetv2_ciml.evaluation import directed_surface_distances, hd95
-
-
-def brute_force_hd95(a: np.ndarray, b: np.ndarray, spacing) -> float:
-    """Independent HD95: surface by explicit neighbour shifts, all pairwise distances (scipy cdist)."""
-    def surface_points(m):
-        padded = np.pad(m, 1, constant_values=False)
-        inner = np.ones_like(m)
-        for axis in range(m.ndim):
-            for shift in (-1, 1):
-                inner &= np.roll(padded, shift, axis=axis)[tuple(slice(1, -1) for _ in range(m.ndim))]
-        return np.argwhere(m & ~inner) * np.asarray(spacing, dtype=float)
-
-    pa, pb = surface_points(a.astype(bool)), surface_points(b.astype(bool))
-    d_ab = np.concatenate([cdist(pa[i:i + 2000], pb).min(1) for i in range(0, len(pa), 2000)])
-    d_ba = np.concatenate([cdist(pb[i:i + 2000], pa).min(1) for i in range(0, len(pb), 2000)])
-    return float(np.percentile(np.concatenate([d_ab, d_ba]), 95))
 
 
 def random_blobs(shape, seed, threshold=0.6):
@@ -116,7 +100,7 @@ def test_2d_image_stored_with_a_singleton_axis_uses_in_plane_contours(singleton_
     assert naive != pytest.approx(expected)
 
 
-def test_errors():
+def test_empty_mask_shape_mismatch_and_bad_spacing_are_value_errors():
     a = np.zeros((5, 5, 5), bool)
     b = np.zeros_like(a)
     b[2, 2, 2] = True

@@ -4,23 +4,22 @@ One 2D region-based model (channels T1ce, T2, FLAIR; subtasks "FLAIR" <- T1ce, T
 is planned, preprocessed and trained by nnU-Net (``nnUNetTrainerCIML_CPUtest``) once for the module.
 """
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.image
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
 
-from helpers import tree_digest
-from synthetic import make_dataset, shrink_plans
+from helpers import (assert_same_geometry, message_latent_layers, message_projection, set_message_projections,
+                     tree_digest, write_image)
 
-TRAINER = "nnUNetTrainerCIML_CPUtest"
-DATASET_ID = 961
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a model trained by nnU-Net (trained_regions_2d)
 
 
 def run(env: dict, *args: str) -> subprocess.CompletedProcess:
@@ -28,40 +27,9 @@ def run(env: dict, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(env, raw dataset folder, model folder) of a CIML model trained by nnU-Net.
-
-    nnU-Net's own Python API in this process (fingerprint, planning, preprocessing, ``run_training``),
-    the same code as its CLI minus the CLI's start-up and its ``torch.set_num_threads(cpu_count())``,
-    which makes tiny CPU runs several times slower on a busy 2-core machine.
-    """
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments, preprocess
-    from nnunetv2.run.run_training import run_training
-
-    root = tmp_path_factory.mktemp("explain")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
-    env.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
-               nnUNet_results=str(root / "results"), nnUNet_compile="f", nnUNet_def_n_proc="1",
-               nnUNet_n_proc_DA="1")  # 0 breaks nnU-Net's preprocessing
-    raw = make_dataset(root / "raw", DATASET_ID, regions=True, shape=(32, 32), num_cases=5, num_test=2)
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            if key.startswith("nnUNet_"):
-                mp.setenv(key, value)
-        extract_fingerprints([DATASET_ID], num_processes=1)
-        plan_experiments([DATASET_ID])
-        preprocess([DATASET_ID], configurations=("2d",), num_processes=(1,))
-        shrink_plans(root / "preprocessed", raw.name, "2d")
-        mp.setenv("nnUNet_n_proc_DA", "0")
-        torch.set_num_threads(1)
-        try:
-            run_training(str(DATASET_ID), "2d", 0, TRAINER, device=torch.device("cpu"))
-        finally:
-            torch.set_num_threads(threads)
-    model = root / "results" / raw.name / f"{TRAINER}__nnUNetPlans__2d"
-    assert (model / "fold_0" / "checkpoint_final.pth").is_file()
-    return env, raw, model
+def trained(trained_regions_2d):
+    """(env, raw dataset folder, model folder) of the CIML model nnU-Net trained on the tiny 2D region dataset."""
+    return trained_regions_2d
 
 
 @pytest.fixture(scope="module")
@@ -74,18 +42,7 @@ def predictor(trained):
 def write_case(folder: Path, case: str, channels, spacing, origin, direction) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for c, array in enumerate(channels):
-        image = sitk.GetImageFromArray(array.astype(np.float32))
-        image.SetSpacing(spacing)
-        image.SetOrigin(origin)
-        image.SetDirection(direction)
-        sitk.WriteImage(image, str(folder / f"{case}_{c:04d}.nii.gz"))
-
-
-def assert_same_geometry(path: Path, reference: Path) -> None:
-    a, b = sitk.ReadImage(str(path)), sitk.ReadImage(str(reference))
-    assert a.GetSize() == b.GetSize(), path.name
-    assert a.GetSpacing() == b.GetSpacing() and a.GetOrigin() == b.GetOrigin(), path.name
-    assert a.GetDirection() == b.GetDirection(), path.name
+        write_image(folder / f"{case}_{c:04d}.nii.gz", array.astype(np.float32), spacing, origin, direction)
 
 
 def test_folder_maps_in_the_input_geometry_with_shares(trained, tmp_path):
@@ -133,8 +90,10 @@ def test_folder_maps_in_the_input_geometry_with_shares(trained, tmp_path):
             assert sum(shares) == pytest.approx(1.0)
         else:
             assert shares == [None, None]
-        png = tmp_path / "out" / entry["overlay"]
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        overlay = matplotlib.image.imread(tmp_path / "out" / entry["overlay"])  # decodes: a real PNG
+        assert overlay.ndim == 3 and min(overlay.shape[:2]) >= 100
+        rgb = overlay[..., :3]  # a figure of images with coloured maps or outlines, not blank or all grey
+        assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 50 and (rgb.max(-1) - rgb.min(-1)).max() > 0.2
         assert all(0 <= z < shape[0] for z in entry["slices"])
 
 
@@ -159,10 +118,10 @@ def test_only_the_sender_with_messages_has_a_map(trained, predictor):
     pair = {p.sender: p for p in network.message_pairs if p.subtask == flair}
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for stage in network.messages.values():
-            w = stage.projection(pair[t1ce])
+        for stage in network.message_stages:
+            w = message_projection(network, stage, pair[t1ce])
             w.copy_(torch.randn(w.shape, generator=generator))
-            stage.projection(pair[t2]).zero_()
+            message_projection(network, stage, pair[t2]).zero_()
         _decoder_bias(network, flair, 10.0)  # predict the subtask everywhere: a target on every voxel
 
     result = explain_case(predictor, _case_files(raw), subtasks=["flair"])
@@ -187,78 +146,66 @@ def test_only_the_sender_with_messages_has_a_map(trained, predictor):
     assert empty.shares["FLAIR"] == {"T1ce": None, "T2": None}
 
 
-def test_tile_maps_match_pytorch_grad_cam(trained, predictor):
-    """At the first message stage our per-tile map is Grad-CAM as pytorch-grad-cam computes it (upsampled)."""
+def _raw_grad_cams(network, x, target, layers):
+    """pytorch-grad-cam's Grad-CAM of each layer before its min-max scaling: ``ReLU(sum_c w_c A_c)`` with its own
+    hooks, backward pass, channel weights (``get_cam_weights``) and weighted sum (``get_cam_image``)."""
     from pytorch_grad_cam import GradCAM
+
+    with GradCAM(model=network, target_layers=list(layers)) as cam:
+        cam(input_tensor=x, targets=[target])
+        activations = cam.activations_and_grads.activations
+        gradients = cam.activations_and_grads.gradients
+        return [(cam, a.cpu().numpy(), g.cpu().numpy()) for a, g in zip(activations, gradients)]
+
+
+def test_tile_maps_match_pytorch_grad_cam_in_absolute_scale_summed_over_stages(trained, predictor):
+    """Two senders to subtask "T1ce", one with messages at the first two message stages, the other at the first
+    only. Our map of each pair equals the sum over stages of pytorch-grad-cam's unscaled Grad-CAM of that pair's
+    latent channels, each upsampled to the patch (linear) and divided by the patch pixels per stage pixel (mass
+    kept). Fails on a per-stage or per-sender rescaling (e.g. min-max, pytorch-grad-cam's default output), on a
+    sum without the mass factor, on one stage's map alone, or on mixing the pairs' channels."""
+    import torch.nn.functional as F
 
     from nnunetv2_ciml.interpretability import MessageGradCAM, ciml_network
 
-    _, raw, _ = trained
     network = ciml_network(predictor)
     subtask = network.subtask_names.index("T1ce")
-    p = next(p for p in network.message_pairs if p.subtask == subtask)
-    stage = network.messages[str(network.message_stages[0])]
+    pairs = [p for p in network.message_pairs if p.subtask == subtask]
+    assert len(pairs) == 2 and len(network.message_stages) >= 2
+    first, second = network.message_stages[:2]
     generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module in network.messages.values():
-            module.project.weight.zero_()
-        w = stage.projection(p)  # only the first message stage of pair p sends anything
-        w.copy_(torch.randn(w.shape, generator=generator))
+    set_message_projections(network, [(first, pairs[0]), (second, pairs[0]), (first, pairs[1])], generator)
     x = torch.randn((1, 3, 32, 32), generator=generator)
     mask = torch.zeros((2, 32, 32), dtype=torch.uint8)
     mask[:, 8:20, 10:26] = 1
     channels = network.subtask_outputs[subtask]
 
-    with MessageGradCAM(network, [p], {subtask: channels}) as gradcam:
-        ours = gradcam(x, mask)[0].numpy()
+    with MessageGradCAM(network, pairs, {subtask: channels}) as gradcam:
+        ours = gradcam(x, mask).numpy()
 
     def target(output):
         return (output[channels] * mask[channels]).sum()
 
-    with GradCAM(model=network, target_layers=[stage.message]) as cam:
-        reference = cam(input_tensor=x, targets=[target])[0]
-    assert ours.max() > 0
-    scaled = (ours - ours.min()) / (ours.max() - ours.min())
-    np.testing.assert_allclose(scaled, reference, atol=1e-4)
+    layers = message_latent_layers(network)
+    network.eval()
+    recorded = dict(zip((first, second), _raw_grad_cams(network, x, target, [layers[first][0], layers[second][0]])))
 
+    def raw_map(stage, pair):
+        cam, activation, gradient = recorded[stage]
+        part = layers[stage][1][pair]
+        return np.maximum(cam.get_cam_image(x, None, [target], activation[:, part], gradient[:, part], False), 0)
 
-def test_softmax_targets_exclude_background_3d():
-    """Label (softmax) models: the target is a subtask's foreground; background alone gives no map. 3D tiles."""
-    from torch import nn
-
-    from nnunetv2_ciml.interpretability import MessageGradCAM
-    from nnunetv2_ciml.interpretability.explain import _predicted_channels, _target_channels
-    from nnunetv2_ciml.network import CIMLUNet
-
-    network = CIMLUNet(2, 3, [4, 8, 16], nn.Conv3d, 3, [1, 2, 2], 3, 1, subtask_primaries=[0, 1],
-                       subtask_outputs=[[0, 1], [2]], n_conv_per_stage=1, norm_op=nn.InstanceNorm3d,
-                       norm_op_kwargs={"affine": True}, nonlin=nn.LeakyReLU, modality_names=["CT", "PET"],
-                       subtask_names=["GTVp", "GTVn"], encoder_layout="grouped").eval()
-    generator = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for module in network.messages.values():
-            module.project.weight.copy_(torch.randn(module.project.weight.shape, generator=generator))
-    x = torch.randn((1, 2, 16, 16, 16), generator=generator)
-    channels = _target_channels(network, has_regions=False)
-    assert channels == {0: [1], 1: [2]}
-    pet_to_gtvp, ct_to_gtvn = network.message_pairs
-
-    def maps(gtvp_bias, gtvn_bias):
-        with torch.no_grad():
-            for layer in network.decoder[0].seg_layers:
-                layer.bias.copy_(torch.tensor(gtvp_bias))
-            for layer in network.decoder[1].seg_layers:
-                layer.bias.fill_(gtvn_bias)
-            targets = _predicted_channels(network(x)[0], has_regions=False)
-        with MessageGradCAM(network, network.message_pairs, channels) as gradcam:
-            return gradcam(x, targets)
-
-    background = maps([20.0, -20.0], -20.0)
-    assert background.shape == (2, 16, 16, 16) and not background.any()
-    gtvn = maps([0.0, -20.0], 40.0)
-    assert not gtvn[network.message_pairs.index(pet_to_gtvp)].any()
-    assert gtvn[network.message_pairs.index(ct_to_gtvn)].min() >= 0
-    assert gtvn[network.message_pairs.index(ct_to_gtvn)].max() > 0
+    expected = np.zeros((2, 32, 32), np.float32)
+    for stage in (first, second):
+        for n, pair in enumerate(pairs):
+            level = torch.from_numpy(raw_map(stage, pair)[:, None].astype(np.float32))
+            per_pixel = 32 * 32 / level[0, 0].numel()
+            expected[n] += (F.interpolate(level, size=(32, 32), mode="bilinear", align_corners=False)[0, 0]
+                            / per_pixel).numpy()
+    assert all(ours[n].max() > 0 for n in range(2))
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+    # Pair 0's second-stage part is not negligible: its first-stage map alone would fail the comparison above.
+    assert raw_map(second, pairs[0]).sum() > 0.01 * ours[0].sum()
 
 
 def test_cli_round_trip(trained, tmp_path):
@@ -302,11 +249,10 @@ def _plain_model_folder(trained, folder: Path) -> Path:
     return folder
 
 
-def test_clear_errors(trained, predictor, tmp_path, capsys):
-    from nnunetv2_ciml import cli
-    from nnunetv2_ciml.interpretability import ExplainError, explain_case, explain_folder, find_cases
+def test_unknown_subtask_or_sender_names_the_choices(trained, predictor):
+    from nnunetv2_ciml.interpretability import ExplainError, explain_case
 
-    _, raw, model = trained
+    _, raw, _ = trained
     files = _case_files(raw)
     with pytest.raises(ExplainError, match=r"unknown subtask 'whole tumor'.*'FLAIR', 'T1ce'"):
         explain_case(predictor, files, subtasks=["whole tumor"])
@@ -315,6 +261,13 @@ def test_clear_errors(trained, predictor, tmp_path, capsys):
     with pytest.raises(ExplainError, match=r"\['FLAIR'\] send no messages to subtask\(s\) \['FLAIR'\].*'T1ce', 'T2'"):
         explain_case(predictor, files, subtasks=["FLAIR"], senders=["FLAIR"])
 
+
+def test_input_folder_without_complete_cases_names_the_missing_channel(trained, tmp_path, capsys):
+    from nnunetv2_ciml import cli
+    from nnunetv2_ciml.interpretability import ExplainError, find_cases
+
+    _, raw, model = trained
+    files = _case_files(raw)
     modalities = ["T1ce", "T2", "FLAIR"]
     (tmp_path / "empty").mkdir()
     with pytest.raises(ExplainError, match=r"no cases in .*empty.*CASE_XXXX\.nii\.gz.*_0002: FLAIR"):
@@ -329,6 +282,17 @@ def test_clear_errors(trained, predictor, tmp_path, capsys):
     with pytest.raises(ExplainError, match=r"\['notes\.nii\.gz'\] lack the channel suffix"):
         find_cases(partial, ".nii.gz", modalities)
 
+    code = cli.main(["explain", "-m", str(model), "-f", "0", "-i", str(partial), "-o", str(tmp_path / "out"),
+                     "-device", "cpu"])
+    assert code == 1
+    assert "nnunetv2_ciml explain: error:" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_folder_without_the_fold_plans_or_ciml_network_is_refused(trained, tmp_path):
+    from nnunetv2_ciml.interpretability import ExplainError, explain_folder
+
+    _, raw, model = trained
     with pytest.raises(ExplainError, match=r"missing checkpoint .*fold_3.*folds with a checkpoint_final\.pth: fold_0"):
         explain_folder(model, 3, raw / "imagesTs", tmp_path / "out")
     with pytest.raises(ExplainError, match=r"not an nnU-Net model folder: it has no plans\.json"):
@@ -337,11 +301,37 @@ def test_clear_errors(trained, predictor, tmp_path, capsys):
     with pytest.raises(ExplainError, match=r"holds a PlainConvUNet \(trainer nnUNetTrainer\), not a CIML network"):
         explain_folder(plain, 0, raw / "imagesTs", tmp_path / "out", device="cpu")
 
-    code = cli.main(["explain", "-m", str(model), "-f", "0", "-i", str(partial), "-o", str(tmp_path / "out"),
-                     "-device", "cpu"])
-    assert code == 1
-    assert "nnunetv2_ciml explain: error:" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
+
+def test_default_mirroring_targets_are_nnunets_mirrored_prediction(trained, tmp_path):
+    """The default test-time augmentation path: a model that allows mirroring (as ``nnUNetTrainerCIML`` trains
+    them; the CPU-test trainer does not mirror, so its checkpoint's axes are set to (0, 1) in a copy), loaded with
+    ``use_mirroring=True``. The explained segmentation is nnU-Net's own mirrored prediction of the case, which for
+    this case differs from the unmirrored one. Fails if explain's targets skip (or break) the mirroring."""
+    from nnunetv2_ciml.interpretability import explain_case, load_predictor
+
+    _, raw, model = trained
+    copy = tmp_path / model.name
+    shutil.copytree(model, copy, ignore=shutil.ignore_patterns("validation", "*.png", "*.txt", "checkpoint_best.pth"))
+    checkpoint = torch.load(copy / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["inference_allowed_mirroring_axes"] is None
+    checkpoint["inference_allowed_mirroring_axes"] = (0, 1)
+    torch.save(checkpoint, copy / "fold_0" / "checkpoint_final.pth")
+
+    mirrored = load_predictor(copy, 0, device="cpu", allow_tqdm=False)
+    assert mirrored.use_mirroring and tuple(mirrored.allowed_mirroring_axes) == (0, 1)
+    plain = load_predictor(copy, 0, device="cpu", use_mirroring=False, allow_tqdm=False)
+    files = _case_files(raw, "case_006")
+    image, properties = mirrored.plans_manager.image_reader_writer_class().read_images([str(f) for f in files])
+    nnunet_mirrored = mirrored.predict_single_npy_array(image, dict(properties))
+    nnunet_plain = plain.predict_single_npy_array(image, dict(properties))
+    assert not np.array_equal(nnunet_mirrored, nnunet_plain)
+
+    result = explain_case(mirrored, files)
+    np.testing.assert_array_equal(result.segmentation, nnunet_mirrored)
+    for subtask, shares in result.shares.items():
+        if result.target_voxels[subtask]:
+            assert sum(shares.values()) == pytest.approx(1.0)
+    assert all(np.isfinite(m).all() and m.min() >= 0 for m in result.maps.values())
 
 
 def _bad_second_case(folder: Path, files, fault: str) -> Path:

@@ -3,8 +3,6 @@
 Two synthetic datasets: 3D region-based (BraTS-like) and 2D label-based (HECKTOR-like). CPU, tiny.
 """
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,26 +10,17 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from synthetic import make_dataset, shrink_plans
+from helpers import (assert_same_geometry, make_dataset, nnunet_environment, read_array, run_nnunet as nnunet,
+                     shrink_plans)
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TRAINER = "nnUNetTrainerCIML_CPUtest"
-
-
-def nnunet(env: dict, *args: str, timeout: int = 900) -> str:
-    out = subprocess.run(list(args), env=env, capture_output=True, text=True, timeout=timeout)
-    assert out.returncode == 0, f"{' '.join(args)} failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
-    return out.stdout
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("nnunet")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
-    env.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
-               nnUNet_results=str(root / "results"), nnUNet_compile="f", nnUNet_def_n_proc="1",
-               nnUNet_n_proc_DA="1")
-    return root, env
+    return root, nnunet_environment(root)
 
 
 def prepare(workspace, dataset_id: int, regions: bool, configuration: str, shape) -> Path:
@@ -55,11 +44,15 @@ def predict(workspace, raw: Path, dataset_id: int, configuration: str, out: Path
            configuration, "-tr", TRAINER, "-f", "0", "-device", "cpu", "-npp", "0", "-nps", "0")
 
 
-def assert_same_geometry(prediction: Path, image: Path, allowed_labels) -> None:
-    p, i = sitk.ReadImage(str(prediction)), sitk.ReadImage(str(image))
-    assert p.GetSize() == i.GetSize() and p.GetSpacing() == i.GetSpacing()
-    assert p.GetOrigin() == i.GetOrigin() and p.GetDirection() == i.GetDirection()
-    assert set(np.unique(sitk.GetArrayFromImage(p))) <= set(allowed_labels)
+def interrupt_after_first_epoch(fold: Path) -> dict:
+    """Turn the finished 2-epoch run into one interrupted after epoch 0: ``checkpoint_latest.pth`` as nnU-Net
+    writes it mid-run (``current_epoch`` = next epoch, one entry per logged list), no final checkpoint."""
+    checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    checkpoint["current_epoch"] = 1
+    checkpoint["logging"] = {k: v[:1] for k, v in checkpoint["logging"].items()}
+    torch.save(checkpoint, fold / "checkpoint_latest.pth")
+    (fold / "checkpoint_final.pth").unlink()
+    return checkpoint["logging"]
 
 
 def test_regions_3d_train_predict_resume_validate_best_configuration(workspace, tmp_path):
@@ -78,17 +71,55 @@ def test_regions_3d_train_predict_resume_validate_best_configuration(workspace, 
     assert list((fold / "validation").glob("*.npz"))
     logging = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["logging"]
     assert len(logging["ciml_kl"]) == 2 and len(logging["ciml_message_kl"][0]) == 4  # 2 senders x 2 subtasks
-    assert logging["ciml_beta"][0] == 0.0 < logging["ciml_beta"][1]
+    assert logging["ciml_beta"] == [0.0, 1e-3]  # warm-up over max(1, 0.1 x 2 epochs) = 1 epoch
 
     predict(workspace, raw, 901, "3d_fullres", tmp_path / "pred")
     for case in ("case_006", "case_007"):
         assert_same_geometry(tmp_path / "pred" / f"{case}.nii.gz", raw / "imagesTs" / f"{case}_0000.nii.gz", {0, 1, 2})
 
-    assert "Training done" in train(workspace, 901, "3d_fullres", "--c")  # resume from the final checkpoint
+    # --c continues an interrupted run: only epoch 1 is trained, epoch 0's log (ours included) is kept.
+    # Fails if --c started afresh (epoch 0 again, a new first loss) or if the CIML log were not restored.
+    before = interrupt_after_first_epoch(fold)
+    log = train(workspace, 901, "3d_fullres", "--c")
+    assert "Epoch 1" in log and "Epoch 0" not in log
+    resumed = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert resumed["current_epoch"] == 2 and not (fold / "checkpoint_latest.pth").exists()
+    after = resumed["logging"]
+    assert after["train_losses"][0] == before["train_losses"][0] and len(after["train_losses"]) == 2
+    assert after["ciml_beta"] == [0.0, 1e-3] and after["ciml_kl"][0] == before["ciml_kl"][0]
+    assert len(after["ciml_message_kl"]) == len(after["ciml_message_magnitude"]) == 2
+
+    # --val --npz recomputes the validation from the final checkpoint: one segmentation and one npz of
+    # probabilities per validation case of fold 0, the segmentation being the regions' probabilities > 0.5
+    # painted in regions_class_order (how nnU-Net turns region probabilities into labels).
+    for f in (fold / "validation").iterdir():
+        f.unlink()
     train(workspace, 901, "3d_fullres", "--val", "--npz")
+    val_cases = json.loads((root / "preprocessed" / raw.name / "splits_final.json").read_text())[0]["val"]
+    assert sorted(p.name[:-len(".nii.gz")] for p in (fold / "validation").glob("*.nii.gz")) == sorted(val_cases)
+    assert sorted(p.stem for p in (fold / "validation").glob("*.npz")) == sorted(val_cases)
+    for case in val_cases:
+        probabilities = np.load(fold / "validation" / f"{case}.npz")["probabilities"]
+        segmentation = read_array(fold / "validation" / f"{case}.nii.gz")
+        assert probabilities.shape == (2, *segmentation.shape) == (2, 20, 20, 20)
+        assert probabilities.min() >= 0 and probabilities.max() <= 1
+        expected = np.zeros(segmentation.shape, np.uint8)
+        for channel, label in enumerate((1, 2)):
+            expected[probabilities[channel] > 0.5] = label
+        np.testing.assert_array_equal(segmentation, expected)
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    assert sorted(Path(c["prediction_file"]).name for c in summary["metric_per_case"]) == \
+        sorted(f"{c}.nii.gz" for c in val_cases)
+
     nnunet(env, "nnUNetv2_find_best_configuration", "901", "-c", "3d_fullres", "-tr", TRAINER, "-f", "0", "-np", "1",
            "--disable_ensembling")
-    assert TRAINER in (root / "results" / raw.name / "inference_information.json").read_text()
+    info = json.loads((root / "results" / raw.name / "inference_information.json").read_text())
+    best = info["best_model_or_ensemble"]
+    assert best["selected_model_or_models"] == [{"configuration": "3d_fullres", "trainer": TRAINER,
+                                                 "plans_identifier": "nnUNetPlans"}]
+    assert best["result_on_crossval_pre_pp"] == pytest.approx(summary["foreground_mean"]["Dice"])
+    instructions = (root / "results" / raw.name / "inference_instructions.txt").read_text()
+    assert f"-tr {TRAINER}" in instructions and "-c 3d_fullres" in instructions
 
 
 def test_labels_2d_train_and_predict_cli_and_python_api(workspace, tmp_path):

@@ -2,46 +2,16 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
+from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch.distributions import Normal, kl_divergence
 
+from helpers import LABELS, REGIONS, build_ciml_network as build, plain_architecture
 from nnunetv2_ciml.decomposition import resolve_decomposition
-from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
-from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
-
 from nnunetv2_ciml.network import CIMLUNet, MessagePair, StageMessages
 from nnunetv2_ciml.network.message import GATE_INIT_LOGIT
-from nnunetv2_ciml.planning import ciml_architecture, conv_macs
-
-REGIONS = {"channel_names": {"0": "T1ce", "1": "T2", "2": "FLAIR"},
-           "labels": {"background": 0, "whole tumor": [1, 2], "tumor core": [2]}, "regions_class_order": [1, 2]}
-LABELS = {"channel_names": {"0": "CT", "1": "PET"}, "labels": {"background": 0, "GTVp": 1, "GTVn": 2}}
-
-
-def plain_architecture(dim: int, n_stages: int = 3, residual: bool = False, base: int = 4) -> dict:
-    conv = f"torch.nn.modules.conv.Conv{dim}d"
-    kwargs = {"n_stages": n_stages, "features_per_stage": [base * 2 ** s for s in range(n_stages)], "conv_op": conv,
-              "kernel_sizes": [[3] * dim] * n_stages, "strides": [[1] * dim] + [[2] * dim] * (n_stages - 1),
-              "n_conv_per_stage_decoder": [1] * (n_stages - 1), "conv_bias": True,
-              "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dim}d",
-              "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
-              "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}}
-    kwargs["n_blocks_per_stage" if residual else "n_conv_per_stage"] = [1] * n_stages
-    name = "ResidualEncoderUNet" if residual else "PlainConvUNet"
-    return {"network_class_name": f"dynamic_network_architectures.architectures.unet.{name}", "arch_kwargs": kwargs,
-            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
-
-
-def build(dataset_json, dim=3, residual=False, deep_supervision=True, messages=True, patch=None, width=0.75):
-    d, _ = resolve_decomposition(dataset_json)
-    num_classes = len(d.output_names)
-    patch = patch or (16,) * dim
-    arch = ciml_architecture(plain_architecture(dim, residual=residual), d, patch, num_classes, messages=messages,
-                             width_factor=width)
-    net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
-                                 len(d.modalities), num_classes, allow_init=True, deep_supervision=deep_supervision)
-    return net, arch
-
+from nnunetv2_ciml.planning import ciml_architecture
 
 def randomize_messages(net: CIMLUNet) -> None:
     for m in net.modules():
@@ -277,19 +247,6 @@ def test_eval_is_deterministic_and_training_is_stochastic():
         torch.testing.assert_close(net(x), net(x))
     net.train()
     assert not torch.allclose(net(x), net(x))
-
-
-def test_branch_width_matches_the_plain_convolution_cost():
-    d, _ = resolve_decomposition(REGIONS)
-    plain = plain_architecture(3, n_stages=4, base=16)
-    arch = ciml_architecture(plain, d, (32, 32, 32), 2)
-    budget = conv_macs(plain, 3, 2, (32, 32, 32))
-    branches = dict(arch, arch_kwargs=dict(arch["arch_kwargs"], messages=False))
-    assert conv_macs(branches, 3, 2, (32, 32, 32)) <= budget  # messages are not counted
-    assert conv_macs(arch, 3, 2, (32, 32, 32)) > conv_macs(branches, 3, 2, (32, 32, 32))
-    assert 0.3 < arch["branch_width_factor"] < 1.0
-    ablation = ciml_architecture(plain, d, (32, 32, 32), 2, messages=False)
-    assert ablation["arch_kwargs"]["features_per_stage"] == arch["arch_kwargs"]["features_per_stage"]
 
 
 def test_unsupported_plans_and_inconsistent_kwargs_are_errors():

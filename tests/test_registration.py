@@ -76,9 +76,15 @@ def test_regular_install_ships_the_pth_the_shim_and_the_converters(tmp_path):
     assert pth.startswith("import ") and "nnunetv2_ciml.registration" in pth
 
 
+def console_script(name: str) -> list:
+    """The installed console script of this interpreter's environment (whatever PATH says), else ``-m``."""
+    script = Path(sys.executable).parent / name
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "nnunetv2_ciml.cli"]
+
+
 def test_info_command_reports_found_trainers(tmp_path):
-    out = subprocess.run(["nnunetv2_ciml", "info"], env=clean_env(), cwd=tmp_path, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run([*console_script("nnunetv2_ciml"), "info"], env=clean_env(), cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "nnUNetTrainerCIML " in out.stdout and "NOT FOUND" not in out.stdout
     assert "CUDA available" in out.stdout

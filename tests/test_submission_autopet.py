@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from synthetic import make_dataset, shrink_plans
+from helpers import make_dataset, shrink_plans
 
 from nnunetv2_ciml.cli import main as cli
 from nnunetv2_ciml.submission.autopet import build_autopet_submission

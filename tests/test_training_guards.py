@@ -23,7 +23,7 @@ from nnunetv2_ciml.planning import CIML_NETWORK
 from nnunetv2_ciml.training.guards import (CheckpointError, TrainingStoppedError, kl_beta, save_atomically,
                                            validate_ciml_attributes)
 from nnunetv2_ciml.training.trainers import nnUNetTrainerCIML, nnUNetTrainerCIML_CPUtest
-from synthetic import make_dataset, shrink_plans
+from helpers import hand_made_trainer, make_dataset, shrink_plans
 
 DATASET_ID = 963
 CONFIGURATION = "2d"
@@ -61,10 +61,8 @@ def test_kl_beta_schedule():
 def test_invalid_trainer_settings_stop_before_anything_is_written(nnunet_env, tmp_path, attribute, value, message):
     """kl_weight = inf used to train NaN losses for every epoch and exit 0. Fails if any bad value passes
     or if validation happens after the plans are rewritten."""
-    from test_trainer import make_trainer
-
     variant = type(f"nnUNetTrainerCIML_bad_{attribute}", (nnUNetTrainerCIML,), {attribute: value})
-    trainer, _ = make_trainer(variant, nnunet_env)
+    trainer, _ = hand_made_trainer(variant, nnunet_env)
     with pytest.raises(CIMLError, match=rf"nnUNetTrainerCIML_bad_{attribute}\.{message}"):
         trainer.initialize()
     assert not trainer.was_initialized
