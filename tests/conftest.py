@@ -16,7 +16,6 @@ from helpers import make_dataset, nnunet_environment, plan_and_preprocess, shrin
 
 torch.set_num_threads(2)
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REGIONS_2D_ID = 961
 CPU_TEST_TRAINER = "nnUNetTrainerCIML_CPUtest"
 
