@@ -1,6 +1,6 @@
 """The CIML network and its building blocks."""
-from nnunetv2_ciml.network.ciml_unet import CIMLUNet, SubtaskDecoders
+from nnunetv2_ciml.network.ciml_unet import CIMLUNet, SubtaskDecoders, modalities_present
 from nnunetv2_ciml.network.grouped import grouped_conv
 from nnunetv2_ciml.network.message import MessagePair, StageMessages
 
-__all__ = ["CIMLUNet", "MessagePair", "StageMessages", "SubtaskDecoders", "grouped_conv"]
+__all__ = ["CIMLUNet", "MessagePair", "StageMessages", "SubtaskDecoders", "grouped_conv", "modalities_present"]
