@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "export": "nnunetv2_ciml.commands.export",
     "demo": "nnunetv2_ciml.commands.demo",
     "explain": "nnunetv2_ciml.commands.explain",
+    "predict": "nnunetv2_ciml.commands.predict",
 }
 
 
