@@ -82,8 +82,7 @@ def read_case(reader, case: str, files: Dict[int, str], num_modalities: int,
         if first_properties is None:
             first_properties, first_file = properties, path
         else:
-            problem = _geometry_difference(array.shape[1:], properties, arrays[min(arrays)].shape[1:],
-                                           first_properties)
+            problem = _geometry_difference(array.shape[1:], properties, arrays[min(arrays)].shape, first_properties)
             if problem:
                 raise CaseError(f"case {case!r}: file {path!r} ({names[channel]}) has another geometry than "
                                 f"{first_file!r}: {problem}")
