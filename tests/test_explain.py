@@ -321,8 +321,8 @@ def test_clear_errors(trained, predictor, tmp_path, capsys):
     partial.mkdir()
     for f in files[:2]:
         shutil.copy(f, partial / f.name)
-    with pytest.raises(ExplainError, match=r"case 'case_005' .* lacks case_005_0002\.nii\.gz \(FLAIR\)"):
-        find_cases(partial, ".nii.gz", modalities)
+    # a missing modality file is allowed (explained without that modality)
+    assert find_cases(partial, ".nii.gz", modalities) == {"case_005": [str(partial / f.name) for f in files[:2]] + [None]}
     (partial / "notes.nii.gz").write_bytes(b"")
     with pytest.raises(ExplainError, match=r"\['notes\.nii\.gz'\] lack the channel suffix"):
         find_cases(partial, ".nii.gz", modalities)
@@ -340,3 +340,30 @@ def test_clear_errors(trained, predictor, tmp_path, capsys):
     assert code == 1
     assert "nnunetv2_ciml explain: error:" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_modality_file_sends_nothing(trained, predictor):
+    """Subtask "T1ce" receives random non-zero messages from T2 and FLAIR. With both files FLAIR has a map;
+    without the FLAIR file (``None``) the case is explained with FLAIR told missing: its map is exactly zero,
+    T2 holds the whole share, and subtask "FLAIR" (whose primary is missing) is still predicted. Fails if a
+    missing file is an error, or if it is read as a zero image that still sends messages."""
+    from nnunetv2_ciml.interpretability import ciml_network, explain_case
+
+    _, raw, _ = trained
+    network = ciml_network(predictor)
+    t1ce = network.subtask_names.index("T1ce")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for stage in network.messages.values():
+            for pair in network.message_pairs:
+                w = stage.projection(pair)
+                w.copy_(torch.randn(w.shape, generator=generator))
+        _decoder_bias(network, t1ce, 10.0)  # predict the subtask everywhere: a target on every voxel
+    files = _case_files(raw)
+    full = explain_case(predictor, files, subtasks=["T1ce"])
+    assert full.maps[("FLAIR", "T1ce")].max() > 0 and full.maps[("T2", "T1ce")].max() > 0
+
+    result = explain_case(predictor, [files[0], files[1], None], case="case_005")
+    assert not result.maps[("FLAIR", "T1ce")].any() and result.maps[("T2", "T1ce")].max() > 0
+    assert result.shares["T1ce"] == {"T2": 1.0, "FLAIR": 0.0}
+    assert set(result.predicted) == {"FLAIR", "T1ce"} and result.segmentation.shape == (1, 32, 32)
