@@ -131,7 +131,8 @@ def predict_case(predictor, image: np.ndarray, properties: dict, present: np.nda
                                                     predictor.configuration_manager, predictor.dataset_json)
     data = torch.from_numpy(np.ascontiguousarray(zero_missing_channels(data, present), dtype=np.float32))
     if is_ciml(predictor.network):
-        with modalities_present(predictor.network, torch.as_tensor(present, dtype=torch.float32)[None]):
+        mask = torch.as_tensor(present, dtype=torch.float32, device=predictor.device)[None]
+        with modalities_present(predictor.network, mask):
             logits = predictor.predict_logits_from_preprocessed_data(data).cpu()
     else:
         logits = predictor.predict_logits_from_preprocessed_data(data).cpu()

@@ -114,6 +114,8 @@ def test_mask_by_argument_attribute_or_context_and_per_sample():
 
 
 def test_no_graph_breaks_with_a_mask_under_torch_compile():
+    """The masked path (training, per-sample mask, a missing primary in one sample) is one graph for
+    torch.compile; fails on per-sample Python branching (e.g. ``if present[b, j]``) or a data-dependent skip."""
     net, _ = build(LABELS, dim=2, deep_supervision=False)
     net.train()
     explanation = torch._dynamo.explain(net)(torch.randn(2, 2, 16, 16), torch.tensor([[1.0, 0.0], [1.0, 1.0]]))

@@ -230,7 +230,9 @@ class CIMLUNet(nn.Module):
         if present is not None:
             present = self.presence_mask(present, x)
             flags = present.view(*present.shape, *[1] * (x.dim() - 1))  # (B, M, 1, *1)
-            features = [(f.unflatten(1, (self.num_modalities, -1)) * flags).flatten(1, 2) for f in features]
+            # in the features' dtype: under autocast they are half precision, and a float32 factor would promote them
+            features = [(f.unflatten(1, (self.num_modalities, -1)) * flags.to(f.dtype)).flatten(1, 2)
+                        for f in features]
         messages, kls, rms = {}, [], []
         for s in self.message_stages:
             messages[s], kl, magnitude = self._stage_messages(s, features[s], present)

@@ -166,6 +166,7 @@ class StageMessages(nn.Module):
         mu, logvar = posterior.unflatten(1, (n_pairs, 2 * latent)).chunk(2, dim=2)  # (B, P, L, *spatial)
         logvar = logvar.clamp(-10.0, 10.0)
         if present is not None:
+            present = present.to(posterior.dtype)  # a float32 mask would promote half-precision activations
             # (B, P, 1, ...): a missing sender's posterior becomes N(0, I), whose KL is exactly 0
             sender_present = present.index_select(1, self._pair_senders).view(b, n_pairs, 1, *[1] * len(spatial))
             mu, logvar = mu * sender_present, logvar * sender_present
@@ -179,7 +180,8 @@ class StageMessages(nn.Module):
         gated = z.unflatten(1, (n_pairs, latent))  # (B, P, L, *spatial)
         if present is not None:
             primary_absent = 1 - present.index_select(1, self._pair_primaries)  # (B, P)
-            logits = logits + (primary_absent * self.absent_primary_logit).view(b, n_pairs, *[1] * len(spatial))
+            bias = (primary_absent * self.absent_primary_logit).to(logits.dtype)
+            logits = logits + bias.view(b, n_pairs, *[1] * len(spatial))
             gated = gated * sender_present
         attention = torch.sigmoid(logits).contiguous()  # (B, P, *spatial)
         u = self.message((attention.unsqueeze(2) * gated).flatten(1, 2))
