@@ -176,7 +176,12 @@ class StageMessages(nn.Module):
         else:
             z = mu.flatten(1, 2)
         attention_inputs = _attention_layout(receivers, z)
-        logits = self.receiver_attention(attention_inputs[0]) + self.latent_attention(attention_inputs[1])
+        # DDP (nnU-Net's, without find_unused_parameters) needs every parameter in every step's graph: the
+        # absent-primary bias enters the receiver bias vector times 0 when every modality exists (P numbers).
+        receiver = self.receiver_attention
+        bias = receiver.bias + 0 * self.absent_primary_logit
+        logits = (receiver._conv_forward(attention_inputs[0], receiver.weight, bias)
+                  + self.latent_attention(attention_inputs[1]))
         gated = z.unflatten(1, (n_pairs, latent))  # (B, P, L, *spatial)
         if present is not None:
             primary_absent = 1 - present.index_select(1, self._pair_primaries)  # (B, P)
