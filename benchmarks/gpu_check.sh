@@ -1,22 +1,45 @@
 #!/usr/bin/env bash
-# One short GPU check for the `device` machine (CUDA image with torch; no network). Carry `.whl`
-# (nnU-Net and its missing dependencies as wheels, see the device README). Prints, writes $OUT/*.
-# .whl was made with `pip wheel --no-deps -w .whl` for nnunetv2==2.8.1 dynamic-network-architectures==0.4.4
-# acvl-utils==0.2.6 batchgenerators==0.25.5 batchgeneratorsv2==0.3.6 nibabel yacs graphviz future unittest2
-# linecache2 traceback2, and `pip download --no-deps --only-binary=:all: --python-version 3.12 ...` (device
-# README) for SimpleITK blosc2 ndindex numexpr: 63 MiB of the 64 MiB a call may carry, so nnU-Net's trainer
-# itself (which also needs connected-components-3d) cannot run there; the benchmark can.
+# One GPU check for a machine lent with a GPU (CUDA image with torch; no network), within one 600 s call.
+# Carry `.whl`: nnU-Net and its missing dependencies as wheels, only what is imported (made with
+# `pip wheel --no-deps -w .whl nnunetv2==2.8.1 dynamic-network-architectures==0.4.4 acvl-utils==0.2.6
+# batchgenerators==0.25.5 batchgeneratorsv2==0.3.6 connected-components-3d` plus `pip download --no-deps
+# --only-binary=:all: --python-version 3.12` of SimpleITK blosc2 ndindex numexpr). Prints; writes $OUT/*.
 set -u
 SITE=$(mktemp -d)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl || exit 1
 export PYTHONPATH=$SITE:$PWD PATH=$SITE/bin:$PATH nnUNet_extTrainer=$PWD/nnunetv2_ciml/_nnunet_ext
 OUT=${OUT:-$(mktemp -d)}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-python3 -c "import torch, nnunetv2; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
-echo "== 1. BraTS-like plan, torch.compile (as nnU-Net trains on CUDA), AMP"
-timeout 240 python3 benchmarks/bench_ciml_vs_plain.py --device cuda --steps 10 --compile --setups brats \
-    --models plain ciml ciml_coarseMessages --json "$OUT/bench_cuda_compiled.json"
-echo "== 2. both plans, eager, AMP"
-timeout 300 python3 benchmarks/bench_ciml_vs_plain.py --device cuda --steps 10 \
-    --models plain ciml ciml_freeMessages ciml_coarseMessages --json "$OUT/bench_cuda_eager.json"
+echo "== 0. torch, cuDNN, and whether cuDNN runs the AMP Conv3d (torch 2.9.0 disabled it: ~4x slower)"
+python3 - <<'EOF'
+import time, torch
+print("torch", torch.__version__, "CUDA", torch.version.cuda, "cuDNN", torch.backends.cudnn.version())
+conv = torch.nn.Conv3d(64, 64, 3, padding=1).cuda()
+x = torch.randn(2, 64, 64, 64, 64, device="cuda")
+for dtype in (torch.float32, torch.bfloat16, torch.float16):
+    with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+        for _ in range(3):
+            conv(x)
+        torch.cuda.synchronize(); t = time.perf_counter()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(10):
+                conv(x)
+            torch.cuda.synchronize()
+        kernels = {e.key for e in prof.key_averages()}
+        cudnn = any("cudnn" in k.lower() or "sm90" in k.lower() or "xmma" in k.lower() for k in kernels)
+    print(f"Conv3d 64->64 k3 2x64^3 {str(dtype):15s} {(time.perf_counter() - t) / 10 * 1e3:7.2f} ms/call, "
+          f"cuDNN kernels: {cudnn}")
+EOF
+
+echo "== 1. BraTS and PET/CT plans, eager, AMP: step / memory / inference ratios"
+timeout 200 python3 benchmarks/bench_ciml_vs_plain.py --device cuda --steps 10 \
+    --models plain ciml ciml_noMessages --json "$OUT/bench_cuda_eager.json"
+echo "== 2. BraTS plan, torch.compile (as nnU-Net trains on CUDA), AMP"
+timeout 200 python3 benchmarks/bench_ciml_vs_plain.py --device cuda --steps 10 --compile --setups brats \
+    --models plain ciml --json "$OUT/bench_cuda_compiled.json"
+echo "== 3. nnUNetv2_train epochs with 12 augmentation workers (nnU-Net's 5-epoch benchmark trainers;"
+echo "   what is left of the call: the log shows the epochs measured before a time-out)"
+timeout 180 python3 benchmarks/bench_epoch_time.py --work "$(mktemp -d)" --device cuda --workers 12 --size 160 \
+    --cases 12 --json "$OUT/epoch_time.json"
+exit 0

@@ -15,7 +15,7 @@ its primary modality). To get CT normalisation for the SUV anyway, run ``nnUNetv
 set ``normalization_schemes`` of the configuration in ``nnUNetPlans.json`` to
 ``["CTNormalization", "CTNormalization"]``, then run ``nnUNetv2_preprocess`` (the fingerprint holds the
 intensity statistics of both channels). Labels: background 0, lesion 1.
-CIML default (DESIGN §4): PET owns lesion and the background logit; CT only sends messages.
+CIML default: PET owns lesion and the background logit; CT only sends messages.
 
 Export: predictions -> ``OUT/PATIENT/STUDY/PRED.nii.gz``, a binary uint8 mask on that study's SUV grid.
 """

@@ -4,8 +4,11 @@ Source layouts, found anywhere below the source folders and detected per case fr
 
 - BraTS 2020/2021: ``CASE_{t1,t1ce,t2,flair}.nii.gz`` and ``CASE_seg.nii.gz``; labels 1 NCR/NET, 2 edema, 4 ET.
 - BraTS 2023 and later (GLI, SSA, MET): ``CASE-{t1n,t1c,t2w,t2f}.nii.gz`` and ``CASE-seg.nii.gz``;
-  labels 1 NETC, 2 SNFH (edema), 3 ET. A label 4 (the 2024 post-treatment resection cavity) has no
-  region in BraTS region training and is refused.
+  labels 1 NETC, 2 SNFH (edema), 3 ET.
+- BraTS 2024+ post-treatment glioma (``labels="brats2024"``, CLI ``--labels brats2024``): the 2023
+  naming with labels 1 NETC, 2 SNFH, 3 ET, 4 RC (resection cavity). Without that option a label 4 is
+  refused with a message pointing to it (the label set is a property of the dataset, and reading
+  every label file up front to guess it would cost minutes on a full download).
 
 ``.nii`` files are read as well (and written as ``.nii.gz``). Case folders of a source folder without
 any ``seg`` file (validation/test sets) go to ``imagesTs``. Known quirk: BraTS 2020's
@@ -14,18 +17,30 @@ file to ``BraTS20_Training_355_seg.nii``, or use ``--skip-incomplete``.
 
 nnU-Net dataset: channels 0 T1, 1 T1ce, 2 T2, 3 FLAIR (images copied byte for byte); labels remapped
 with nnU-Net's own function to 1 edema, 2 NCR/NETC, 3 ET; regions whole tumor (1, 2, 3), tumor core
-(2, 3), enhancing tumor (3) with ``regions_class_order`` (1, 2, 3). CIML default (DESIGN §4): FLAIR owns
+(2, 3), enhancing tumor (3) with ``regions_class_order`` (1, 2, 3). CIML default: FLAIR owns
 whole tumor, T1ce owns tumor core and enhancing tumor; T1 and T2 only send messages.
+
+Post-treatment dataset (``brats2024``): the label files keep the BraTS 2024 values (1 NETC, 2 SNFH,
+3 ET, 4 RC; a BraTS 2020 case among them has its 4 mapped to 3) and the regions are the ones the
+official evaluation scores: whole tumor (1, 2, 3), tumor core (1, 3), enhancing tumor (3) and
+resection cavity (4), with ``regions_class_order`` (2, 1, 3, 4), so that nnU-Net's region-to-label
+conversion writes BraTS 2024 labels directly (NETC and SNFH are TC minus ET and WT minus TC, scored by
+``evaluate brats --lesionwise``). CIML default: FLAIR owns whole tumor, T1ce owns tumor core and
+enhancing tumor, T2 owns resection cavity (a fluid-filled cavity is brightest on T2 and suppressed on
+FLAIR); T1 only sends messages.
 
 Export: predictions (nnU-Net labels 0-3) back to the BraTS labels, geometry unchanged, one
 ``CASE.nii.gz`` per case (the names the BraTS portals expect). ``labels="auto"`` takes the label set
-from the source naming (with ``source``) or from the case identifier (``BraTS-...``: 2023 set,
-``BraTS20_``/``BraTS2021_``: 2020 set).
+from the dataset.json that ``nnUNetv2_predict`` writes next to the predictions (a resection cavity
+label: ``brats2024``, written unchanged), else from the source naming (with ``source``) or from the
+case identifier (``BraTS-...``: 2023 set, ``BraTS20_``/``BraTS2021_``: 2020 set).
 """
 from __future__ import annotations
 
+import json
 import re
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -39,15 +54,17 @@ from .common import (FILE_ENDING, CaseCandidate, ConversionError, ConversionRepo
                      export_predictions, image_file, read_image, resolve_candidates, rglob_files)
 from .grid import Grid
 
-BRATS2020, BRATS2023 = "brats2020", "brats2023"
+BRATS2020, BRATS2023, BRATS2024 = "brats2020", "brats2023", "brats2024"
 # channel order of nnU-Net's Dataset137: T1, T1ce, T2, FLAIR
 _MODALITIES = {BRATS2020: ("t1", "t1ce", "t2", "flair"), BRATS2023: ("t1n", "t1c", "t2w", "t2f")}
 _SEPARATOR = {BRATS2020: "_", BRATS2023: "-"}
 _FILE_PATTERNS = {conv: re.compile(rf"^(?P<case>.+){_SEPARATOR[conv]}(?P<part>{'|'.join(mods + ('seg',))})"
                                    r"\.nii(\.gz)?$") for conv, mods in _MODALITIES.items()}
-_BRATS_LABELS = {BRATS2020: (0, 1, 2, 4), BRATS2023: (0, 1, 2, 3)}
+_BRATS_LABELS = {BRATS2020: (0, 1, 2, 4), BRATS2023: (0, 1, 2, 3), BRATS2024: (0, 1, 2, 3, 4)}
 _LABEL_MEANING = {BRATS2020: "BraTS 2020: 1 NCR/NET, 2 edema, 4 enhancing tumor",
-                  BRATS2023: "BraTS 2023: 1 NETC, 2 SNFH, 3 enhancing tumor"}
+                  BRATS2023: "BraTS 2023: 1 NETC, 2 SNFH, 3 enhancing tumor",
+                  BRATS2024: "BraTS 2024 post-treatment: 1 NETC, 2 SNFH, 3 enhancing tumor, 4 resection cavity"}
+RESECTION_CAVITY = "resection cavity"
 # BraTS 2023 labels -> nnU-Net's BraTS labels (same meaning as nnU-Net's 2020 mapping: 2->1, 1->2, ET->3)
 _BRATS2023_TO_NNUNET = np.array([0, 2, 1, 3], dtype=np.uint8)
 
@@ -58,6 +75,19 @@ SPEC = DatasetSpec(
     ciml={"subtasks": {"whole tumor": {"primary": "FLAIR", "outputs": ["whole tumor"]},
                        "tumor core": {"primary": "T1ce", "outputs": ["tumor core", "enhancing tumor"]}}},
     description="BraTS multimodal MRI, region training (nnU-Net labels: 1 edema, 2 NCR/NETC, 3 ET)",
+    reference="https://www.synapse.org/brats",
+    license="see the BraTS data terms of use",
+)
+# post-treatment glioma (BraTS 2024+): label files keep the BraTS values; regions as the official evaluation
+SPEC_POST_TREATMENT = DatasetSpec(
+    channel_names=SPEC.channel_names,
+    labels={"background": 0, "whole tumor": (1, 2, 3), "tumor core": (1, 3), "enhancing tumor": (3,),
+            RESECTION_CAVITY: (4,)},
+    regions_class_order=(2, 1, 3, 4),
+    ciml={"subtasks": {"whole tumor": {"primary": "FLAIR", "outputs": ["whole tumor"]},
+                       "tumor core": {"primary": "T1ce", "outputs": ["tumor core", "enhancing tumor"]},
+                       RESECTION_CAVITY: {"primary": "T2", "outputs": [RESECTION_CAVITY]}}},
+    description="BraTS 2024+ post-treatment glioma MRI, region training (labels: 1 NETC, 2 SNFH, 3 ET, 4 RC)",
     reference="https://www.synapse.org/brats",
     license="see the BraTS data terms of use",
 )
@@ -88,8 +118,9 @@ def discover(sources: Sequence[Path]) -> List[CaseCandidate]:
     return candidates
 
 
-def convert_case(case: SourceCase, out: Path) -> List[str]:
-    """Copy the four channels, convert the label to nnU-Net's BraTS labels. Shapes: all (X, Y, Z) on one grid."""
+def convert_case(case: SourceCase, out: Path, labels: str = "auto") -> List[str]:
+    """Copy the four channels, convert the label (``labels``: ``auto`` -> nnU-Net's BraTS labels,
+    ``brats2024`` -> BraTS 2024 labels). Shapes: all (X, Y, Z) on one grid."""
     images = [read_image(p, case.case_id) for p in case.images]
     files = list(case.images)
     if case.label is not None:
@@ -102,9 +133,23 @@ def convert_case(case: SourceCase, out: Path) -> List[str]:
         copy_image(src, img, image_file(out / sub, case.case_id, c))
     if case.label is not None:
         array = sitk.GetArrayViewFromImage(label)
+        dst = out / "labelsTr" / f"{case.case_id}{FILE_ENDING}"
+        if labels == BRATS2024:
+            convention = BRATS2020 if case.convention == BRATS2020 else BRATS2024
+            check_label_values(case.case_id, case.label, array, _BRATS_LABELS[convention], _LABEL_MEANING[convention])
+            values = np.asarray(array).astype(np.uint8)
+            if convention == BRATS2020:
+                values = np.where(values == 4, 3, values).astype(np.uint8)
+            converted = sitk.GetImageFromArray(values)
+            converted.CopyInformation(label)
+            sitk.WriteImage(converted, str(dst), True)
+            return []
+        if case.convention == BRATS2023 and np.any(np.asarray(array) == 4):
+            raise ConversionError(f"case '{case.case_id}': label file '{case.label}' contains 4, the BraTS 2024 "
+                                  "post-treatment resection cavity; convert post-treatment data with --labels "
+                                  "brats2024 (labels=\"brats2024\")")
         check_label_values(case.case_id, case.label, array, _BRATS_LABELS[case.convention],
                            _LABEL_MEANING[case.convention])
-        dst = out / "labelsTr" / f"{case.case_id}{FILE_ENDING}"
         if case.convention == BRATS2020:
             copy_BraTS_segmentation_and_convert_labels_to_nnUNet(str(case.label), str(dst))
         else:
@@ -114,7 +159,9 @@ def convert_case(case: SourceCase, out: Path) -> List[str]:
     return []
 
 
-def default_name(sources: Sequence[Path]) -> str:
+def default_name(sources: Sequence[Path], labels: str = "auto") -> str:
+    if labels == BRATS2024:
+        return "BraTS2024"
     cases, _ = resolve_candidates(discover(check_sources(sources)))
     conventions = {c.convention for c in cases}
     return "BraTS2023" if conventions == {BRATS2023} else "BraTS2020" if conventions == {BRATS2020} else "BraTS"
@@ -122,11 +169,18 @@ def default_name(sources: Sequence[Path]) -> str:
 
 def convert_brats(sources: Sequence[Path], dataset_id: int, name: Optional[str] = None,
                   num_processes: Optional[int] = None, overwrite: bool = False,
-                  skip_incomplete: bool = False) -> ConversionReport:
-    """Convert BraTS folders into ``$nnUNet_raw/DatasetXXX_NAME`` (NAME defaults to BraTS2020/BraTS2023)."""
+                  skip_incomplete: bool = False, labels: str = "auto") -> ConversionReport:
+    """Convert BraTS folders into ``$nnUNet_raw/DatasetXXX_NAME`` (NAME defaults to BraTS2020/2023/2024).
+
+    ``labels``: ``auto`` (2020 or 2023 label sets, from the file naming) or ``brats2024`` (post-treatment
+    glioma with resection cavity; see the module docstring).
+    """
+    if labels not in ("auto", BRATS2024):
+        raise ConversionError(f"labels must be 'auto' or '{BRATS2024}', got '{labels}'")
     sources = [Path(s) for s in sources]
-    return convert_dataset("BraTS", sources, discover, convert_case, SPEC, dataset_id,
-                           name or default_name(sources), num_processes, overwrite, skip_incomplete)
+    spec = SPEC_POST_TREATMENT if labels == BRATS2024 else SPEC
+    return convert_dataset("BraTS", sources, discover, partial(convert_case, labels=labels), spec, dataset_id,
+                           name or default_name(sources, labels), num_processes, overwrite, skip_incomplete)
 
 
 # ----------------------------------------------------------------------------------------------- export
@@ -158,8 +212,14 @@ def _export_case(job: tuple) -> List[str]:
             raise ConversionError(f"case '{case_id}': prediction '{pred_file}' is not on the grid of '{ref_file}' "
                                   f"({Grid.of(pred).differences(ref_grid)})")
     array = sitk.GetArrayFromImage(pred)
-    check_label_values(case_id, pred_file, array, (0, 1, 2, 3), "nnU-Net BraTS labels: 1 edema, 2 NCR, 3 ET")
-    out = sitk.GetImageFromArray(nnunet_to_brats_labels(array, convention))
+    if convention == BRATS2024:  # a post-treatment dataset predicts BraTS 2024 labels directly
+        check_label_values(case_id, pred_file, array, _BRATS_LABELS[BRATS2024], _LABEL_MEANING[BRATS2024])
+        brats = array.astype(np.uint8)
+    else:
+        check_label_values(case_id, pred_file, array, (0, 1, 2, 3), "nnU-Net BraTS labels: 1 edema, 2 NCR, 3 ET; "
+                           "predictions of a post-treatment dataset need --labels brats2024")
+        brats = nnunet_to_brats_labels(array, convention)
+    out = sitk.GetImageFromArray(brats)
     out.CopyInformation(pred)
     dst.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(out, str(dst), True)
@@ -168,14 +228,23 @@ def _export_case(job: tuple) -> List[str]:
 
 def export_brats(pred_dir: Path, out_dir: Path, labels: str = "auto", source: Optional[Sequence[Path]] = None,
                  num_processes: Optional[int] = None, overwrite: bool = False) -> ExportReport:
-    """nnU-Net predictions -> ``out_dir/CASE.nii.gz`` with BraTS labels (``labels``: auto, brats2020, brats2023).
+    """nnU-Net predictions -> ``out_dir/CASE.nii.gz`` with BraTS labels (``labels``: auto, brats2020, brats2023,
+    brats2024).
 
     With ``source`` (the BraTS folders the cases came from), every prediction must match a source
-    case and lie on its grid, and ``auto`` uses the case's naming convention.
+    case and lie on its grid, and ``auto`` uses the case's naming convention. A ``dataset.json`` in
+    ``pred_dir`` (``nnUNetv2_predict`` writes one) with a resection cavity label means a post-treatment
+    dataset: ``auto`` becomes ``brats2024`` and the 2020/2023 label sets are refused.
     """
-    if labels not in ("auto", BRATS2020, BRATS2023):
-        raise ConversionError(f"labels must be 'auto', '{BRATS2020}' or '{BRATS2023}', got '{labels}'")
+    if labels not in ("auto", BRATS2020, BRATS2023, BRATS2024):
+        raise ConversionError(f"labels must be 'auto', '{BRATS2020}', '{BRATS2023}' or '{BRATS2024}', got '{labels}'")
     from .grid import header_grid
+
+    if _is_post_treatment_prediction(Path(pred_dir)):
+        if labels in (BRATS2020, BRATS2023):
+            raise ConversionError(f"'{Path(pred_dir) / 'dataset.json'}' has a '{RESECTION_CAVITY}' label: these are "
+                                  f"predictions of a post-treatment dataset; export them with --labels {BRATS2024}")
+        labels = BRATS2024
 
     sources = check_sources(source) if source else []
     known = {c.case_id: c for c in resolve_candidates(discover(sources))[0]} if sources else {}
@@ -202,5 +271,16 @@ def export_brats(pred_dir: Path, out_dir: Path, labels: str = "auto", source: Op
                               num_processes, overwrite)
 
 
+def _is_post_treatment_prediction(pred_dir: Path) -> bool:
+    """True if ``pred_dir/dataset.json`` (written by ``nnUNetv2_predict``) has a resection cavity label."""
+    dataset_json = pred_dir / "dataset.json"
+    if not dataset_json.is_file():
+        return False
+    try:
+        return RESECTION_CAVITY in json.loads(dataset_json.read_text()).get("labels", {})
+    except (ValueError, AttributeError) as e:
+        raise ConversionError(f"'{dataset_json}' is not a readable dataset.json: {e}") from None
+
+
 __all__ = ["convert_brats", "export_brats", "discover", "convert_case", "nnunet_to_brats_labels", "SPEC",
-           "BRATS2020", "BRATS2023"]
+           "SPEC_POST_TREATMENT", "BRATS2020", "BRATS2023", "BRATS2024"]

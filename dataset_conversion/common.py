@@ -32,13 +32,15 @@ import SimpleITK as sitk
 
 from nnunetv2_ciml.progress import Progress
 
+from nnunetv2_ciml.errors import CIMLError
+
 from .grid import Grid
 
 FILE_ENDING = ".nii.gz"
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
-class ConversionError(RuntimeError):
+class ConversionError(CIMLError, RuntimeError):
     """Bad input or refused output. The message names the case, the file and what is wrong."""
 
 
@@ -103,12 +105,15 @@ class ExportReport:
 # ----------------------------------------------------------------------------------------------- files
 
 
-def read_image(path: Path, case_id: str) -> sitk.Image:
-    """Read a 3D image; any failure becomes a ConversionError naming the case and the file."""
+def read_image(path: Path, case_id: str, role: str = "image") -> sitk.Image:
+    """Read a 3D image through :mod:`nnunetv2_ciml.image_io` (complete gzip stream, finite voxels); any
+    failure becomes a ConversionError naming the case and the file."""
+    from nnunetv2_ciml.image_io import ImageFileError, read_image as read_checked
+
     try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise ConversionError(f"case '{case_id}': cannot read '{path}': {_first_line(e)}") from None
+        image = read_checked(path, case_id, role)
+    except ImageFileError as e:
+        raise ConversionError(str(e)) from None
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise ConversionError(f"case '{case_id}': '{path}' is not a 3D single-channel image "
                               f"({image.GetDimension()}D, {image.GetNumberOfComponentsPerPixel()} components)")

@@ -18,7 +18,7 @@ Interpolated images are clipped to the input's intensity range (no B-spline over
 negative SUV). Label voxels outside the common field of view are dropped and reported as warnings.
 
 nnU-Net dataset: channel 0 ``CT`` (nnU-Net's CT normalisation), channel 1 ``PET`` (per-image z-score);
-labels background 0, GTVp 1, GTVn 2. CIML default (DESIGN §4): CT owns GTVp, PET owns GTVn. The background
+labels background 0, GTVp 1, GTVn 2. CIML default: CT owns GTVp, PET owns GTVn. The background
 logit goes to the GTVp subtask: the primary tumour is the larger target in HECKTOR, and it is the
 decomposition's rule for softmax tasks (background to the subtask owning the largest foreground class).
 

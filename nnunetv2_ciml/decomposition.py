@@ -17,7 +17,7 @@ be listed in one subtask's outputs; if it is not, it goes to the subtask owning 
 with the most voxels in the training labels (or, without counts, to the first subtask).
 Names are matched case-insensitively.
 
-Without a block, :func:`default_subtasks` assigns outputs by name (DESIGN §4: FLAIR owns whole
+Without a block, :func:`default_subtasks` assigns outputs by name (FLAIR owns whole
 tumor/edema, T1ce owns tumor core, enhancing tumor and necrosis, PET owns lesions and GTVn, CT owns
 GTVp). If any foreground output cannot be assigned that way, the fallback is one subtask owning every
 output with channel 0 as its primary (every other channel then only sends messages).
@@ -29,10 +29,12 @@ from dataclasses import dataclass
 import os
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from nnunetv2_ciml.errors import CIMLError
+
 BACKGROUND = "background"
 
 
-class DecompositionError(ValueError):
+class DecompositionError(CIMLError, ValueError):
     """The ``ciml`` block (or the dataset) does not describe a valid decomposition."""
 
 
@@ -143,7 +145,7 @@ def default_subtasks(dataset_json: Mapping) -> Tuple[Dict[str, dict], str]:
         subtasks: Dict[str, dict] = {}
         for o in outs:  # one subtask per primary modality, named after it
             subtasks.setdefault(owner[o], {"primary": owner[o], "outputs": []})["outputs"].append(o)
-        return subtasks, "defaults from modality and label names (DESIGN §4)"
+        return subtasks, "defaults from modality and label names"
     unmatched = [o for o in outs if o not in owner]
     return ({mods[0]: {"primary": mods[0], "outputs": list(outs)}},
             f"fallback: one subtask with primary '{mods[0]}' (channel 0); no name rule for {unmatched or 'a single modality'}; "
@@ -222,13 +224,14 @@ def resolve_decomposition(dataset_json: Mapping, num_input_channels: Optional[in
 def count_label_voxels(label_folder: str, file_ending: str, max_files: int = 50) -> Dict[int, int]:
     """Voxels per label value over (an evenly spaced sample of at most ``max_files``) label files."""
     import numpy as np
-    import SimpleITK as sitk
+
+    from nnunetv2_ciml.image_io import read_image_array
 
     files = sorted(f for f in os.listdir(label_folder) if f.endswith(file_ending))
     files = files[::max(1, -(-len(files) // max_files))]
     counts: Dict[int, int] = {}
     for f in files:
-        values, n = np.unique(sitk.GetArrayViewFromImage(sitk.ReadImage(os.path.join(label_folder, f))),
+        values, n = np.unique(read_image_array(os.path.join(label_folder, f), f[:-len(file_ending)], "label"),
                               return_counts=True)
         for v, c in zip(values.tolist(), n.tolist()):
             counts[int(v)] = counts.get(int(v), 0) + int(c)

@@ -13,13 +13,16 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from nnunetv2_ciml.errors import CIMLError
+from nnunetv2_ciml.image_io import ImageFileError, verify_image_file
+
 __all__ = ["CaseError", "find_case_files", "read_case", "zero_missing_channels", "predict_case", "is_ciml"]
 
 SPACING_ATOL_MM = 1e-3
 DIRECTION_ATOL = 1e-4
 
 
-class CaseError(ValueError):
+class CaseError(CIMLError, ValueError):
     """One case cannot be used (no modality at all, an unreadable file, files of different geometry)."""
 
 
@@ -60,7 +63,8 @@ def _geometry(properties: dict) -> Tuple[np.ndarray, Optional[np.ndarray], Optio
 
 def read_case(reader, case: str, files: Dict[int, str], num_modalities: int,
               modality_names: Optional[Sequence[str]] = None) -> Tuple[np.ndarray, dict, np.ndarray]:
-    """Read the existing channel files of one case with nnU-Net's ``reader`` (an image reader/writer instance).
+    """Read the existing channel files of one case with nnU-Net's ``reader`` (an image reader/writer instance),
+    each first checked by :func:`nnunetv2_ciml.image_io.verify_image_file` (readable, complete, finite).
 
     Returns ``image`` ``(num_modalities, *spatial)`` float32 (missing channels 0), the properties of the first
     existing file and ``present`` ``(num_modalities,)`` bool. Raises :class:`CaseError` naming the case and the
@@ -73,6 +77,10 @@ def read_case(reader, case: str, files: Dict[int, str], num_modalities: int,
     arrays: Dict[int, np.ndarray] = {}
     first_properties, first_file = None, None
     for channel, path in sorted(files.items()):
+        try:  # the package's checked reading path first: truncated files, NaN/Inf voxels
+            verify_image_file(path, case, f"channel {channel} ({names[channel]})")
+        except ImageFileError as e:
+            raise CaseError(str(e)) from None
         try:
             array, properties = reader.read_images([path])
         except Exception as e:  # nnU-Net's readers raise whatever their backend raises
@@ -113,9 +121,8 @@ def zero_missing_channels(data: np.ndarray, present: np.ndarray) -> np.ndarray:
 
 
 def is_ciml(network: torch.nn.Module) -> bool:
-    from nnunetv2_ciml.network import CIMLUNet
-    module = getattr(network, "module", network)
-    return isinstance(getattr(module, "_orig_mod", module), CIMLUNet)
+    from nnunetv2_ciml.network import CIMLUNet, unwrap
+    return isinstance(unwrap(network), CIMLUNet)
 
 
 def predict_case(predictor, image: np.ndarray, properties: dict, present: np.ndarray,

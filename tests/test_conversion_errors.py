@@ -71,7 +71,7 @@ def test_missing_label_in_a_labelled_folder_is_an_error(source, nnunet_env):
 def test_unreadable_file_names_case_and_file(source, nnunet_env):
     bad = source / "BraTS20_Training_001" / "BraTS20_Training_001_t2.nii.gz"
     bad.write_bytes(b"\x1f\x8b truncated")
-    with pytest.raises(ConversionError, match=rf"case 'BraTS20_Training_001': cannot read '{bad}'[\s\S]*nothing was "
+    with pytest.raises(ConversionError, match=rf"case 'BraTS20_Training_001': image file '{bad}' cannot be read[\s\S]*nothing was "
                                               r"written; use --skip-incomplete"):
         convert_brats([source], 11, num_processes=1)
     assert not (nnunet_env / "Dataset011_BraTS2020").exists()
@@ -107,7 +107,7 @@ def test_refuses_to_overwrite_and_keeps_the_old_dataset_if_overwriting_fails(sou
     with pytest.raises(ConversionError, match="already exists; use --overwrite"):
         convert_brats([source], 14, num_processes=1)
     (source / "BraTS20_Training_001" / "BraTS20_Training_001_t1.nii.gz").write_bytes(b"garbage")
-    with pytest.raises(ConversionError, match="cannot read"):
+    with pytest.raises(ConversionError, match="cannot be read"):
         convert_brats([source], 14, num_processes=1, overwrite=True)
     assert tree_digest(ds) == digest
     assert sorted(p.name for p in nnunet_env.iterdir()) == ["Dataset014_BraTS2020"]

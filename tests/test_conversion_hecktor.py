@@ -187,7 +187,7 @@ def test_missing_pet_and_unreadable_label_are_named(hecktor_source, nnunet_env):
     assert report.training_cases == [] and report.test_cases == ["MDA-100"]
     skipped = dict(report.skipped)
     assert "CHUM-001__PT.nii.gz" in skipped["CHUM-001"]
-    assert "cannot read" in skipped["CHUS-002"] and "labelsTr/CHUS-002.nii.gz" in skipped["CHUS-002"]
+    assert "cannot be read" in skipped["CHUS-002"] and "labelsTr/CHUS-002.nii.gz" in skipped["CHUS-002"]
     assert not list((nnunet_env / "Dataset502_HECKTOR2022" / "imagesTr").iterdir())
 
 

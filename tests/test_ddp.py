@@ -11,9 +11,8 @@ from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunetv2_ciml.training.loss import KLRegularizedLoss
-from nnunetv2_ciml.network import modalities_present
+from nnunetv2_ciml.network import modalities_present, unwrap
 from nnunetv2_ciml.training.modality_dropout import sample_present_modalities
-from nnunetv2_ciml.training.trainers import unwrap
 from test_network import REGIONS, build
 
 

@@ -5,6 +5,7 @@ is planned, preprocessed and trained by nnU-Net (``nnUNetTrainerCIML_CPUtest``) 
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from helpers import tree_digest
 from synthetic import make_dataset, shrink_plans
 
 TRAINER = "nnUNetTrainerCIML_CPUtest"
@@ -367,3 +369,85 @@ def test_a_missing_modality_file_sends_nothing(trained, predictor):
     assert not result.maps[("FLAIR", "T1ce")].any() and result.maps[("T2", "T1ce")].max() > 0
     assert result.shares["T1ce"] == {"T2": 1.0, "FLAIR": 0.0}
     assert set(result.predicted) == {"FLAIR", "T1ce"} and result.segmentation.shape == (1, 32, 32)
+
+
+def _bad_second_case(folder: Path, files, fault: str) -> Path:
+    """Copy case_005 as case_a (good) and case_b with one fault in its T2 channel (or without FLAIR)."""
+    folder.mkdir()
+    for case in ("case_a", "case_b"):
+        for c, f in enumerate(files):
+            shutil.copy(f, folder / f"{case}_{c:04d}.nii.gz")
+    bad = folder / "case_b_0001.nii.gz"
+    if fault == "missing":
+        (folder / "case_b_0002.nii.gz").unlink()
+        return folder / "case_b_0002.nii.gz"
+    image = sitk.ReadImage(str(bad))
+    array = sitk.GetArrayFromImage(image)
+    if fault == "shape":
+        array = array[:, :-2]
+    elif fault == "nan":
+        array[0, 3, 4] = np.nan
+    out = sitk.GetImageFromArray(array)
+    out.SetSpacing(image.GetSpacing())
+    out.SetOrigin(image.GetOrigin())
+    sitk.WriteImage(out, str(bad))
+    if fault == "truncated":
+        bad.write_bytes(bad.read_bytes()[:-40])
+    return bad
+
+
+@pytest.mark.parametrize("fault, problem", [
+    ("shape", r"has size \(x, y, z\) \(32, 30, 1\) but '.*case_b_0000\.nii\.gz' has \(32, 32, 1\): the channels of a "
+              r"case must lie on one voxel grid"),
+    ("nan", r"channel 1 \(T2\) file '.*case_b_0001\.nii\.gz' holds non-finite voxel values \(1 NaN"),
+    ("truncated", r"channel 1 \(T2\) file '.*case_b_0001\.nii\.gz' cannot be read: the file is truncated"),
+])
+def test_a_bad_second_case_stops_explain_before_anything_is_computed(trained, tmp_path, capsys, fault, problem):
+    """Before: case_a's maps were written, then a shape mismatch in case_b stopped explain with an empty
+    reason and no explain.json; a NaN channel was explained as zeros. (A missing channel file is a missing
+    modality, explained without it: test_a_missing_modality_file_sends_nothing.) Now every case is checked first: exit 1, one message naming case_b and the file, nothing written."""
+    from nnunetv2_ciml import cli
+
+    _, raw, model = trained
+    inputs = tmp_path / "in"
+    bad = _bad_second_case(inputs, _case_files(raw), fault)
+    digest = tree_digest(inputs)
+    code = cli.main(["explain", "-m", str(model), "-f", "0", "-i", str(inputs), "-o", str(tmp_path / "out"),
+                     "-device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert re.match(rf"nnunetv2_ciml explain: error: case 'case_b'.*{problem}", err), err
+    assert bad.name in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    assert tree_digest(inputs) == digest
+
+
+def test_an_empty_input_folder_stops_explain(trained, tmp_path, capsys):
+    from nnunetv2_ciml import cli
+
+    _, _, model = trained
+    (tmp_path / "empty").mkdir()
+    code = cli.main(["explain", "-m", str(model), "-f", "0", "-i", str(tmp_path / "empty"), "-o",
+                     str(tmp_path / "out"), "-device", "cpu"])
+    assert code == 1
+    assert f"error: no cases in '{tmp_path / 'empty'}'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_demo_prediction_names_case_and_files(trained, predictor, tmp_path):
+    """Our own prediction path (the demo's): a case with one channel file too few reaches nnU-Net's predictor
+    and the network; the error names the case and its files instead of a bare convolution traceback. A NaN
+    channel is refused before nnU-Net reads it (nnU-Net's SimpleITK reader would see zeros)."""
+    from nnunetv2_ciml.demo.pipeline import DemoError, _predict_case
+    from nnunetv2_ciml.image_io import ImageFileError
+
+    _, raw, _ = trained
+    files = [str(f) for f in _case_files(raw)]
+    with pytest.raises(DemoError, match=rf"case 'case_005' \({re.escape(files[0])}, {re.escape(files[1])}\): "
+                                        r"nnU-Net's prediction failed"):
+        _predict_case(predictor, "case_005", files[:2], tmp_path)
+    inputs = tmp_path / "in"
+    bad = _bad_second_case(inputs, _case_files(raw), "nan")
+    with pytest.raises(ImageFileError, match=rf"case 'case_b': channel 1 file '{re.escape(str(bad))}' holds non-finite"):
+        _predict_case(predictor, "case_b", [str(inputs / f"case_b_{c:04d}.nii.gz") for c in range(3)], tmp_path)
+    assert not list(tmp_path.glob("case_*.nii.gz"))

@@ -83,7 +83,7 @@ def test_missing_files_bad_cases_and_modalities_json(trained, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1
     assert "case 'case_000'" in err and "case_000_0002.nii.gz" in err and "spacing" in err
-    assert "case 'case_001'" in err and "case_001_0000.nii.gz" in err and "cannot be read" in err
+    assert "case 'case_001': channel 0 (T1ce) file" in err and "case_001_0000.nii.gz" in err
     assert "case 'case_006' has no modality file" in err
     record = json.loads((out / "modalities.json").read_text())
     assert record["network_told"] is True and record["modalities"] == ["T1ce", "T2", "FLAIR"]

@@ -1,6 +1,5 @@
 """Console progress: nnU-Net's logger -> epochs.jsonl -> one line per epoch; heartbeats; plain progress lines."""
 import io
-import json
 import sys
 
 import pytest

@@ -1,12 +1,12 @@
 """``nnunetv2_ciml convert {brats,autopet,hecktor} SRC [SRC ...] -d ID``: a challenge download into an nnU-Net raw dataset."""
 import argparse
-import sys
 
 HELP = "Convert a BraTS, autoPET or HECKTOR 2022 download into $nnUNet_raw/DatasetXXX_NAME (with a CIML block)."
 
 _DATASETS = {
     "brats": ("BraTS 2020/2021 (CASE_t1/_t1ce/_t2/_flair/_seg) or 2023+ (CASE-t1n/-t1c/-t2w/-t2f/-seg) folders; "
-              "region training WT/TC/ET; default name BraTS2020 or BraTS2023"),
+              "region training WT/TC/ET (+ resection cavity with --labels brats2024); default name BraTS2020, "
+              "BraTS2023 or BraTS2024"),
     "autopet": "autoPET FDG-PET-CT-Lesions NIfTI folders (PATIENT/STUDY/CTres,SUV,SEG); default name autoPET",
     "hecktor": ("HECKTOR 2022 folders (CASE__CT, CASE__PT, labels CASE.nii.gz); CT and PET resampled onto one grid; "
                 "default name HECKTOR2022"),
@@ -28,6 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--skip-incomplete", action="store_true",
                        help="skip cases with missing, unreadable or inconsistent files and list them, instead of "
                             "stopping at the first")
+        if name == "brats":
+            p.add_argument("--labels", choices=("auto", "brats2024"), default="auto",
+                           help="auto: BraTS 2020 or 2023 label sets from the file naming; brats2024: post-treatment "
+                                "glioma (1 NETC, 2 SNFH, 3 ET, 4 resection cavity), regions WT/TC/ET/RC")
         if name == "hecktor":
             p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), default=None,
                            help="spacing (mm) of the common CT/PET grid; default: each case's CT voxels, cropped to "
@@ -35,22 +39,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from nnunetv2_ciml.dataset_conversion.common import ConversionError
-
+    # errors (ConversionError) are reported by nnunetv2_ciml.cli
     kwargs = dict(name=args.name, num_processes=args.num_processes, overwrite=args.overwrite,
                   skip_incomplete=args.skip_incomplete)
-    try:
-        if args.dataset == "brats":
-            from nnunetv2_ciml.dataset_conversion.brats import convert_brats
-            report = convert_brats(args.source, args.dataset_id, **kwargs)
-        elif args.dataset == "autopet":
-            from nnunetv2_ciml.dataset_conversion.autopet import convert_autopet
-            report = convert_autopet(args.source, args.dataset_id, **kwargs)
-        else:
-            from nnunetv2_ciml.dataset_conversion.hecktor import convert_hecktor
-            report = convert_hecktor(args.source, args.dataset_id, spacing=args.spacing, **kwargs)
-    except ConversionError as e:
-        print(f"nnunetv2_ciml convert {args.dataset}: error: {e}", file=sys.stderr)
-        return 1
+    if args.dataset == "brats":
+        from nnunetv2_ciml.dataset_conversion.brats import convert_brats
+        report = convert_brats(args.source, args.dataset_id, labels=args.labels, **kwargs)
+    elif args.dataset == "autopet":
+        from nnunetv2_ciml.dataset_conversion.autopet import convert_autopet
+        report = convert_autopet(args.source, args.dataset_id, **kwargs)
+    else:
+        from nnunetv2_ciml.dataset_conversion.hecktor import convert_hecktor
+        report = convert_hecktor(args.source, args.dataset_id, spacing=args.spacing, **kwargs)
     print(report.summary())
     return 0

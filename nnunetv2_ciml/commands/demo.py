@@ -3,7 +3,6 @@
 Thin glue over :func:`nnunetv2_ciml.demo.pipeline.run_demo`; stages, settings and claims are documented there.
 """
 import argparse
-import sys
 
 HELP = ("Run the ShapeComposition demonstration: data, nnU-Net planning, training of nnU-Net, CIML and "
         "CIML without messages, evaluation, Grad-CAM explanation; writes report.md, results.json, figures.")
@@ -25,12 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from nnunetv2_ciml.demo.nnunet_steps import StepError
-    from nnunetv2_ciml.demo.pipeline import DemoError, run_demo
+    from nnunetv2_ciml.demo.pipeline import run_demo  # its DemoError/StepError are reported by nnunetv2_ciml.cli
 
-    try:
-        run_demo(args.out, device=args.device, quick=args.quick, overwrite=args.overwrite, verbose=not args.quiet)
-    except (DemoError, StepError) as e:
-        print(f"nnunetv2_ciml demo: error: {e}", file=sys.stderr)
-        return 1
+    run_demo(args.out, device=args.device, quick=args.quick, overwrite=args.overwrite, verbose=not args.quiet)
     return 0

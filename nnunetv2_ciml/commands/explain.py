@@ -4,7 +4,6 @@ Thin glue over :func:`nnunetv2_ciml.interpretability.explain_folder`; the method
 documented in :mod:`nnunetv2_ciml.interpretability.explain`.
 """
 import argparse
-import sys
 
 HELP = ("Grad-CAM maps of what each modality's messages contributed to each subtask of a CIML model: "
         "NIfTI maps in the input's geometry, overlay PNGs, explain.json with each sender's share.")
@@ -35,15 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from nnunetv2_ciml.interpretability import ExplainError, explain_folder
+    from nnunetv2_ciml.interpretability import explain_folder  # its ExplainError is reported by nnunetv2_ciml.cli
 
-    try:
-        summary = explain_folder(args.m, args.f, args.i, args.o, subtasks=args.subtask, senders=args.sender,
-                                 device=args.device, checkpoint_name=args.chk, tile_step_size=args.step_size,
-                                 use_mirroring=not args.disable_tta)
-    except ExplainError as e:
-        print(f"nnunetv2_ciml explain: error: {e}", file=sys.stderr)
-        return 1
+    summary = explain_folder(args.m, args.f, args.i, args.o, subtasks=args.subtask, senders=args.sender,
+                             device=args.device, checkpoint_name=args.chk, tile_step_size=args.step_size,
+                             use_mirroring=not args.disable_tta)
     print(f"Explained {len(summary['cases'])} case(s) into {args.o}; mean share of each sender per subtask:")
     for subtask, shares in summary["mean_share"].items():
         listed = ", ".join(f"{s} {v:.2f}" if v is not None else f"{s} n/a (nothing predicted)"

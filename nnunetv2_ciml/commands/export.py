@@ -5,7 +5,8 @@ import sys
 HELP = "Turn nnU-Net predictions of a converted BraTS, autoPET or HECKTOR dataset into the challenge's submission files."
 
 _DATASETS = {
-    "brats": "BraTS labels (1/2/4, or 1/2/3 with --labels brats2023) as OUT_DIR/CASE.nii.gz, geometry unchanged",
+    "brats": ("BraTS labels (1/2/4, 1/2/3 with --labels brats2023, 1/2/3/4 with brats2024) as OUT_DIR/CASE.nii.gz, "
+              "geometry unchanged"),
     "autopet": "binary masks OUT_DIR/PATIENT/STUDY/PRED.nii.gz on each study's SUV grid (needs --source)",
     "hecktor": "labels 0/1/2 as OUT_DIR/CASE.nii.gz on each case's original CT grid (needs --source)",
 }
@@ -23,30 +24,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             + (" (optional: checks each prediction's grid and picks the label set)"
                                if name == "brats" else ""))
         if name == "brats":
-            p.add_argument("--labels", choices=("auto", "brats2020", "brats2023"), default="auto",
+            p.add_argument("--labels", choices=("auto", "brats2020", "brats2023", "brats2024"), default="auto",
                            help="BraTS label set: brats2020 (1 NCR/NET, 2 edema, 4 ET), brats2023 (1 NETC, 2 SNFH, "
-                                "3 ET); auto: from --source naming, else from the case names (BraTS-...: 2023)")
+                                "3 ET), brats2024 (2023 plus 4 resection cavity: predictions of a dataset converted "
+                                "with --labels brats2024); auto: brats2024 if PRED_DIR/dataset.json has a resection "
+                                "cavity, else from --source naming, else from the case names (BraTS-...: 2023)")
+        if name != "autopet":
+            p.add_argument("--zip", metavar="FILE.zip", default=None,
+                           help="also write the upload archive: a flat zip of the exported CASE.nii.gz files; refused "
+                                "if a case of --source has no prediction")
+            p.add_argument("--allow-missing", action="store_true",
+                           help="with --zip: archive even if cases of the source have no prediction (or without "
+                                "--source)")
         p.add_argument("-np", dest="num_processes", type=int, default=None,
                        help="worker processes (default: nnU-Net's default, env nnUNet_def_n_proc)")
         p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
 def main(args: argparse.Namespace) -> int:
-    from nnunetv2_ciml.dataset_conversion.common import ConversionError
-
+    # errors (ConversionError) are reported by nnunetv2_ciml.cli
     kwargs = dict(num_processes=args.num_processes, overwrite=args.overwrite)
-    try:
-        if args.dataset == "brats":
-            from nnunetv2_ciml.dataset_conversion.brats import export_brats
-            report = export_brats(args.pred_dir, args.out_dir, labels=args.labels, source=args.source, **kwargs)
-        elif args.dataset == "autopet":
-            from nnunetv2_ciml.dataset_conversion.autopet import export_autopet
-            report = export_autopet(args.pred_dir, args.out_dir, source=args.source, **kwargs)
-        else:
-            from nnunetv2_ciml.dataset_conversion.hecktor import export_hecktor
-            report = export_hecktor(args.pred_dir, args.out_dir, source=args.source, **kwargs)
-    except ConversionError as e:
-        print(f"nnunetv2_ciml export {args.dataset}: error: {e}", file=sys.stderr)
-        return 1
+    zip_file = getattr(args, "zip", None)
+    if getattr(args, "allow_missing", False) and zip_file is None:
+        print(f"nnunetv2_ciml export {args.dataset}: error: --allow-missing applies to --zip only", file=sys.stderr)
+        return 2
+    if zip_file is not None:
+        from nnunetv2_ciml.dataset_conversion.submission import check_complete
+        missing = check_complete(_source_cases(args.dataset, args.source), args.pred_dir, args.allow_missing)
+    if args.dataset == "brats":
+        from nnunetv2_ciml.dataset_conversion.brats import export_brats
+        report = export_brats(args.pred_dir, args.out_dir, labels=args.labels, source=args.source, **kwargs)
+    elif args.dataset == "autopet":
+        from nnunetv2_ciml.dataset_conversion.autopet import export_autopet
+        report = export_autopet(args.pred_dir, args.out_dir, source=args.source, **kwargs)
+    else:
+        from nnunetv2_ciml.dataset_conversion.hecktor import export_hecktor
+        report = export_hecktor(args.pred_dir, args.out_dir, source=args.source, **kwargs)
+    if zip_file is not None:
+        from nnunetv2_ciml.dataset_conversion.submission import write_zip
+        write_zip(report.written, zip_file, overwrite=args.overwrite)
     print(report.summary())
+    if zip_file is not None:
+        print(f"Archive: {zip_file} ({len(report.written)} cases"
+              + (f"; {len(missing)} case(s) of the source without prediction: {', '.join(missing[:5])}"
+                 if missing else "") + ")")
     return 0
+
+
+def _source_cases(dataset: str, source):
+    """Case identifiers of the source folders (None without --source)."""
+    if not source:
+        return None
+    from nnunetv2_ciml.dataset_conversion.common import check_sources, resolve_candidates, rglob_files
+    sources = check_sources(source)
+    if dataset == "brats":
+        from nnunetv2_ciml.dataset_conversion.brats import discover
+        return [c.case_id for c in resolve_candidates(discover(sources))[0]]
+    from nnunetv2_ciml.dataset_conversion.hecktor import CT_SUFFIX
+    return [p.name[:-len(CT_SUFFIX)] for p in rglob_files(sources, "*" + CT_SUFFIX)]

@@ -22,12 +22,14 @@ import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence, TextIO
 
+from nnunetv2_ciml.errors import CIMLError
+
 __all__ = ["StepError", "run_step", "plan_and_preprocess", "train", "format_epoch"]
 
 HEARTBEAT_SECONDS = 25.0
 
 
-class StepError(RuntimeError):
+class StepError(CIMLError, RuntimeError):
     """An nnU-Net step exited with an error."""
 
 

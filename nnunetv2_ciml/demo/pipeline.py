@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 from nnunetv2_ciml.progress import format_duration
+from nnunetv2_ciml.errors import CIMLError
 
 __all__ = ["DemoSettings", "DEFAULT_SETTINGS", "QUICK_SETTINGS", "DemoError", "run_demo", "narrow_plans",
            "nnunet_environment", "claims", "DATASET_ID", "DATASET_NAME", "CONFIGURATION", "FOLD", "PLANS",
@@ -80,7 +81,7 @@ SHARE_FACTOR = 2.0
 MARKER = "nnunetv2_ciml_demo.json"  # written first; marks a folder as the demo's (for overwrite)
 
 
-class DemoError(RuntimeError):
+class DemoError(CIMLError, RuntimeError):
     """The demonstration cannot run (output folder, device) or one of its stages failed."""
 
 
@@ -230,8 +231,8 @@ def _test_cases(raw: Path, file_ending: str, num_modalities: int) -> Dict[str, L
 
 
 def _read(path: Path):
-    import SimpleITK as sitk
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    from nnunetv2_ciml.image_io import read_image_array
+    return read_image_array(path)
 
 
 def _predict(model_folder: Path, cases: Dict[str, List[str]], out_dir: Path, device: str, log_file: Path,
@@ -255,9 +256,22 @@ def _predict(model_folder: Path, cases: Dict[str, List[str]], out_dir: Path, dev
                                                        checkpoint_name="checkpoint_final.pth")
         for case, files in progress(cases.items(), len(cases), f"    {description}", enabled=verbose,
                                     stream=console):
-            predictor.predict_from_files_sequential([files], [str(out_dir / case)], save_probabilities=False,
-                                                    overwrite=True)
+            _predict_case(predictor, case, files, out_dir)
     return predictor
+
+
+def _predict_case(predictor, case: str, files: List[str], out_dir: Path) -> None:
+    """One case through nnU-Net's predictor, its files checked first; any failure names the case and its files."""
+    from nnunetv2_ciml.image_io import verify_image_file
+
+    for c, f in enumerate(files):
+        verify_image_file(f, case, f"channel {c}")
+    try:
+        predictor.predict_from_files_sequential([files], [str(out_dir / case)], save_probabilities=False,
+                                                overwrite=True)
+    except Exception as e:
+        raise DemoError(f"case '{case}' ({', '.join(files)}): nnU-Net's prediction failed: "
+                        f"{type(e).__name__}: {e}") from e
 
 
 def _mean(values) -> Optional[float]:

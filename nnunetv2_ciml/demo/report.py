@@ -30,8 +30,8 @@ def _figure(width: float, height: float):
 
 
 def _read(path: Path) -> np.ndarray:
-    import SimpleITK as sitk
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    from nnunetv2_ciml.image_io import read_image_array
+    return read_image_array(path)
 
 
 def _slice2d(array: np.ndarray) -> np.ndarray:

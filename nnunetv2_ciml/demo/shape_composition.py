@@ -365,7 +365,8 @@ def generate_shape_composition(out_dir: Union[str, Path], num_train: int = 60, n
 
 
 def _read(path: Path) -> np.ndarray:
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    from nnunetv2_ciml.image_io import read_image_array
+    return read_image_array(path)
 
 
 def information_structure(dataset_dir: Union[str, Path]) -> Dict[str, dict]:

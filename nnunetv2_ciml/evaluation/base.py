@@ -12,10 +12,12 @@ from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 
+from nnunetv2_ciml.errors import CIMLError
+
 __all__ = ["EvaluationError", "EvaluationMode", "dice", "case_statistics"]
 
 
-class EvaluationError(ValueError):
+class EvaluationError(CIMLError, ValueError):
     """Bad input for an evaluation: the message names the case, the file and what is wrong."""
 
 

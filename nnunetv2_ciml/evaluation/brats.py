@@ -7,6 +7,7 @@ convention      labels                                      WT             TC   
 ==============  ==========================================  =============  ==========  ======
 ``brats2020``   1 NCR/NET, 2 edema, 4 ET (default)          {1, 2, 4}      {1, 4}      {4}
 ``brats2023``   1 NCR, 2 edema, 3 ET                        {1, 2, 3}      {1, 3}      {3}
+``brats2024``   as brats2023, plus 4 RC (resection cavity)  {1, 2, 3}      {1, 3}      {3}
 ``nnunet``      1 edema, 2 NCR, 3 ET (nnU-Net Dataset137)   {1, 2, 3}      {2, 3}      {3}
 ==============  ==========================================  =============  ==========  ======
 
@@ -34,9 +35,13 @@ prediction file is scored as an empty prediction and listed under ``missing`` by
 
 ``summary.json``: ``per_case``, and ``mean``/``std``/``median`` over all cases per region and metric
 (``std`` is the population standard deviation, ``ddof=0``).
+
+``lesionwise="gli"`` or ``"mets"`` scores the BraTS 2023+ leaderboards' lesion-wise metrics instead
+(:mod:`nnunetv2_ciml.evaluation.brats_lesionwise`); the label convention then defaults to
+``brats2024``.
 """
 from functools import partial
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -53,6 +58,7 @@ REGION_NAMES = ("WT", "TC", "ET")
 BRATS_LABEL_CONVENTIONS: Dict[str, Tuple[Tuple[int, ...], Dict[str, Tuple[int, ...]]]] = {
     "brats2020": ((0, 1, 2, 4), {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}),
     "brats2023": ((0, 1, 2, 3), {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}),
+    "brats2024": ((0, 1, 2, 3, 4), {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}),
     "nnunet": ((0, 1, 2, 3), {"WT": (1, 2, 3), "TC": (2, 3), "ET": (3,)}),
 }
 
@@ -99,9 +105,35 @@ def format_brats_table(summary: dict) -> str:
     return format_grouped_table("region", rows)
 
 
-def make_brats_mode(labels: str = "brats2020", file_ending: str = ".nii.gz") -> EvaluationMode:
+def make_brats_mode(labels: Optional[str] = None, file_ending: str = ".nii.gz", lesionwise: Optional[str] = None,
+                    variant: str = "official") -> EvaluationMode:
+    """The BraTS mode: image-level Dice/HD95 (default labels ``brats2020``) or, with ``lesionwise``
+    (``"gli"``/``"mets"``), the official lesion-wise metrics (default labels ``brats2024``; ``variant``:
+    ``"official"`` or ``"corrected"``, see :mod:`~nnunetv2_ciml.evaluation.brats_lesionwise`)."""
+    if lesionwise is not None:
+        return _make_lesionwise_mode(labels or "brats2024", file_ending, lesionwise, variant)
+    if variant != "official":
+        raise EvaluationError("variant applies to the lesion-wise BraTS metrics only (lesionwise='gli' or 'mets')")
+    labels = labels or "brats2020"
     _check_convention(labels)
     return EvaluationMode(name="brats", file_ending=file_ending, valid_labels=BRATS_LABEL_CONVENTIONS[labels][0],
                           label_convention=f"BraTS {labels}", resample_prediction=False,
                           case_metrics=partial(brats_region_metrics, labels=labels),
                           summarize=summarize_brats, format_table=format_brats_table)
+
+
+def _make_lesionwise_mode(labels: str, file_ending: str, config: str, variant: str) -> EvaluationMode:
+    from nnunetv2_ciml.evaluation.brats_lesionwise import (LESIONWISE_CONFIGS, VARIANTS, brats_lesionwise_metrics,
+                                                           format_lesionwise_table, summarize_lesionwise)
+    _check_convention(labels)
+    if config not in LESIONWISE_CONFIGS:
+        raise EvaluationError(f"unknown lesion-wise configuration {config!r}; "
+                              f"choose one of {sorted(LESIONWISE_CONFIGS)}")
+    if variant not in VARIANTS:
+        raise EvaluationError(f"unknown lesion-wise variant {variant!r}; choose one of {list(VARIANTS)}")
+    return EvaluationMode(name="brats", file_ending=file_ending, valid_labels=BRATS_LABEL_CONVENTIONS[labels][0],
+                          label_convention=f"BraTS {labels}, lesion-wise ({config} configuration, {variant} variant)",
+                          resample_prediction=False,
+                          case_metrics=partial(brats_lesionwise_metrics, labels=labels, config=config,
+                                               variant=variant),
+                          summarize=partial(summarize_lesionwise, config=config), format_table=format_lesionwise_table)

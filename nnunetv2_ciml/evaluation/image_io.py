@@ -25,13 +25,18 @@ def array_spacing(image: sitk.Image) -> Tuple[float, ...]:
 
 
 def read_label_image(path: Path, case: str, role: str) -> Tuple[sitk.Image, np.ndarray]:
-    """The image and its integer label array; ``role`` ("reference"/"prediction") goes into error messages."""
+    """The image and its integer label array; ``role`` ("reference"/"prediction") goes into error messages.
+
+    Read by :func:`nnunetv2_ciml.image_io.read_image`: a truncated or corrupt file, or one holding NaN/Inf,
+    is an invalid prediction (or reference) and stops the evaluation, never a set of zero voxels.
+    """
+    from nnunetv2_ciml.image_io import ImageFileError, read_image
+
     where = f"case {case!r}: {role} file {str(path)!r}"
     try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        reason = str(e).strip().splitlines()
-        raise EvaluationError(f"{where} cannot be read: {reason[-1] if reason else e}") from None
+        image = read_image(path, case, role)
+    except ImageFileError as e:
+        raise EvaluationError(str(e)) from None
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise EvaluationError(f"{where} has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
                               f"a label map has one")

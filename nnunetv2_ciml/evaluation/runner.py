@@ -13,13 +13,18 @@
   convention, unreadable files and geometry mismatches stop the evaluation with an
   :class:`~nnunetv2_ciml.evaluation.base.EvaluationError` naming the case and the file.
 - Outputs in ``out_dir`` (created if needed; ``per_case.csv`` and ``summary.json`` are replaced,
-  nothing else is touched, the input folders are only read): ``per_case.csv`` (one row per case,
+  nothing else is touched, the input folders are only read; an ``out_dir`` that is a file is refused
+  before anything is read). Each output is written to a temporary file in ``out_dir`` and renamed, so
+  it is never half written; a run that fails renames an earlier run's ``summary.json`` and
+  ``per_case.csv`` to ``*.stale`` (and says so), so that no result that looks current is left behind:
+  ``per_case.csv`` (one row per case,
   nested metrics flattened as ``WT_Dice``), ``summary.json`` (``per_case``, the mode's summary,
   ``missing``, ``unmatched_predictions``, ``mode``, ``label_convention``), and a table on stdout.
 """
 import csv
 import json
 import multiprocessing
+import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
@@ -34,6 +39,9 @@ from nnunetv2_ciml.evaluation.hecktor import make_hecktor_mode
 from nnunetv2_ciml.evaluation.nnunet_mode import make_nnunet_mode
 
 __all__ = ["MODES", "make_mode", "find_cases", "evaluate_case_files", "evaluate_folder"]
+
+OUTPUT_FILES = ("per_case.csv", "summary.json")
+STALE_SUFFIX = ".stale"
 
 MODES = {"brats": make_brats_mode, "autopet": make_autopet_mode, "hecktor": make_hecktor_mode,
          "nnunet": make_nnunet_mode}
@@ -111,6 +119,26 @@ def _flatten(metrics: dict, prefix: str = "") -> Dict[str, object]:
     return flat
 
 
+def _replace_atomically(path: Path, write) -> None:
+    """``write(temporary_path)`` then rename onto ``path`` (same folder), so ``path`` is whole or absent."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _mark_stale(out: Path) -> List[str]:
+    """Rename an earlier run's outputs in ``out`` to ``*.stale``; returns the new names."""
+    renamed = []
+    for name in OUTPUT_FILES:
+        if (out / name).is_file():
+            os.replace(out / name, out / (name + STALE_SUFFIX))
+            renamed.append(name + STALE_SUFFIX)
+    return renamed
+
+
 def _write_per_case_csv(path: Path, per_case: Dict[str, dict], missing: List[str], resampled: List[str]) -> None:
     rows = [{"case": case, "missing": case in missing, **({"resampled": case in resampled} if resampled else {}),
              **_flatten(metrics)} for case, metrics in per_case.items()]
@@ -139,24 +167,35 @@ def evaluate_folder(mode: str, ref_dir: Union[str, Path], pred_dir: Union[str, P
     With ``num_processes > 1`` the workers are started with ``spawn`` (as nnU-Net does), so a script
     that calls this needs the usual ``if __name__ == "__main__":`` guard.
     """
-    evaluation_mode = make_mode(mode, **mode_options)
-    if num_processes < 1:
-        raise EvaluationError(f"num_processes must be at least 1, got {num_processes}")
-    refs, preds, unmatched = find_cases(Path(ref_dir), Path(pred_dir), evaluation_mode.file_ending)
-    jobs = [(evaluation_mode, case, refs[case], preds[case]) for case in refs]
-    with Progress(len(jobs), f"evaluate {mode}", enabled=verbose) as bar:
-        if num_processes == 1 or len(jobs) == 1:
-            results = []
-            for job in jobs:
-                results.append(evaluate_case_files(*job))
-                bar.update()
-        else:
-            with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
-                pending = [pool.apply_async(evaluate_case_files, job) for job in jobs]
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise EvaluationError(f"output folder {str(out)!r} is a file; -o takes a folder for per_case.csv and "
+                              "summary.json")
+    try:
+        evaluation_mode = make_mode(mode, **mode_options)
+        if num_processes < 1:
+            raise EvaluationError(f"num_processes must be at least 1, got {num_processes}")
+        refs, preds, unmatched = find_cases(Path(ref_dir), Path(pred_dir), evaluation_mode.file_ending)
+        jobs = [(evaluation_mode, case, refs[case], preds[case]) for case in refs]
+        with Progress(len(jobs), f"evaluate {mode}", enabled=verbose) as bar:
+            if num_processes == 1 or len(jobs) == 1:
                 results = []
-                for result in pending:  # in case order, as the per-case table is
-                    results.append(result.get())
+                for job in jobs:
+                    results.append(evaluate_case_files(*job))
                     bar.update()
+            else:
+                with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
+                    pending = [pool.apply_async(evaluate_case_files, job) for job in jobs]
+                    results = []
+                    for result in pending:  # in case order, as the per-case table is
+                        results.append(result.get())
+                        bar.update()
+    except BaseException as e:
+        stale = _mark_stale(out) if out.is_dir() else []
+        if stale and isinstance(e, EvaluationError):
+            raise EvaluationError(f"{e}\n(the earlier results in {str(out)!r} were renamed to "
+                                  f"{', '.join(stale)}: they are not from this run)") from None
+        raise
 
     per_case = {case: metrics for case, (metrics, _) in zip(refs, results)}
     warnings = [w for _, w in results if w is not None]
@@ -168,10 +207,9 @@ def evaluate_folder(mode: str, ref_dir: Union[str, Path], pred_dir: Union[str, P
     if evaluation_mode.resample_prediction:
         summary["resampled"] = resampled
 
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_per_case_csv(out / "per_case.csv", per_case, missing, resampled)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _replace_atomically(out / "per_case.csv", lambda p: _write_per_case_csv(p, per_case, missing, resampled))
+    _replace_atomically(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
     if verbose:
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)

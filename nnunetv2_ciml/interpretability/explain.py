@@ -40,19 +40,21 @@ from nnunetv2.inference.export_prediction import convert_predicted_logits_to_seg
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from tqdm import tqdm
 
+from nnunetv2_ciml.errors import CIMLError
+from nnunetv2_ciml.image_io import ImageFileError, verify_image_file
 from nnunetv2_ciml.interpretability.geometry import can_write_map, to_input_geometry, write_map
 from nnunetv2_ciml.interpretability.message_gradcam import MessageGradCAM, sliding_window_message_cams
 from nnunetv2_ciml.interpretability.overlay import render_subtask_overlay
 from nnunetv2_ciml.missing_modalities import CaseError, read_case, zero_missing_channels
-from nnunetv2_ciml.network import CIMLUNet, MessagePair, modalities_present
+from nnunetv2_ciml.network import CIMLUNet, MessagePair, modalities_present, unwrap
 
-__all__ = ["ExplainError", "CaseExplanation", "load_predictor", "ciml_network", "find_cases", "explain_image",
-           "explain_case", "map_file_name", "write_case_explanation", "explain_folder"]
+__all__ = ["ExplainError", "CaseExplanation", "load_predictor", "ciml_network", "find_cases", "check_case_files",
+           "explain_image", "explain_case", "map_file_name", "write_case_explanation", "explain_folder"]
 
 SUMMARY_FILE = "explain.json"
 
 
-class ExplainError(ValueError):
+class ExplainError(CIMLError, ValueError):
     """The model folder, the inputs or the requested subtasks/senders cannot be explained."""
 
 
@@ -128,8 +130,7 @@ def load_predictor(model_folder: Union[str, Path], fold: Union[int, str] = 0,
 
 def ciml_network(predictor: nnUNetPredictor, where: str = "the predictor") -> CIMLUNet:
     """The predictor's CIML network (behind ``torch.compile``/DDP wrappers); ExplainError if it is none."""
-    network = getattr(predictor.network, "module", predictor.network)
-    network = getattr(network, "_orig_mod", network)
+    network = unwrap(predictor.network)
     if not isinstance(network, CIMLUNet):
         raise ExplainError(f"{where} holds a {type(network).__name__} (trainer {predictor.trainer_name}), not a "
                            f"CIML network: explain needs a model trained with -tr nnUNetTrainerCIML (or a variant)")
@@ -265,23 +266,54 @@ def _explain_image(predictor: nnUNetPredictor, network: CIMLUNet, image: np.ndar
     return result
 
 
+def check_case_files(case: str, files: Sequence[Optional[Union[str, Path]]], modalities: Sequence[str]) -> None:
+    """ExplainError naming the case and the file unless every channel file reads completely, holds finite
+    voxels (:mod:`nnunetv2_ciml.image_io`) and lies on the first channel's grid (size, and spacing as
+    nnU-Net's readers compare it), so that nnU-Net's reader will accept the case. ``None``: a missing
+    modality (allowed, :mod:`nnunetv2_ciml.missing_modalities`), but not all of them."""
+    existing = [(c, f) for c, f in enumerate(files) if f is not None]
+    if not existing:
+        raise ExplainError(f"case {case!r} has no modality file at all")
+    infos = []
+    for c, f in existing:
+        try:
+            infos.append(verify_image_file(f, case, f"channel {c} ({modalities[c] if c < len(modalities) else '?'})"))
+        except ImageFileError as e:
+            raise ExplainError(str(e)) from None
+    first_file = existing[0][1]
+    for (_, f), info in zip(existing[1:], infos[1:]):
+        for what, first, this in (("size (x, y, z)", infos[0].size, info.size),
+                                  ("spacing (mm, x, y, z)", infos[0].spacing, info.spacing)):
+            if len(first) != len(this) or not np.allclose(first, this):
+                raise ExplainError(f"case {case!r}: {str(f)!r} has {what} {this} but {str(first_file)!r} has "
+                                   f"{first}: the channels of a case must lie on one voxel grid")
+
+
 def explain_case(predictor: nnUNetPredictor, image_files: Sequence[Optional[Union[str, Path]]],
                  subtasks: Optional[Sequence[str]] = None, senders: Optional[Sequence[str]] = None,
                  case: Optional[str] = None) -> CaseExplanation:
-    """Explain one case from its channel files (``_0000``, ``_0001``, ... in order), read with the model's reader;
-    ``None`` for a missing modality (:mod:`nnunetv2_ciml.missing_modalities`)."""
-    if any(f is None for f in image_files):
-        return _explain_incomplete_case(predictor, image_files, subtasks, senders, case)
-    files = [str(f) for f in image_files]
+    """Explain one case from its channel files (``_0000``, ``_0001``, ... in order), read with the model's reader
+    after :func:`check_case_files`; ``None`` for a missing modality (:mod:`nnunetv2_ciml.missing_modalities`)."""
     if case is None:
-        name = Path(files[0]).name
+        name = Path(str(next((f for f in image_files if f is not None), "case"))).name
         case = re.sub(r"_\d{4}$", "", name[:-len(predictor.dataset_json["file_ending"])]) \
             if name.endswith(predictor.dataset_json["file_ending"]) else name
+    check_case_files(case, image_files, ciml_network(predictor).modality_names)
+    return _explain_checked_files(predictor, [None if f is None else str(f) for f in image_files], subtasks,
+                                  senders, case)
+
+
+def _explain_checked_files(predictor: nnUNetPredictor, files: List[Optional[str]], subtasks: Optional[Sequence[str]],
+                           senders: Optional[Sequence[str]], case: str) -> CaseExplanation:
+    if any(f is None for f in files):
+        return _explain_incomplete_case(predictor, files, subtasks, senders, case)
     reader = predictor.plans_manager.image_reader_writer_class()
     try:
-        image, properties = reader.read_images(files)
+        with contextlib.redirect_stdout(io.StringIO()) as printed:  # nnU-Net's readers print their complaints
+            image, properties = reader.read_images(files)
     except Exception as e:
-        raise ExplainError(f"case {case!r}: cannot read {files} with {type(reader).__name__}: {e}") from e
+        reason = str(e).strip() or " ".join(printed.getvalue().split()) or type(e).__name__
+        raise ExplainError(f"case {case!r}: cannot read {files} with {type(reader).__name__}: {reason}") from e
     if not can_write_map(properties):
         raise ExplainError(f"case {case!r}: maps are written as NIfTI in the input's geometry, which needs a "
                            f"SimpleITK or nibabel reader; this model reads with {type(reader).__name__}")
@@ -394,7 +426,8 @@ def explain_folder(model_folder: Union[str, Path], fold: Union[int, str], input_
 
     Writes ``out_dir/<case>/`` (:func:`write_case_explanation`) and ``out_dir/explain.json``; returns that
     summary: ``{"cases": {case: {...}}, "mean_share": {subtask: {sender: mean over cases with a target}}, ...}``.
-    All inputs are checked before any case is computed.
+    All inputs (names, channel files, their contents and grids: :func:`check_case_files`) are checked
+    before any case is computed or anything is written.
     """
     predictor = load_predictor(model_folder, fold, device, checkpoint_name, tile_step_size, use_mirroring)
     network = ciml_network(predictor)
@@ -403,6 +436,10 @@ def explain_folder(model_folder: Union[str, Path], fold: Union[int, str], input_
     out_dir = Path(out_dir)
     if out_dir.resolve() == Path(input_dir).resolve():
         raise ExplainError(f"the output folder must differ from the input folder {str(input_dir)!r}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExplainError(f"the output folder {str(out_dir)!r} is a file")
+    for case, files in cases.items():
+        check_case_files(case, files, network.modality_names)
     out_dir.mkdir(parents=True, exist_ok=True)
     modalities = network.modality_names
     summary = {
@@ -418,7 +455,7 @@ def explain_folder(model_folder: Union[str, Path], fold: Union[int, str], input_
         "cases": {},
     }
     for case, files in tqdm(cases.items(), desc="explain", disable=not predictor.allow_tqdm):
-        explanation = explain_case(predictor, files, subtasks, senders, case)
+        explanation = _explain_checked_files(predictor, files, subtasks, senders, case)
         summary["cases"][case] = write_case_explanation(explanation, out_dir)
     summary["mean_share"] = {}
     for subtask, info in summary["subtasks"].items():

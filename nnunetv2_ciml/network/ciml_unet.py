@@ -37,6 +37,12 @@ def default_message_stages(n_stages: int) -> List[int]:
     return list(range(1, n_stages))
 
 
+def unwrap(network: nn.Module) -> nn.Module:
+    """The module behind DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    network = getattr(network, "module", network)
+    return getattr(network, "_orig_mod", network)
+
+
 class SubtaskDecoders(nn.ModuleList):
     """One ``UNetDecoder`` per subtask. Setting ``deep_supervision`` sets it on all of them, which is
     what nnU-Net's ``set_deep_supervision_enabled`` does to ``network.decoder``."""
@@ -275,8 +281,7 @@ class CIMLUNet(nn.Module):
 def modalities_present(network: nn.Module, present: Optional[torch.Tensor]) -> Iterator[nn.Module]:
     """Within the block, ``network(x)`` (a :class:`CIMLUNet`, also behind DDP or torch.compile) treats only the
     modalities flagged in ``present`` (``(M,)`` or ``(B, M)``, see :class:`CIMLUNet`) as existing; ``None``: all."""
-    module = getattr(network, "module", network)
-    module = getattr(module, "_orig_mod", module)
+    module = unwrap(network)
     if not isinstance(module, CIMLUNet):
         raise TypeError(f"only a CIMLUNet takes a modality mask; got {type(module).__name__}")
     previous, module.present_modalities = module.present_modalities, present

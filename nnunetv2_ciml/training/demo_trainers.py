@@ -103,11 +103,3 @@ class nnUNetTrainerCIML_ShapeCompositionDemoQuick(nnUNetTrainerCIML, _QuickDemoB
 class nnUNetTrainerCIML_noMessages_ShapeCompositionDemoQuick(nnUNetTrainerCIML_noMessages, _QuickDemoBudget):
     """``nnUNetTrainerCIML_noMessages`` on the ``--quick`` budget."""
 
-
-# Model name in the demonstration's results -> trainer class.
-DEMO_TRAINERS = {"nnUNet": nnUNetTrainer_ShapeCompositionDemo,
-                 "CIML": nnUNetTrainerCIML_ShapeCompositionDemo,
-                 "CIML_noMessages": nnUNetTrainerCIML_noMessages_ShapeCompositionDemo}
-QUICK_DEMO_TRAINERS = {"nnUNet": nnUNetTrainer_ShapeCompositionDemoQuick,
-                       "CIML": nnUNetTrainerCIML_ShapeCompositionDemoQuick,
-                       "CIML_noMessages": nnUNetTrainerCIML_noMessages_ShapeCompositionDemoQuick}

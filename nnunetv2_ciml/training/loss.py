@@ -12,6 +12,8 @@ class KLRegularizedLoss(nn.Module):
     through ``kl_of_last_forward`` (the network keeps it, so the output format stays exactly
     nnU-Net's and ``DeepSupervisionWrapper``, DDP and torch.compile are untouched). ``beta`` is set
     by the trainer each epoch (warm-up); with ``beta == 0`` the KL is left out of the graph.
+    ``last_terms`` keeps the detached terms of the last call (read only when the loss is not finite,
+    to say which term was not: no device synchronisation otherwise).
     """
 
     def __init__(self, segmentation_loss: nn.Module, kl_of_last_forward: Callable[[], torch.Tensor]):
@@ -19,9 +21,13 @@ class KLRegularizedLoss(nn.Module):
         self.segmentation_loss = segmentation_loss
         self.kl_of_last_forward = kl_of_last_forward
         self.beta = 0.0
+        self.last_terms = {}
 
     def forward(self, output, target) -> torch.Tensor:
         loss = self.segmentation_loss(output, target)
+        self.last_terms = {"segmentation loss": loss.detach()}
         if self.beta:
-            loss = loss + self.beta * self.kl_of_last_forward()
+            kl = self.kl_of_last_forward()
+            self.last_terms["beta * KL"] = (self.beta * kl).detach()
+            loss = loss + self.beta * kl
         return loss

@@ -21,9 +21,9 @@ from typing import Optional, Sequence
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunetv2_ciml.network import modalities_present
+from nnunetv2_ciml.network import modalities_present, unwrap
 from nnunetv2_ciml.training.demo_trainers import _DemoBudget, _QuickDemoBudget
-from nnunetv2_ciml.training.trainers import _CPUTestBudget, nnUNetTrainerCIML, unwrap
+from nnunetv2_ciml.training.trainers import _CPUTestBudget, nnUNetTrainerCIML
 
 __all__ = ["sample_present_modalities", "nnUNetTrainerCIML_modalityDropout", "nnUNetTrainer_modalityDropout",
            "nnUNetTrainerCIML_modalityDropout_CPUtest", "nnUNetTrainer_modalityDropout_CPUtest",

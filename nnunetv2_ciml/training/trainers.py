@@ -16,10 +16,11 @@ from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoM
     nnUNetTrainerNoMirroring
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-from torch import nn
 
 from nnunetv2_ciml.decomposition import count_label_voxels, resolve_decomposition
+from nnunetv2_ciml.network import unwrap
 from nnunetv2_ciml.planning import CIML_NETWORK, ciml_architecture
+from nnunetv2_ciml.training.guards import GuardedTraining, kl_beta, validate_ciml_attributes
 from nnunetv2_ciml.training.loss import KLRegularizedLoss
 from nnunetv2_ciml.training.progress import plot_ciml_progress
 
@@ -29,13 +30,7 @@ __all__ = ["nnUNetTrainerCIML", "nnUNetTrainerCIML_beta1e2", "nnUNetTrainerCIML_
 LOG_KEYS = ("ciml_beta", "ciml_kl", "ciml_message_kl", "ciml_message_magnitude")
 
 
-def unwrap(network: nn.Module) -> nn.Module:
-    """The module behind DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
-    network = getattr(network, "module", network)
-    return getattr(network, "_orig_mod", network)
-
-
-class nnUNetTrainerCIML(nnUNetTrainer):
+class nnUNetTrainerCIML(GuardedTraining, nnUNetTrainer):
     """nnU-Net training of a :class:`~nnunetv2_ciml.network.CIMLUNet`; loss = nnU-Net's + beta(t) * KL.
 
     ``initialize`` resolves the decomposition (``ciml`` block of dataset.json, or the defaults) and
@@ -43,8 +38,11 @@ class nnUNetTrainerCIML(nnUNetTrainer):
     ``nnUNetv2_predict`` rebuilds the identical network from the model folder alone. Plans whose
     configuration already names ``CIMLUNet`` (hand-edited widths, ``message_stages``, ...) are used as
     they are. A subclass may set ``branch_width_factor`` instead of the FLOP-matching rule. beta rises
-    linearly from 0 to ``kl_weight`` over the first ``kl_warmup_fraction`` of the epochs. Per epoch
-    it logs beta, the mean KL, and each message's KL and RMS magnitude (``ciml_progress.png``).
+    linearly from 0 to ``kl_weight`` over the first ``kl_warmup_fraction`` of the epochs (0: full beta
+    from epoch 0). Per epoch it logs beta, the mean KL, and each message's KL and RMS magnitude
+    (``ciml_progress.png``). :class:`~nnunetv2_ciml.training.guards.GuardedTraining`: these settings are
+    validated first, a non-finite loss or KL stops training, checkpoints are atomic and finite, and
+    ``--c`` falls back to the newest readable checkpoint.
     """
 
     kl_weight: float = 1e-3
@@ -55,6 +53,7 @@ class nnUNetTrainerCIML(nnUNetTrainer):
     def initialize(self):
         # The network must come from CIML plans before nnU-Net builds it from them.
         if not self.was_initialized:
+            validate_ciml_attributes(self)
             self._use_ciml_architecture()
         super().initialize()
         for key in LOG_KEYS:
@@ -90,8 +89,7 @@ class nnUNetTrainerCIML(nnUNetTrainer):
         return KLRegularizedLoss(super()._build_loss(), lambda: unwrap(self.network).kl)
 
     def on_train_epoch_start(self):
-        warmup_epochs = max(1.0, self.kl_warmup_fraction * self.num_epochs)
-        self.loss.beta = self.kl_weight * min(1.0, self.current_epoch / warmup_epochs)
+        self.loss.beta = kl_beta(self.current_epoch, self.num_epochs, self.kl_weight, self.kl_warmup_fraction)
         super().on_train_epoch_start()
 
     def train_step(self, batch: dict) -> dict:

@@ -1,0 +1,1 @@
+"""Challenge submissions that are algorithm containers rather than folders of masks (autoPET III)."""

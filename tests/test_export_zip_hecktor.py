@@ -1,0 +1,43 @@
+"""``export hecktor --zip``: the flat upload archive, refused while a source case lacks a prediction."""
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnunetv2_ciml.cli import main as cli
+
+CASES = ("CHUM-001", "CHUP-002")
+
+
+def write(array_zyx: np.ndarray, path: Path) -> None:
+    image = sitk.GetImageFromArray(array_zyx)
+    image.SetSpacing((1.0, 1.25, 2.0))
+    image.SetOrigin((-20.0, -22.5, -24.0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path), True)
+
+
+def test_hecktor_zip_holds_every_case_flat(tmp_path, capsys):
+    """Predictions on each case's CT grid: the archive holds CASE.nii.gz at its top level, byte-identical to the
+    export; with one prediction missing the command fails naming the case and writes nothing (no archive,
+    no output folder)."""
+    source, preds = tmp_path / "hecktor" / "imagesTs", tmp_path / "preds"
+    for i, case in enumerate(CASES):
+        write(np.zeros((6, 8, 10), np.float32), source / f"{case}__CT.nii.gz")
+        pred = np.zeros((6, 8, 10), np.uint8)
+        pred[2:4, 2:5, 3:6] = i + 1
+        write(pred, preds / f"{case}.nii.gz")
+    args = ["export", "hecktor", str(preds), str(tmp_path / "out"), "--source", str(tmp_path / "hecktor"), "--zip",
+            str(tmp_path / "hecktor.zip")]
+    assert cli(args) == 0
+    with zipfile.ZipFile(tmp_path / "hecktor.zip") as z:
+        assert sorted(z.namelist()) == [f"{c}.nii.gz" for c in CASES]
+        assert all(z.read(f"{c}.nii.gz") == (tmp_path / "out" / f"{c}.nii.gz").read_bytes() for c in CASES)
+
+    (preds / f"{CASES[1]}.nii.gz").unlink()
+    capsys.readouterr()
+    args[3], args[-1] = str(tmp_path / "out2"), str(tmp_path / "partial.zip")
+    assert cli(args) == 1
+    assert CASES[1] in capsys.readouterr().err
+    assert not (tmp_path / "partial.zip").exists() and not (tmp_path / "out2").exists()

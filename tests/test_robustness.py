@@ -1,0 +1,302 @@
+"""Bad input through the ``nnunetv2_ciml`` command: one clear message naming case and file, exit status 1,
+nothing written or overwritten. One test per kind of fault (truncated or corrupt ``.nii.gz``, NaN/Inf
+voxels, ``evaluate -o`` misuse, empty input folders), plus the reading path itself and the CLI's error
+reporting. Explain's rows (NaN channel, missing channel, a bad second case) are in ``test_explain.py``,
+the training rows in ``test_training_guards.py``.
+"""
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunetv2_ciml import cli
+from nnunetv2_ciml.image_io import ImageFileError, read_image, verify_image_file
+from helpers import tree_digest
+from test_conversion_errors import make_brats_case
+from test_conversion_hecktor import make_case as make_hecktor_case
+from test_evaluation_cli import brats_labels
+
+
+def run(capsys, *argv: str):
+    """``nnunetv2_ciml ARGV`` in this process: (exit status, stdout, stderr)."""
+    code = cli.main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) * 3 // 4])
+
+
+def corrupt(path: Path) -> None:
+    """Flip one byte in the middle of the deflate stream: the gzip CRC no longer matches."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x55
+    path.write_bytes(bytes(data))
+
+
+def write_float(path: Path, array: np.ndarray) -> None:
+    sitk.WriteImage(sitk.GetImageFromArray(array.astype(np.float32)), str(path))
+
+
+# ------------------------------------------------------------------------------------- the reading path
+
+
+def test_sitk_alone_reads_nan_as_zero_and_we_refuse_it(tmp_path):
+    """Why the reading path exists: SimpleITK 2.5 turns NaN/Inf of a float NIfTI into 0. Fails if read_image
+    just wraps sitk.ReadImage."""
+    array = np.ones((4, 5, 6), np.float32)
+    array[1, 2, 3], array[0, 0, 1] = np.nan, -np.inf
+    f = tmp_path / "x.nii.gz"
+    write_float(f, array)
+    assert np.isfinite(sitk.GetArrayFromImage(sitk.ReadImage(str(f)))).all()  # the silent zeros
+    with pytest.raises(ImageFileError, match=r"case 'c7': prediction file '.*x\.nii\.gz' holds non-finite voxel "
+                                             r"values \(1 NaN, 1 infinite of 120 voxels; the first at index "
+                                             r"\(x, y, z\) \(1, 0, 0\)\)"):
+        read_image(f, "c7", "prediction")
+    with pytest.raises(ImageFileError, match="non-finite"):
+        verify_image_file(f)
+
+
+def test_checked_read_equals_simpleitk_on_good_files(tmp_path):
+    """Voxels, pixel type, geometry and meta-data as sitk.ReadImage gives them: uncompressed .nii, 2D, an
+    oblique direction, scaled data (left to SimpleITK) and a 4D file."""
+    rng = np.random.default_rng(0)
+    cases = {}
+    img = sitk.GetImageFromArray(rng.normal(size=(5, 6, 7)).astype(np.float32))
+    img.SetSpacing((0.5, 1.5, 3.0))
+    img.SetOrigin((10.0, -4.0, 2.5))
+    c, s = np.cos(0.3), np.sin(0.3)
+    img.SetDirection((c, -s, 0, s, c, 0, 0, 0, 1))
+    cases["oblique.nii.gz"] = img
+    cases["plain.nii"] = sitk.GetImageFromArray(rng.integers(0, 9, (3, 4, 5)).astype(np.uint8))
+    cases["flat.nii.gz"] = sitk.GetImageFromArray(rng.integers(-5, 5, (6, 7)).astype(np.int16))
+    cases["series.nii.gz"] = sitk.GetImageFromArray(rng.normal(size=(2, 3, 4, 5)).astype(np.float32))
+    for name, image in cases.items():
+        sitk.WriteImage(image, str(tmp_path / name))
+    import nibabel
+    nib = nibabel.Nifti1Image(rng.integers(0, 100, (5, 4, 3)).astype(np.int16), np.diag([2.0, 2.0, 2.0, 1.0]))
+    nib.header.set_slope_inter(0.5, 3.0)
+    nibabel.save(nib, str(tmp_path / "scaled.nii.gz"))
+    # nibabel writes scl_slope = scl_inter = NaN for "no scaling": not a non-finite scaling
+    nibabel.save(nibabel.Nifti1Image(rng.normal(size=(3, 4, 5)).astype(np.float32), np.eye(4)),
+                 str(tmp_path / "nibabel_unscaled.nii.gz"))
+    assert np.isnan(nibabel.load(str(tmp_path / "nibabel_unscaled.nii.gz")).header["scl_slope"])
+    for f in sorted(tmp_path.iterdir()):
+        ours, theirs = read_image(f), sitk.ReadImage(str(f))
+        assert ours.GetPixelID() == theirs.GetPixelID(), f.name
+        assert ours.GetSize() == theirs.GetSize() and ours.GetSpacing() == theirs.GetSpacing(), f.name
+        assert ours.GetOrigin() == theirs.GetOrigin() and ours.GetDirection() == theirs.GetDirection(), f.name
+        assert {k: ours.GetMetaData(k) for k in ours.GetMetaDataKeys()}.items() <= \
+            {k: theirs.GetMetaData(k) for k in theirs.GetMetaDataKeys()}.items(), f.name
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(theirs), err_msg=f.name)
+        assert verify_image_file(f).size == theirs.GetSize()
+
+
+def test_truncated_corrupt_and_short_files_are_named(tmp_path):
+    """Each way a file can be incomplete gets its own reason. A short .nii (voxel data cut off without gzip)
+    and a gzip stream whose data is complete but shorter than the header says are caught by the size check."""
+    write_float(tmp_path / "a.nii.gz", np.arange(4000, dtype=np.float32).reshape(10, 20, 20))
+    truncate(tmp_path / "a.nii.gz")
+    with pytest.raises(ImageFileError, match=r"case 'k': image file '.*a\.nii\.gz' cannot be read: the file is "
+                                             r"truncated \(its gzip stream ends"):
+        read_image(tmp_path / "a.nii.gz", "k")
+    write_float(tmp_path / "b.nii.gz", np.random.default_rng(1).normal(size=(10, 20, 20)))
+    corrupt(tmp_path / "b.nii.gz")
+    with pytest.raises(ImageFileError, match=r"image file '.*b\.nii\.gz' cannot be read: the file is corrupt"):
+        read_image(tmp_path / "b.nii.gz")
+    write_float(tmp_path / "c.nii", np.ones((10, 20, 20)))
+    data = (tmp_path / "c.nii").read_bytes()
+    (tmp_path / "c.nii").write_bytes(data[:-100])
+    (tmp_path / "d.nii.gz").write_bytes(gzip.compress(data[:-100]))
+    for name in ("c.nii", "d.nii.gz"):
+        with pytest.raises(ImageFileError, match=rf"{name}' cannot be read: the file is truncated \(15900 of "
+                                                 r"16000 bytes of voxel data for shape \(20, 20, 10\), float32\)"):
+            read_image(tmp_path / name)
+    with pytest.raises(ImageFileError, match=r"'.*nothere\.nii\.gz' does not exist"):
+        read_image(tmp_path / "nothere.nii.gz")
+
+
+# ------------------------------------------------------------------------------------------ convert
+
+
+@pytest.fixture
+def brats_source(tmp_path) -> Path:
+    root = tmp_path / "BraTS2020_TrainingData"
+    for i in (1, 2):
+        make_brats_case(root, f"BraTS20_Training_00{i}", i)
+    return root
+
+
+@pytest.fixture
+def hecktor_source(tmp_path) -> Path:
+    root = tmp_path / "hecktor2022"
+    for sub in ("imagesTr", "labelsTr"):
+        (root / sub).mkdir(parents=True)
+    make_hecktor_case(root / "imagesTr", root / "labelsTr", "CHUM-001", 0)
+    make_hecktor_case(root / "imagesTr", root / "labelsTr", "CHUS-002", 1)
+    return root
+
+
+def _bad_file(dataset: str, source: Path) -> tuple:
+    if dataset == "brats":
+        return "BraTS20_Training_002", source / "BraTS20_Training_002" / "BraTS20_Training_002_flair.nii.gz"
+    return "CHUS-002", source / "imagesTr" / "CHUS-002__PT.nii.gz"
+
+
+@pytest.mark.parametrize("dataset", ["brats", "hecktor"])
+@pytest.mark.parametrize("fault, reason", [(truncate, "the file is truncated"), (corrupt, "the file is corrupt")])
+def test_convert_refuses_a_truncated_or_corrupt_file(dataset, fault, reason, brats_source, hecktor_source, nnunet_env,
+                                                      capsys):
+    """Before: exit 0, the broken file copied (BraTS, 25 % of voxels zero) or resampled (HECKTOR PET)."""
+    source = brats_source if dataset == "brats" else hecktor_source
+    case, bad = _bad_file(dataset, source)
+    fault(bad)
+    digest = tree_digest(source)
+    code, _, err = run(capsys, "convert", dataset, source, "-d", 31, "-np", 1)
+    assert code == 1
+    assert err.startswith(f"nnunetv2_ciml convert {dataset}: error: case '{case}': image file '{bad}' cannot be read: "
+                          f"{reason}")
+    assert err.count("\n") <= 3 and "Traceback" not in err
+    assert tree_digest(source) == digest
+    assert not nnunet_env.exists() or not [p for p in nnunet_env.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("dataset", ["brats", "hecktor"])
+def test_convert_refuses_nan_or_inf_voxels(dataset, brats_source, hecktor_source, nnunet_env, capsys):
+    """Before: SimpleITK read NaN/Inf as 0 and the conversion wrote (or resampled) zeros, exit 0."""
+    source = brats_source if dataset == "brats" else hecktor_source
+    case, bad = _bad_file(dataset, source)
+    image = sitk.Cast(sitk.ReadImage(str(bad)), sitk.sitkFloat32)
+    array = sitk.GetArrayFromImage(image)
+    array[1, 2, 3] = np.nan if dataset == "brats" else np.inf
+    out = sitk.GetImageFromArray(array)
+    out.CopyInformation(image)
+    sitk.WriteImage(out, str(bad))
+    digest = tree_digest(source)
+    code, _, err = run(capsys, "convert", dataset, source, "-d", 32, "-np", 1)
+    assert code == 1
+    assert f"error: case '{case}': image file '{bad}' holds non-finite voxel values" in err
+    assert tree_digest(source) == digest
+    assert not nnunet_env.exists() or not [p for p in nnunet_env.rglob("*") if p.is_file()]
+
+
+# ------------------------------------------------------------------------------------------ evaluate
+
+
+@pytest.fixture
+def eval_folders(tmp_path):
+    ref, pred = tmp_path / "ref", tmp_path / "pred"
+    ref.mkdir()
+    pred.mkdir()
+    for case in ("c1", "c2"):
+        sitk.WriteImage(sitk.GetImageFromArray(brats_labels()), str(ref / f"{case}.nii.gz"))
+        sitk.WriteImage(sitk.GetImageFromArray(brats_labels()), str(pred / f"{case}.nii.gz"))
+    return ref, pred
+
+
+def test_evaluate_treats_a_nan_prediction_as_invalid(eval_folders, tmp_path, capsys):
+    """Before: the NaN voxel read as 0 and a perfect prediction with one NaN voxel scored Dice 1.0."""
+    ref, pred = eval_folders
+    array = brats_labels().astype(np.float32)
+    array[5, 6, 6] = np.nan  # inside the enhancing tumour: as 0, Dice would drop a little, not stop
+    write_float(pred / "c2.nii.gz", array)
+    digest = tree_digest(tmp_path)
+    code, _, err = run(capsys, "evaluate", "brats", "-ref", ref, "-pred", pred, "-o", tmp_path / "out")
+    assert code == 1
+    assert err.startswith(f"nnunetv2_ciml evaluate: error: case 'c2': prediction file '{pred / 'c2.nii.gz'}' holds "
+                          "non-finite voxel values (1 NaN")
+    assert tree_digest(tmp_path) == digest and not (tmp_path / "out").exists()
+
+
+def test_evaluate_refuses_an_output_that_is_a_file(eval_folders, tmp_path, capsys):
+    """Before: a FileExistsError traceback (after the whole evaluation)."""
+    ref, pred = eval_folders
+    target = tmp_path / "results.json"
+    target.write_text("{}")
+    digest = tree_digest(tmp_path)
+    code, _, err = run(capsys, "evaluate", "brats", "-ref", ref, "-pred", pred, "-o", target)
+    assert code == 1
+    assert err == (f"nnunetv2_ciml evaluate: error: output folder '{target}' is a file; -o takes a folder for "
+                   "per_case.csv and summary.json\n")
+    assert tree_digest(tmp_path) == digest
+
+
+def test_a_failed_evaluation_leaves_no_current_looking_summary(eval_folders, tmp_path, capsys):
+    """Before: the earlier summary.json stayed and looked like this run's. Now it is renamed to *.stale (its
+    bytes kept), the message says so, and a later good run writes fresh outputs atomically."""
+    ref, pred = eval_folders
+    out = tmp_path / "out"
+    assert run(capsys, "evaluate", "brats", "-ref", ref, "-pred", pred, "-o", out)[0] == 0
+    old = {name: (out / name).read_bytes() for name in ("summary.json", "per_case.csv")}
+    truncate(pred / "c1.nii.gz")
+    inputs = tree_digest(ref) + tree_digest(pred)
+    code, _, err = run(capsys, "evaluate", "brats", "-ref", ref, "-pred", pred, "-o", out)
+    assert code == 1
+    assert f"case 'c1': prediction file '{pred / 'c1.nii.gz'}' cannot be read: the file is truncated" in err
+    assert "were renamed to per_case.csv.stale, summary.json.stale: they are not from this run" in err
+    assert sorted(p.name for p in out.iterdir()) == ["per_case.csv.stale", "summary.json.stale"]
+    assert {name: (out / f"{name}.stale").read_bytes() for name in old} == old
+    assert tree_digest(ref) + tree_digest(pred) == inputs
+    sitk.WriteImage(sitk.GetImageFromArray(brats_labels()), str(pred / "c1.nii.gz"))
+    assert run(capsys, "evaluate", "brats", "-ref", ref, "-pred", pred, "-o", out)[0] == 0
+    assert json.loads((out / "summary.json").read_text())["per_case"]["c1"]["WT"]["Dice"] == 1.0
+    assert not list(out.glob(".*.partial"))
+
+
+# ------------------------------------------------------------------------------------- empty inputs
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["convert", "brats", "{empty}", "-d", "41"], "error: no BraTS cases found under {empty}"),
+    (["convert", "autopet", "{empty}", "-d", "42"], "error: no autoPET cases found under {empty}"),
+    (["convert", "hecktor", "{empty}", "-d", "43"], "error: no HECKTOR cases found under {empty}"),
+    (["export", "brats", "{empty}", "{out}", "--labels", "brats2020"], "error: no .nii.gz predictions in '{empty}'"),
+    (["evaluate", "brats", "-ref", "{empty}", "-pred", "{empty}", "-o", "{out}"],
+     "error: reference folder '{empty}' has no files ending in '.nii.gz'"),
+])
+def test_an_empty_input_folder_is_an_error(argv, message, tmp_path, nnunet_env, capsys):
+    """nnUNetv2_predict exits 0 on an empty folder, writing nothing; our commands refuse it."""
+    empty, out = tmp_path / "empty", tmp_path / "out"
+    empty.mkdir()
+    code, _, err = run(capsys, *[a.format(empty=empty, out=out) for a in argv])
+    assert code == 1
+    assert message.format(empty=empty) in err
+    assert not out.exists() and not list(empty.iterdir())
+    assert not nnunet_env.exists() or not [p for p in nnunet_env.rglob("*") if p.is_file()]
+
+
+# ------------------------------------------------------------------------------------ error reporting
+
+
+def test_errors_are_one_message_and_tracebacks_on_request(eval_folders, tmp_path, capsys, monkeypatch):
+    """One line without traceback by default; the exception itself with --debug or NNUNETV2_CIML_DEBUG=1;
+    an unexpected exception (a bug) is named as an internal error with how to get its traceback."""
+    from nnunetv2_ciml.evaluation import EvaluationError
+
+    ref, pred = eval_folders
+    (tmp_path / "file").write_text("")
+    argv = ["evaluate", "brats", "-ref", ref, "-pred", pred, "-o", tmp_path / "file"]
+    code, _, err = run(capsys, *argv)
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
+    with pytest.raises(EvaluationError, match="is a file"):
+        cli.main(["--debug", *map(str, argv)])
+    monkeypatch.setenv("NNUNETV2_CIML_DEBUG", "1")
+    with pytest.raises(EvaluationError, match="is a file"):
+        cli.main([str(a) for a in argv])
+    monkeypatch.delenv("NNUNETV2_CIML_DEBUG")
+
+    import nnunetv2_ciml.evaluation as evaluation
+
+    def bug(*args, **kwargs):
+        return {}["missing key"]
+
+    monkeypatch.setattr(evaluation, "evaluate_folder", bug)
+    code, _, err = run(capsys, "evaluate", "brats", "-ref", ref, "-pred", pred, "-o", tmp_path / "out")
+    assert code == 1
+    assert err == ("nnunetv2_ciml evaluate: internal error: KeyError: 'missing key'\nrun again with "
+                   "'nnunetv2_ciml --debug evaluate ...' for the traceback, and please report it\n")
