@@ -24,6 +24,7 @@ SUBCOMMANDS = {
     "export": "nnunetv2_ciml.commands.export",
     "demo": "nnunetv2_ciml.commands.demo",
     "explain": "nnunetv2_ciml.commands.explain",
+    "predict": "nnunetv2_ciml.commands.predict",
     "submission": "nnunetv2_ciml.commands.submission",
 }
 

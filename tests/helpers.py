@@ -310,6 +310,12 @@ def message_latent_layers(network: nn.Module) -> Dict[int, Tuple[nn.Module, Dict
             for s in network.message_stages}
 
 
+def randomize_messages(network: nn.Module) -> None:
+    """Nonzero message projections (they start at exactly zero)."""
+    for module in message_modules(network):
+        torch.nn.init.normal_(module.project.weight, std=0.5)
+
+
 def message_projection(network: nn.Module, stage: int, pair) -> torch.Tensor:
     """The projection weight ``W`` of ``pair`` (a :class:`~nnunetv2_ciml.network.MessagePair`) at ``stage``:
     a view, to edit in place."""

@@ -13,23 +13,26 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from helpers import REGIONS, build_ciml_network as build
 from nnunetv2_ciml.training.loss import KLRegularizedLoss
-from nnunetv2_ciml.network import unwrap
+from nnunetv2_ciml.network import modalities_present, unwrap
+from nnunetv2_ciml.training.modality_dropout import sample_present_modalities
 
 
 def _worker(rank: int, world_size: int, init_file: str, out_file: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     torch.set_num_threads(1)
-    results = {variant: _train(rank, world_size, messages) for variant, messages in VARIANTS.items()}
+    results = {variant: _train(rank, world_size, *flags) for variant, flags in VARIANTS.items()}
     if rank == 0:
         torch.save(results, out_file)
     dist.destroy_process_group()
 
 
-# Trainer variants by the network they build (the beta variants build the CIML network).
-VARIANTS = {"nnUNetTrainerCIML": True, "nnUNetTrainerCIML_noMessages": False}
+# Trainer variants by the network they build (the beta variants build the CIML network): (messages, modality
+# dropout). With dropout each rank masks different modalities, the absent-primary gate bias included.
+VARIANTS = {"nnUNetTrainerCIML": (True, False), "nnUNetTrainerCIML_noMessages": (False, False),
+            "nnUNetTrainerCIML_modalityDropout": (True, True)}
 
 
-def _train(rank: int, world_size: int, messages: bool) -> dict:
+def _train(rank: int, world_size: int, messages: bool, dropout: bool) -> dict:
     torch.manual_seed(0)  # same initial weights on every rank, as DDP requires
     net, _ = build(REGIONS, messages=messages)
     ddp = DDP(net)
@@ -44,7 +47,9 @@ def _train(rank: int, world_size: int, messages: bool) -> dict:
         x = torch.randn(2, 3, 16, 16, 16)
         target = [(torch.rand(2, 2, 16, 16, 16) > 0.5).float(), (torch.rand(2, 2, 8, 8, 8) > 0.5).float()]
         optimizer.zero_grad(set_to_none=True)
-        loss(ddp(x), target).backward()
+        present = sample_present_modalities(2, 3, 1.0) if dropout else None
+        with modalities_present(ddp, present):
+            loss(ddp(x), target).backward()
         optimizer.step()
     flat = torch.cat([p.detach().flatten() for p in net.parameters()])
     gathered = [torch.zeros_like(flat) for _ in range(world_size)]

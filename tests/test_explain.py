@@ -276,8 +276,8 @@ def test_input_folder_without_complete_cases_names_the_missing_channel(trained, 
     partial.mkdir()
     for f in files[:2]:
         shutil.copy(f, partial / f.name)
-    with pytest.raises(ExplainError, match=r"case 'case_005' .* lacks case_005_0002\.nii\.gz \(FLAIR\)"):
-        find_cases(partial, ".nii.gz", modalities)
+    # a missing modality file is allowed (explained without that modality)
+    assert find_cases(partial, ".nii.gz", modalities) == {"case_005": [str(partial / f.name) for f in files[:2]] + [None]}
     (partial / "notes.nii.gz").write_bytes(b"")
     with pytest.raises(ExplainError, match=r"\['notes\.nii\.gz'\] lack the channel suffix"):
         find_cases(partial, ".nii.gz", modalities)
@@ -334,6 +334,33 @@ def test_default_mirroring_targets_are_nnunets_mirrored_prediction(trained, tmp_
     assert all(np.isfinite(m).all() and m.min() >= 0 for m in result.maps.values())
 
 
+def test_a_missing_modality_file_sends_nothing(trained, predictor):
+    """Subtask "T1ce" receives random non-zero messages from T2 and FLAIR. With both files FLAIR has a map;
+    without the FLAIR file (``None``) the case is explained with FLAIR told missing: its map is exactly zero,
+    T2 holds the whole share, and subtask "FLAIR" (whose primary is missing) is still predicted. Fails if a
+    missing file is an error, or if it is read as a zero image that still sends messages."""
+    from nnunetv2_ciml.interpretability import ciml_network, explain_case
+
+    _, raw, _ = trained
+    network = ciml_network(predictor)
+    t1ce = network.subtask_names.index("T1ce")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for stage in network.messages.values():
+            for pair in network.message_pairs:
+                w = stage.projection(pair)
+                w.copy_(torch.randn(w.shape, generator=generator))
+        _decoder_bias(network, t1ce, 10.0)  # predict the subtask everywhere: a target on every voxel
+    files = _case_files(raw)
+    full = explain_case(predictor, files, subtasks=["T1ce"])
+    assert full.maps[("FLAIR", "T1ce")].max() > 0 and full.maps[("T2", "T1ce")].max() > 0
+
+    result = explain_case(predictor, [files[0], files[1], None], case="case_005")
+    assert not result.maps[("FLAIR", "T1ce")].any() and result.maps[("T2", "T1ce")].max() > 0
+    assert result.shares["T1ce"] == {"T2": 1.0, "FLAIR": 0.0}
+    assert set(result.predicted) == {"FLAIR", "T1ce"} and result.segmentation.shape == (1, 32, 32)
+
+
 def _bad_second_case(folder: Path, files, fault: str) -> Path:
     """Copy case_005 as case_a (good) and case_b with one fault in its T2 channel (or without FLAIR)."""
     folder.mkdir()
@@ -364,12 +391,11 @@ def _bad_second_case(folder: Path, files, fault: str) -> Path:
               r"case must lie on one voxel grid"),
     ("nan", r"channel 1 \(T2\) file '.*case_b_0001\.nii\.gz' holds non-finite voxel values \(1 NaN"),
     ("truncated", r"channel 1 \(T2\) file '.*case_b_0001\.nii\.gz' cannot be read: the file is truncated"),
-    ("missing", r"lacks case_b_0002\.nii\.gz \(FLAIR\): the model expects 3 channels"),
 ])
 def test_a_bad_second_case_stops_explain_before_anything_is_computed(trained, tmp_path, capsys, fault, problem):
     """Before: case_a's maps were written, then a shape mismatch in case_b stopped explain with an empty
-    reason and no explain.json; a NaN channel was explained as zeros; a missing channel reached the network.
-    Now every case is checked first: exit 1, one message naming case_b and the file, nothing written."""
+    reason and no explain.json; a NaN channel was explained as zeros. (A missing channel file is a missing
+    modality, explained without it: test_a_missing_modality_file_sends_nothing.) Now every case is checked first: exit 1, one message naming case_b and the file, nothing written."""
     from nnunetv2_ciml import cli
 
     _, raw, model = trained

@@ -13,10 +13,10 @@ from nnunetv2_ciml.registration import ENV_VAR, EXT_TRAINER_DIR
 def test_shim_names_are_the_trainers_modules_export():
     """Read statically from the shim's ``from M import *`` lines; must equal what importing gives (catches a
     parser that misses a module, or lists names that are not exported)."""
-    from nnunetv2_ciml.training import benchmark_trainers, demo_trainers, trainers
+    from nnunetv2_ciml.training import benchmark_trainers, demo_trainers, modality_dropout, trainers
 
     expected = {}
-    for module in (trainers, demo_trainers, benchmark_trainers):
+    for module in (trainers, demo_trainers, benchmark_trainers, modality_dropout):
         expected.update({n: module.__name__ for n in module.__all__})
     assert info.shim_trainer_names(EXT_TRAINER_DIR) == expected
 

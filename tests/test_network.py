@@ -7,17 +7,11 @@ from dynamic_network_architectures.building_blocks.residual_encoders import Resi
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch.distributions import Normal, kl_divergence
 
-from helpers import LABELS, REGIONS, build_ciml_network as build, plain_architecture
+from helpers import LABELS, REGIONS, build_ciml_network as build, plain_architecture, randomize_messages
 from nnunetv2_ciml.decomposition import resolve_decomposition
 from nnunetv2_ciml.network import CIMLUNet, MessagePair, StageMessages
 from nnunetv2_ciml.network.message import GATE_INIT_LOGIT
 from nnunetv2_ciml.planning import ciml_architecture
-
-def randomize_messages(net: CIMLUNet) -> None:
-    for m in net.modules():
-        if isinstance(m, StageMessages):
-            torch.nn.init.normal_(m.project.weight, std=0.5)
-
 
 @pytest.mark.parametrize("dataset_json, dim, residual", [
     (REGIONS, 3, False), (REGIONS, 2, False), (LABELS, 3, False), (LABELS, 2, True), (REGIONS, 3, True)])

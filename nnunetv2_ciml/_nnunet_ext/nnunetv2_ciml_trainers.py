@@ -5,3 +5,4 @@ nnU-Net imports this file as a top-level module, so it must only re-export, by a
 from nnunetv2_ciml.training.trainers import *  # noqa: F401,F403
 from nnunetv2_ciml.training.demo_trainers import *  # noqa: F401,F403
 from nnunetv2_ciml.training.benchmark_trainers import *  # noqa: F401,F403
+from nnunetv2_ciml.training.modality_dropout import *  # noqa: F401,F403

@@ -45,7 +45,8 @@ from nnunetv2_ciml.image_io import ImageFileError, verify_image_file
 from nnunetv2_ciml.interpretability.geometry import can_write_map, to_input_geometry, write_map
 from nnunetv2_ciml.interpretability.message_gradcam import MessageGradCAM, sliding_window_message_cams
 from nnunetv2_ciml.interpretability.overlay import render_subtask_overlay
-from nnunetv2_ciml.network import CIMLUNet, MessagePair, unwrap
+from nnunetv2_ciml.missing_modalities import CaseError, read_case, zero_missing_channels
+from nnunetv2_ciml.network import CIMLUNet, MessagePair, modalities_present, unwrap
 
 __all__ = ["ExplainError", "CaseExplanation", "load_predictor", "ciml_network", "find_cases", "check_case_files",
            "explain_image", "explain_case", "map_file_name", "write_case_explanation", "explain_folder"]
@@ -193,8 +194,9 @@ def _predicted_outputs(segmentation: np.ndarray, channels: Sequence[int], label_
 
 def explain_image(predictor: nnUNetPredictor, image: np.ndarray, properties: dict,
                   subtasks: Optional[Sequence[str]] = None, senders: Optional[Sequence[str]] = None,
-                  case: str = "case") -> CaseExplanation:
-    """Explain one case given as the model's reader returns it: ``image`` ``(M, *spatial)``, ``properties``.
+                  case: str = "case", present: Optional[Sequence[bool]] = None) -> CaseExplanation:
+    """Explain one case given as the model's reader returns it: ``image`` ``(M, *spatial)``, ``properties``;
+    ``present`` ``(M,)``: which modalities exist (default all; a missing one sends nothing).
 
     ``subtasks``/``senders``: names (case-insensitive) to restrict to; default all. Uses the predictor's
     network with the weights it holds now (after ``initialize_from_trained_model_folder``: the first fold's;
@@ -209,19 +211,23 @@ def explain_image(predictor: nnUNetPredictor, image: np.ndarray, properties: dic
     threads = torch.get_num_threads()
     torch.set_num_threads(min(default_num_processes, threads))
     try:
-        return _explain_image(predictor, network, image, properties, chosen, computed, shown, case)
+        mask = None if present is None else torch.as_tensor(np.asarray(present), dtype=torch.float32)[None]
+        with modalities_present(network, mask):
+            return _explain_image(predictor, network, image, properties, chosen, computed, shown, case, present)
     finally:
         torch.set_num_threads(threads)
 
 
 def _explain_image(predictor: nnUNetPredictor, network: CIMLUNet, image: np.ndarray, properties: dict,
                    chosen: List[int], computed: List[MessagePair], shown: List[MessagePair],
-                   case: str) -> CaseExplanation:
+                   case: str, present: Optional[Sequence[bool]] = None) -> CaseExplanation:
     plans_manager, configuration_manager = predictor.plans_manager, predictor.configuration_manager
     label_manager = predictor.label_manager
     preprocessor = configuration_manager.preprocessor_class(verbose=predictor.verbose_preprocessing)
     data, _, props = preprocessor.run_case_npy(image, None, deepcopy(properties), plans_manager,
                                                configuration_manager, predictor.dataset_json)
+    if present is not None:
+        data = zero_missing_channels(data, np.asarray(present, bool))
     data = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
 
     show_progress, predictor.allow_tqdm = predictor.allow_tqdm, False  # one progress bar (the Grad-CAM tiles)
@@ -260,40 +266,47 @@ def _explain_image(predictor: nnUNetPredictor, network: CIMLUNet, image: np.ndar
     return result
 
 
-def check_case_files(case: str, files: Sequence[Union[str, Path]], modalities: Sequence[str]) -> None:
+def check_case_files(case: str, files: Sequence[Optional[Union[str, Path]]], modalities: Sequence[str]) -> None:
     """ExplainError naming the case and the file unless every channel file reads completely, holds finite
     voxels (:mod:`nnunetv2_ciml.image_io`) and lies on the first channel's grid (size, and spacing as
-    nnU-Net's readers compare it), so that nnU-Net's reader will accept the case."""
+    nnU-Net's readers compare it), so that nnU-Net's reader will accept the case. ``None``: a missing
+    modality (allowed, :mod:`nnunetv2_ciml.missing_modalities`), but not all of them."""
+    existing = [(c, f) for c, f in enumerate(files) if f is not None]
+    if not existing:
+        raise ExplainError(f"case {case!r} has no modality file at all")
     infos = []
-    for c, f in enumerate(files):
+    for c, f in existing:
         try:
             infos.append(verify_image_file(f, case, f"channel {c} ({modalities[c] if c < len(modalities) else '?'})"))
         except ImageFileError as e:
             raise ExplainError(str(e)) from None
-    for f, info in zip(files[1:], infos[1:]):
+    first_file = existing[0][1]
+    for (_, f), info in zip(existing[1:], infos[1:]):
         for what, first, this in (("size (x, y, z)", infos[0].size, info.size),
                                   ("spacing (mm, x, y, z)", infos[0].spacing, info.spacing)):
             if len(first) != len(this) or not np.allclose(first, this):
-                raise ExplainError(f"case {case!r}: {str(f)!r} has {what} {this} but {str(files[0])!r} has {first}: "
-                                   "the channels of a case must lie on one voxel grid")
+                raise ExplainError(f"case {case!r}: {str(f)!r} has {what} {this} but {str(first_file)!r} has "
+                                   f"{first}: the channels of a case must lie on one voxel grid")
 
 
-def explain_case(predictor: nnUNetPredictor, image_files: Sequence[Union[str, Path]],
+def explain_case(predictor: nnUNetPredictor, image_files: Sequence[Optional[Union[str, Path]]],
                  subtasks: Optional[Sequence[str]] = None, senders: Optional[Sequence[str]] = None,
                  case: Optional[str] = None) -> CaseExplanation:
     """Explain one case from its channel files (``_0000``, ``_0001``, ... in order), read with the model's reader
-    after :func:`check_case_files`."""
-    files = [str(f) for f in image_files]
+    after :func:`check_case_files`; ``None`` for a missing modality (:mod:`nnunetv2_ciml.missing_modalities`)."""
     if case is None:
-        name = Path(files[0]).name
+        name = Path(str(next((f for f in image_files if f is not None), "case"))).name
         case = re.sub(r"_\d{4}$", "", name[:-len(predictor.dataset_json["file_ending"])]) \
             if name.endswith(predictor.dataset_json["file_ending"]) else name
-    check_case_files(case, files, ciml_network(predictor).modality_names)
-    return _explain_checked_files(predictor, files, subtasks, senders, case)
+    check_case_files(case, image_files, ciml_network(predictor).modality_names)
+    return _explain_checked_files(predictor, [None if f is None else str(f) for f in image_files], subtasks,
+                                  senders, case)
 
 
-def _explain_checked_files(predictor: nnUNetPredictor, files: List[str], subtasks: Optional[Sequence[str]],
+def _explain_checked_files(predictor: nnUNetPredictor, files: List[Optional[str]], subtasks: Optional[Sequence[str]],
                            senders: Optional[Sequence[str]], case: str) -> CaseExplanation:
+    if any(f is None for f in files):
+        return _explain_incomplete_case(predictor, files, subtasks, senders, case)
     reader = predictor.plans_manager.image_reader_writer_class()
     try:
         with contextlib.redirect_stdout(io.StringIO()) as printed:  # nnU-Net's readers print their complaints
@@ -305,6 +318,24 @@ def _explain_checked_files(predictor: nnUNetPredictor, files: List[str], subtask
         raise ExplainError(f"case {case!r}: maps are written as NIfTI in the input's geometry, which needs a "
                            f"SimpleITK or nibabel reader; this model reads with {type(reader).__name__}")
     return explain_image(predictor, image, properties, subtasks, senders, case)
+
+
+def _explain_incomplete_case(predictor: nnUNetPredictor, image_files: Sequence[Optional[Union[str, Path]]],
+                             subtasks: Optional[Sequence[str]], senders: Optional[Sequence[str]],
+                             case: Optional[str]) -> CaseExplanation:
+    files = {c: str(f) for c, f in enumerate(image_files) if f is not None}
+    case = case or "case"
+    names = ciml_network(predictor).modality_names
+    try:
+        image, properties, present = read_case(predictor.plans_manager.image_reader_writer_class(), case, files,
+                                               len(image_files), names)
+    except CaseError as e:
+        raise ExplainError(str(e)) from None
+    if not can_write_map(properties):
+        raise ExplainError(f"case {case!r}: maps are written as NIfTI in the input's geometry, which needs a "
+                           f"SimpleITK or nibabel reader; this model reads with "
+                           f"{predictor.plans_manager.image_reader_writer_class.__name__}")
+    return explain_image(predictor, image, properties, subtasks, senders, case, present)
 
 
 def _file_name(name: str) -> str:
@@ -351,8 +382,10 @@ def write_case_explanation(explanation: CaseExplanation, out_dir: Union[str, Pat
     return summary
 
 
-def find_cases(input_dir: Union[str, Path], file_ending: str, modalities: Sequence[str]) -> Dict[str, List[str]]:
-    """Channel files per case in an nnU-Net input folder (``CASE_XXXX<file_ending>``), checked complete."""
+def find_cases(input_dir: Union[str, Path], file_ending: str, modalities: Sequence[str]
+               ) -> Dict[str, List[Optional[str]]]:
+    """Channel files per case in an nnU-Net input folder (``CASE_XXXX<file_ending>``); ``None`` where a
+    modality's file is missing (:mod:`nnunetv2_ciml.missing_modalities`)."""
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise ExplainError(f"input folder {str(input_dir)!r} does not exist")
@@ -376,14 +409,11 @@ def find_cases(input_dir: Union[str, Path], file_ending: str, modalities: Sequen
                            f"channel ({expected})")
     cases = {}
     for case, files in channels.items():
-        missing = [f"{case}_{c:04d}{file_ending} ({m})" for c, m in enumerate(modalities) if c not in files]
         extra = [Path(files[c]).name for c in sorted(files) if c >= len(modalities)]
-        if missing or extra:
-            problem = f"lacks {', '.join(missing)}" if missing else ""
-            problem += ("; " if missing and extra else "") + (f"has unexpected {', '.join(extra)}" if extra else "")
-            raise ExplainError(f"case {case!r} in {str(input_dir)!r} {problem}: the model expects "
-                               f"{len(modalities)} channels ({expected})")
-        cases[case] = [files[c] for c in range(len(modalities))]
+        if extra:
+            raise ExplainError(f"case {case!r} in {str(input_dir)!r} has unexpected {', '.join(extra)}: the model "
+                               f"expects {len(modalities)} channels ({expected})")
+        cases[case] = [files.get(c) for c in range(len(modalities))]
     return cases
 
 

@@ -1,6 +1,7 @@
 """The CIML network and its building blocks."""
-from nnunetv2_ciml.network.ciml_unet import CIMLUNet, SubtaskDecoders, unwrap
+from nnunetv2_ciml.network.ciml_unet import CIMLUNet, SubtaskDecoders, modalities_present, unwrap
 from nnunetv2_ciml.network.grouped import grouped_conv
 from nnunetv2_ciml.network.message import MessagePair, StageMessages
 
-__all__ = ["CIMLUNet", "MessagePair", "StageMessages", "SubtaskDecoders", "grouped_conv", "unwrap"]
+__all__ = ["CIMLUNet", "MessagePair", "StageMessages", "SubtaskDecoders", "grouped_conv", "modalities_present",
+           "unwrap"]

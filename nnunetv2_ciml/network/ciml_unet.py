@@ -1,6 +1,7 @@
 """CIMLUNet: one grouped encoder for the modality branches, one decoder per subtask, complementary messages."""
+from contextlib import contextmanager
 from types import SimpleNamespace
-from typing import List, Optional, Sequence, Type, Union
+from typing import Iterator, List, Optional, Sequence, Type, Union
 
 import torch
 from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
@@ -83,6 +84,14 @@ class CIMLUNet(nn.Module):
     receive messages (default :func:`default_message_stages`). ``checkpoint_messages`` recomputes message
     intermediates in the backward pass instead of storing them. ``encoder_layout`` must be
     ``ENCODER_LAYOUT``: plans written by earlier versions (separate encoders) are refused with a clear error.
+
+    Missing modalities: ``forward(x, present)``, or the attribute ``present_modalities`` when ``present`` is not
+    given (how nnU-Net's predictor, which calls ``network(x)``, is told; see :func:`modalities_present`), takes a
+    mask ``(B, M)`` or ``(M,)``, 1 where a modality exists. A missing modality's features are multiplied by 0 at
+    every stage (its input channel is ignored, whatever it holds, and its encoder block gets no gradient), it
+    sends no messages (exactly zero, :class:`StageMessages`), and a subtask whose primary is missing decodes from
+    the messages alone, with gates that open (``StageMessages.absent_primary_logit``). The mask is multiplied in,
+    no per-sample branching, so torch.compile sees one graph. ``None`` (the default) is the full-modality path.
     """
 
     def __init__(self,
@@ -187,6 +196,7 @@ class CIMLUNet(nn.Module):
         self.register_buffer("_output_order", torch.tensor([order.index(k) for k in range(num_classes)]),
                              persistent=False)
         self._identity_order = order == list(range(num_classes))
+        self.present_modalities: Optional[torch.Tensor] = None
         self.kl: torch.Tensor = torch.zeros(())
         self.message_kl = torch.zeros(len(self.message_pairs))
         self.message_magnitude = torch.zeros(len(self.message_pairs))
@@ -200,23 +210,38 @@ class CIMLUNet(nn.Module):
         c = self.features_per_stage[stage]
         return features[:, modality * c:(modality + 1) * c]
 
-    def _stage_messages(self, stage: int, features: torch.Tensor):
+    def _stage_messages(self, stage: int, features: torch.Tensor, present: Optional[torch.Tensor]):
         module = self.messages[str(stage)]
         if self.checkpoint_messages and self.training and torch.is_grad_enabled():
             # Message intermediates (posterior, z, attention) would dominate activation memory; recompute them.
-            return checkpoint(module, features, use_reentrant=False)
-        return module(features)
+            return checkpoint(module, features, present, use_reentrant=False)
+        return module(features, present)
 
-    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
+    def presence_mask(self, present: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``present`` ``(M,)`` or ``(B, M)`` (bool or 0/1) as ``(B, M)`` in ``x``'s dtype and device."""
+        if present.shape[-1] != self.num_modalities or present.dim() not in (1, 2):
+            raise ValueError(f"present_modalities must have shape (M,) or (B, M) with M = {self.num_modalities} "
+                             f"({', '.join(self.modality_names)}); got {tuple(present.shape)}")
+        return present.to(device=x.device, dtype=x.dtype).expand(x.shape[0], self.num_modalities)
+
+    def forward(self, x: torch.Tensor, present: Optional[torch.Tensor] = None
+                ) -> Union[torch.Tensor, List[torch.Tensor]]:
         if x.shape[1] != self.num_modalities:
             raise ValueError(
                 f"CIMLUNet expects {self.num_modalities} input channels, one per modality "
                 f"({', '.join(self.modality_names)}), got {x.shape[1]}. If a sequence is missing, predict with "
                 f"`nnunetv2_ciml predict`, which accepts cases with missing modality files.")
+        present = self.present_modalities if present is None else present
         features = self.encoder(x)
+        if present is not None:
+            present = self.presence_mask(present, x)
+            flags = present.view(*present.shape, *[1] * (x.dim() - 1))  # (B, M, 1, *1)
+            # in the features' dtype: under autocast they are half precision, and a float32 factor would promote them
+            features = [(f.unflatten(1, (self.num_modalities, -1)) * flags.to(f.dtype)).flatten(1, 2)
+                        for f in features]
         messages, kls, rms = {}, [], []
         for s in self.message_stages:
-            messages[s], kl, magnitude = self._stage_messages(s, features[s])
+            messages[s], kl, magnitude = self._stage_messages(s, features[s], present)
             if self.training:
                 kls.append(kl)
                 rms.append(magnitude)
@@ -250,3 +275,17 @@ class CIMLUNet(nn.Module):
         init_last_bn_before_add_to_0(module)
         if isinstance(module, StageMessages):
             module.reset_parameters()
+
+
+@contextmanager
+def modalities_present(network: nn.Module, present: Optional[torch.Tensor]) -> Iterator[nn.Module]:
+    """Within the block, ``network(x)`` (a :class:`CIMLUNet`, also behind DDP or torch.compile) treats only the
+    modalities flagged in ``present`` (``(M,)`` or ``(B, M)``, see :class:`CIMLUNet`) as existing; ``None``: all."""
+    module = unwrap(network)
+    if not isinstance(module, CIMLUNet):
+        raise TypeError(f"only a CIMLUNet takes a modality mask; got {type(module).__name__}")
+    previous, module.present_modalities = module.present_modalities, present
+    try:
+        yield network
+    finally:
+        module.present_modalities = previous

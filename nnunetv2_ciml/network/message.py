@@ -8,6 +8,9 @@ from torch.nn.modules.conv import _ConvNd
 
 
 GATE_INIT_LOGIT = -3.0  # initial attention logit: gates start nearly closed (see StageMessages)
+# Initial logit added to a pair's attention when its subtask's primary modality is absent: the gate starts at
+# sigmoid(GATE_INIT_LOGIT + ABSENT_PRIMARY_LOGIT) = 0.95, open (see StageMessages, missing modalities).
+ABSENT_PRIMARY_LOGIT = 6.0
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,15 @@ class StageMessages(nn.Module):
     channels and voxels (exact, from the latents' Gram matrix), both float32 (safe under AMP). Eval mode skips
     them: sliding-window inference pays for the messages alone.
 
+    Missing modalities: ``forward(features, present)`` with ``present`` ``(B, M)`` (1 = the modality exists, 0 =
+    it does not) multiplies each pair's ``mu``, ``logvar`` and gated latent by its sender's flag, so a missing
+    sender's message is exactly zero, its KL exactly 0 and no gradient flows through it. A missing primary makes
+    the receiver features zero (the caller zeroes them); the attention logit of each of its subtask's pairs then
+    gets ``absent_primary_logit`` ``(P,)`` added (a learnt bias per pair, initialised to
+    :data:`ABSENT_PRIMARY_LOGIT`): the gates open when the subtask has nothing but messages, without guessing
+    absence from zeros, and modality-dropout training can tune how far. ``present=None`` is the full-modality
+    path, unchanged.
+
     Args:
         conv_op: ``nn.Conv2d`` or ``nn.Conv3d``.
         channels: features ``C`` per modality at this stage.
@@ -101,7 +113,11 @@ class StageMessages(nn.Module):
         self.latent_attention = conv_op(n_pairs * latent, n_pairs, kernel_size, padding=padding, groups=n_pairs,
                                         bias=False)
         self.project = conv_op(n_pairs * latent, n_subtasks * channels, 1, groups=n_subtasks, bias=False)
+        self.absent_primary_logit = nn.Parameter(torch.empty(n_pairs))
         self.message = nn.Identity()
+        self.register_buffer("_pair_senders", torch.tensor([p.sender for p in self.pairs]), persistent=False)
+        self.register_buffer("_pair_primaries", torch.tensor([self.subtask_primaries[p.subtask] for p in self.pairs]),
+                             persistent=False)
         self.register_buffer("_sender_channels", self._channel_index([p.sender for p in self.pairs]), persistent=False)
         self.register_buffer("_receiver_channels", self._channel_index(self.subtask_primaries), persistent=False)
         self.reset_parameters()
@@ -116,9 +132,11 @@ class StageMessages(nn.Module):
         instead of passing the latents' baseline everywhere from the start. On the ShapeComposition demo,
         half-open gates (bias 0) left a diffuse floor of message Grad-CAM mass on the background (median
         10 to 20 % of the peak) and 1.57x the complementary masks' area share inside them; closed gates
-        gave 2.15x and 2.18x (two runs) at the same Dice."""
+        gave 2.15x and 2.18x (two runs) at the same Dice. Gates of a subtask whose primary is absent start open
+        (:data:`ABSENT_PRIMARY_LOGIT`)."""
         nn.init.zeros_(self.project.weight)
         nn.init.constant_(self.receiver_attention.bias, GATE_INIT_LOGIT)
+        nn.init.constant_(self.absent_primary_logit, ABSENT_PRIMARY_LOGIT)
 
     def latent_slice(self, pair: MessagePair) -> slice:
         """Channels of ``pair``'s gated latent in ``u`` (what ``message`` sees)."""
@@ -131,8 +149,10 @@ class StageMessages(nn.Module):
         i, k = divmod(p, self.senders_per_subtask)
         return self.project.weight[i * c:(i + 1) * c, k * self.latent_channels:(k + 1) * self.latent_channels]
 
-    def forward(self, features: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """``features`` ``(B, M * C, *spatial)``, the grouped encoder's output at this stage.
+    def forward(self, features: torch.Tensor, present: Optional[torch.Tensor] = None
+                ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """``features`` ``(B, M * C, *spatial)``, the grouped encoder's output at this stage; ``present``
+        ``(B, M)`` in ``features``' dtype, 1 where a modality exists (``None``: all do).
 
         Returns the summed messages of every subtask ``(B, S * C, *spatial)`` (block ``i`` for subtask ``i``),
         and per pair the KL and the message RMS (``(P,)`` float32 each; ``None`` in eval mode)."""
@@ -145,15 +165,31 @@ class StageMessages(nn.Module):
                                          n_subtasks))
         mu, logvar = posterior.unflatten(1, (n_pairs, 2 * latent)).chunk(2, dim=2)  # (B, P, L, *spatial)
         logvar = logvar.clamp(-10.0, 10.0)
+        if present is not None:
+            present = present.to(posterior.dtype)  # a float32 mask would promote half-precision activations
+            # (B, P, 1, ...): a missing sender's posterior becomes N(0, I), whose KL is exactly 0
+            sender_present = present.index_select(1, self._pair_senders).view(b, n_pairs, 1, *[1] * len(spatial))
+            mu, logvar = mu * sender_present, logvar * sender_present
         if self.training:
             std = torch.exp(0.5 * logvar)
             z = torch.addcmul(mu, std, torch.randn_like(mu)).flatten(1, 2)
         else:
             z = mu.flatten(1, 2)
         attention_inputs = _attention_layout(receivers, z)
-        attention = torch.sigmoid(self.receiver_attention(attention_inputs[0])
-                                  + self.latent_attention(attention_inputs[1])).contiguous()  # (B, P, *spatial)
-        u = self.message((attention.unsqueeze(2) * z.unflatten(1, (n_pairs, latent))).flatten(1, 2))
+        # DDP (nnU-Net's, without find_unused_parameters) needs every parameter in every step's graph: the
+        # absent-primary bias enters the receiver bias vector times 0 when every modality exists (P numbers).
+        receiver = self.receiver_attention
+        bias = receiver.bias + 0 * self.absent_primary_logit
+        logits = (receiver._conv_forward(attention_inputs[0], receiver.weight, bias)
+                  + self.latent_attention(attention_inputs[1]))
+        gated = z.unflatten(1, (n_pairs, latent))  # (B, P, L, *spatial)
+        if present is not None:
+            primary_absent = 1 - present.index_select(1, self._pair_primaries)  # (B, P)
+            bias = (primary_absent * self.absent_primary_logit).to(logits.dtype)
+            logits = logits + bias.view(b, n_pairs, *[1] * len(spatial))
+            gated = gated * sender_present
+        attention = torch.sigmoid(logits).contiguous()  # (B, P, *spatial)
+        u = self.message((attention.unsqueeze(2) * gated).flatten(1, 2))
         message = grouped_pointwise(self.project.weight, None, u, n_subtasks)
         if not self.training:
             return message, None, None

@@ -1,0 +1,97 @@
+"""``nnunetv2_ciml predict -i IN -o OUT -m MODEL_FOLDER -f 0``: nnU-Net prediction for cases with missing modalities.
+
+nnU-Net's predictor (``nnUNetPredictor``) underneath, case by case; see
+:mod:`nnunetv2_ciml.missing_modalities` for how a missing channel is filled and told to the network.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HELP = ("Predict with a CIML model when some cases lack modality files (CASE_XXXX missing): nnU-Net's predictor, "
+        "the network told which modalities exist; OUT/modalities.json records what each case used.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-i", required=True, metavar="INPUT_DIR",
+                        help="cases named as for nnUNetv2_predict (CASE_0000.nii.gz, ...); any channel file may be "
+                             "absent")
+    parser.add_argument("-o", required=True, metavar="OUTPUT_DIR", help="where the segmentations go")
+    parser.add_argument("-m", required=True, metavar="MODEL_FOLDER",
+                        help="trained model folder: $nnUNet_results/DatasetXXX_Name/TRAINER__PLANS__CONFIGURATION")
+    parser.add_argument("-f", nargs="+", default=["0", "1", "2", "3", "4"], metavar="FOLD",
+                        help="folds to ensemble (as nnUNetv2_predict; default 0 1 2 3 4)")
+    parser.add_argument("-chk", default="checkpoint_final.pth", metavar="CHECKPOINT",
+                        help="checkpoint file in each fold folder (default checkpoint_final.pth)")
+    parser.add_argument("-step_size", type=float, default=0.5,
+                        help="sliding-window step as a fraction of the patch size (default 0.5)")
+    parser.add_argument("--disable_tta", action="store_true", help="no mirroring at test time")
+    parser.add_argument("--save_probabilities", action="store_true",
+                        help="also write the softmax/sigmoid probabilities (.npz) as nnUNetv2_predict does")
+    parser.add_argument("-device", choices=["cuda", "cpu", "mps"], default="cuda",
+                        help="as nnUNetv2_predict (default cuda)")
+    parser.add_argument("--cases", nargs="+", metavar="CASE",
+                        help="predict these cases only (default: every case with at least one file); a listed case "
+                             "without any file is reported as an error")
+    parser.add_argument("--zero-fill", action="store_true",
+                        help="allow a plain nnU-Net model: missing channels are zeros after normalisation and the "
+                             "network is not told (early fusion usually degrades badly)")
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from nnunetv2_ciml.missing_modalities import (CaseError, find_case_files, is_ciml, missing_summary,
+                                                  predict_case, read_case)
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    def fail(message: str) -> int:
+        print(f"nnunetv2_ciml predict: error: {message}", file=sys.stderr)
+        return 1
+
+    model = Path(args.m)
+    if not (model / "plans.json").is_file():
+        return fail(f"{str(model)!r} is not a trained nnU-Net model folder (no plans.json)")
+    out = Path(args.o)
+    if out.resolve() == Path(args.i).resolve():
+        return fail(f"the output folder must differ from the input folder {args.i!r}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        return fail("-device cuda, but torch sees no CUDA device (use -device cpu)")
+    folds = [f if f == "all" else int(f) for f in args.f]
+    predictor = nnUNetPredictor(tile_step_size=args.step_size, use_gaussian=True, use_mirroring=not args.disable_tta,
+                                perform_everything_on_device=args.device == "cuda", device=torch.device(args.device),
+                                verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+    try:
+        predictor.initialize_from_trained_model_folder(str(model), use_folds=folds, checkpoint_name=args.chk)
+    except (FileNotFoundError, RuntimeError) as e:
+        return fail(f"cannot load the model from {str(model)!r} (folds {args.f}, checkpoint {args.chk}): {e}")
+    ciml = is_ciml(predictor.network)
+    if not ciml and not args.zero_fill:
+        return fail(f"{str(model)!r} holds a plain nnU-Net model ({type(predictor.network).__name__}), which cannot "
+                    f"be told that a modality is missing; its missing channels would be zeros it reads as data. "
+                    f"Pass --zero-fill to predict that way anyway, or use a CIML model (-tr nnUNetTrainerCIML*).")
+    channel_names = predictor.dataset_json["channel_names"]
+    names = [channel_names[str(c)] for c in range(len(channel_names))]
+    try:
+        cases = find_case_files(args.i, predictor.dataset_json["file_ending"], len(names), args.cases)
+    except CaseError as e:
+        return fail(str(e))
+    out.mkdir(parents=True, exist_ok=True)
+    reader = predictor.plans_manager.image_reader_writer_class()
+    record = {"model_folder": str(model.resolve()), "folds": [str(f) for f in folds], "checkpoint": args.chk,
+              "modalities": names, "network_told": ciml, "cases": {}, "errors": {}}
+    for case, files in cases.items():
+        try:
+            image, properties, present = read_case(reader, case, files, len(names), names)
+            predict_case(predictor, image, properties, present, str(out / case), args.save_probabilities)
+        except CaseError as e:
+            record["errors"][case] = str(e)
+            print(f"nnunetv2_ciml predict: error: {e}", file=sys.stderr)
+            continue
+        record["cases"][case] = missing_summary(present, names)
+        missing = record["cases"][case]["missing"]
+        print(f"{case}: {'all modalities' if not missing else 'without ' + ', '.join(missing)}")
+    (out / "modalities.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"Predicted {len(record['cases'])} of {len(cases)} case(s) into {out}; modalities.json lists what each "
+          f"used" + (f"; {len(record['errors'])} case(s) failed (see above)" if record["errors"] else ""))
+    return 1 if record["errors"] else 0

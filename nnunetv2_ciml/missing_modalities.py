@@ -1,0 +1,153 @@
+"""Cases whose channel files are partly absent: find them, read what exists, predict with nnU-Net's predictor.
+
+A case's channels are nnU-Net's input files ``CASE_XXXX<file_ending>``; a missing file is a missing modality.
+Its channel is filled with zeros after nnU-Net's preprocessing (normalisation included) and a
+:class:`~nnunetv2_ciml.network.CIMLUNet` is told which modalities exist
+(:func:`~nnunetv2_ciml.network.modalities_present`), so it ignores the filled channel instead of reading it as
+data. A plain nnU-Net network only sees the zeros (``zero_fill``).
+"""
+import re
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from nnunetv2_ciml.errors import CIMLError
+from nnunetv2_ciml.image_io import ImageFileError, verify_image_file
+
+__all__ = ["CaseError", "find_case_files", "read_case", "zero_missing_channels", "predict_case", "is_ciml"]
+
+SPACING_ATOL_MM = 1e-3
+DIRECTION_ATOL = 1e-4
+
+
+class CaseError(CIMLError, ValueError):
+    """One case cannot be used (no modality at all, an unreadable file, files of different geometry)."""
+
+
+def find_case_files(input_dir: Union[str, Path], file_ending: str, num_modalities: int,
+                    cases: Optional[Sequence[str]] = None) -> Dict[str, Dict[int, str]]:
+    """``{case: {channel: path}}`` for the files ``CASE_XXXX<file_ending>`` of ``input_dir`` (sorted by case).
+
+    ``cases``: only these, each listed even when it has no file (``{}``, for :func:`read_case` to report).
+    A channel number ``>= num_modalities`` is a :class:`CaseError` naming the file; a folder without any such
+    file is one too."""
+    input_dir = Path(input_dir)
+    if not input_dir.is_dir():
+        raise CaseError(f"input folder {str(input_dir)!r} does not exist")
+    pattern = re.compile(rf"^(.+)_(\d{{4}}){re.escape(file_ending)}$")
+    found: Dict[str, Dict[int, str]] = {}
+    for path in sorted(input_dir.iterdir()):
+        match = pattern.match(path.name)
+        if match is None or not path.is_file():
+            continue
+        channel = int(match.group(2))
+        if channel >= num_modalities:
+            raise CaseError(f"case {match.group(1)!r}: file {str(path)!r} is channel {channel}, but the model has "
+                            f"{num_modalities} modalities (_0000 to _{num_modalities - 1:04d})")
+        found.setdefault(match.group(1), {})[channel] = str(path)
+    if cases is not None:
+        return {case: found.get(case, {}) for case in cases}
+    if not found:
+        raise CaseError(f"no cases in {str(input_dir)!r}: expected files CASE_XXXX{file_ending}")
+    return dict(sorted(found.items()))
+
+
+def _geometry(properties: dict) -> Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
+    sitk_stuff = properties.get("sitk_stuff") or {}
+    origin, direction = sitk_stuff.get("origin"), sitk_stuff.get("direction")
+    return (np.asarray(properties["spacing"], float), None if origin is None else np.asarray(origin, float),
+            None if direction is None else np.asarray(direction, float))
+
+
+def read_case(reader, case: str, files: Dict[int, str], num_modalities: int,
+              modality_names: Optional[Sequence[str]] = None) -> Tuple[np.ndarray, dict, np.ndarray]:
+    """Read the existing channel files of one case with nnU-Net's ``reader`` (an image reader/writer instance),
+    each first checked by :func:`nnunetv2_ciml.image_io.verify_image_file` (readable, complete, finite).
+
+    Returns ``image`` ``(num_modalities, *spatial)`` float32 (missing channels 0), the properties of the first
+    existing file and ``present`` ``(num_modalities,)`` bool. Raises :class:`CaseError` naming the case and the
+    file when no file exists, a file cannot be read, or its shape, spacing, origin or direction differ from the
+    case's first file (spacing and origin within 1e-3 mm, direction within 1e-4)."""
+    names = list(modality_names) if modality_names else [f"channel {c}" for c in range(num_modalities)]
+    if not files:
+        raise CaseError(f"case {case!r} has no modality file at all (expected any of "
+                        f"{', '.join(f'_{c:04d} ({n})' for c, n in enumerate(names))})")
+    arrays: Dict[int, np.ndarray] = {}
+    first_properties, first_file = None, None
+    for channel, path in sorted(files.items()):
+        try:  # the package's checked reading path first: truncated files, NaN/Inf voxels
+            verify_image_file(path, case, f"channel {channel} ({names[channel]})")
+        except ImageFileError as e:
+            raise CaseError(str(e)) from None
+        try:
+            array, properties = reader.read_images([path])
+        except Exception as e:  # nnU-Net's readers raise whatever their backend raises
+            lines = str(e).strip().splitlines()
+            raise CaseError(f"case {case!r}: file {path!r} ({names[channel]}) cannot be read: "
+                            f"{lines[-1] if lines else type(e).__name__}") from None
+        if first_properties is None:
+            first_properties, first_file = properties, path
+        else:
+            problem = _geometry_difference(array.shape[1:], properties, arrays[min(arrays)].shape, first_properties)
+            if problem:
+                raise CaseError(f"case {case!r}: file {path!r} ({names[channel]}) has another geometry than "
+                                f"{first_file!r}: {problem}")
+        arrays[channel] = array[0]
+    shape = arrays[min(arrays)].shape
+    image = np.zeros((num_modalities, *shape), np.float32)
+    for channel, array in arrays.items():
+        image[channel] = array
+    present = np.array([c in arrays for c in range(num_modalities)])
+    return image, first_properties, present
+
+
+def _geometry_difference(shape, properties: dict, reference_shape, reference: dict) -> str:
+    if tuple(shape) != tuple(reference_shape):
+        return f"shape {tuple(shape)} instead of {tuple(reference_shape)}"
+    for what, value, expected, atol in zip(("spacing", "origin", "direction"), _geometry(properties),
+                                           _geometry(reference), (SPACING_ATOL_MM, SPACING_ATOL_MM, DIRECTION_ATOL)):
+        if value is not None and expected is not None and (value.shape != expected.shape or
+                                                            not np.allclose(value, expected, rtol=0, atol=atol)):
+            return f"{what} {value.tolist()} instead of {expected.tolist()}"
+    return ""
+
+
+def zero_missing_channels(data: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """``data`` ``(M, *spatial)`` (preprocessed) with missing channels set to 0, in place; returns it."""
+    data[~np.asarray(present, bool)] = 0
+    return data
+
+
+def is_ciml(network: torch.nn.Module) -> bool:
+    from nnunetv2_ciml.network import CIMLUNet, unwrap
+    return isinstance(unwrap(network), CIMLUNet)
+
+
+def predict_case(predictor, image: np.ndarray, properties: dict, present: np.ndarray,
+                 output_file_truncated: str, save_probabilities: bool = False) -> None:
+    """Preprocess, predict and export one case as nnU-Net's predictor does, with the modalities not in
+    ``present`` zeroed after preprocessing and, for a CIML network, masked in the network."""
+    from nnunetv2.inference.export_prediction import export_prediction_from_logits
+
+    from nnunetv2_ciml.network import modalities_present
+
+    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
+    data, _, properties = preprocessor.run_case_npy(image, None, properties, predictor.plans_manager,
+                                                    predictor.configuration_manager, predictor.dataset_json)
+    data = torch.from_numpy(np.ascontiguousarray(zero_missing_channels(data, present), dtype=np.float32))
+    if is_ciml(predictor.network):
+        mask = torch.as_tensor(present, dtype=torch.float32, device=predictor.device)[None]
+        with modalities_present(predictor.network, mask):
+            logits = predictor.predict_logits_from_preprocessed_data(data).cpu()
+    else:
+        logits = predictor.predict_logits_from_preprocessed_data(data).cpu()
+    export_prediction_from_logits(logits, properties, predictor.configuration_manager, predictor.plans_manager,
+                                  predictor.dataset_json, output_file_truncated, save_probabilities)
+
+
+def missing_summary(present: np.ndarray, modality_names: List[str]) -> dict:
+    """What ``modalities.json`` records for one case."""
+    return {"present": [n for n, p in zip(modality_names, present) if p],
+            "missing": [n for n, p in zip(modality_names, present) if not p]}

@@ -1,0 +1,117 @@
+"""Modality dropout: train once, predict with whatever sequences a case has (``nnunetv2_ciml predict``).
+
+``nnUNetTrainerCIML_modalityDropout`` removes, per training sample, a random subset of modalities: the
+removed input channels are zeroed and the network is told which modalities exist
+(:func:`~nnunetv2_ciml.network.modalities_present`), so a removed modality sends no messages and a removed
+primary leaves its subtask with the messages alone (see :class:`~nnunetv2_ciml.network.CIMLUNet`).
+``nnUNetTrainer_modalityDropout`` is the same removal applied to plain nnU-Net (zeroed input channels; a
+zero after nnU-Net's z-score normalisation is the channel's mean intensity), the baseline of published
+missing-modality work on nnU-Net. Both only override ``train_step``; validation sees every modality.
+
+Defaults (not yet measured here; ``benchmarks/missing_modalities.py`` measures them): half of the samples
+(``modality_dropout_rate = 0.5``) lose modalities, and the kept subset of such a sample is drawn uniformly from
+the non-empty proper subsets. RFNet and mmFormer draw every sample's subset uniformly from all non-empty
+subsets (the complete set then is 1 of 15 draws for BraTS); keeping half the samples complete trains the
+clinical default, every sequence present, as often as the incomplete ones, which is what the goal "full-modality
+Dice within 0.005 of CIML's" asks for.
+"""
+from itertools import product
+from typing import Optional, Sequence
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunetv2_ciml.network import modalities_present, unwrap
+from nnunetv2_ciml.training.demo_trainers import _DemoBudget, _QuickDemoBudget
+from nnunetv2_ciml.training.trainers import _CPUTestBudget, nnUNetTrainerCIML
+
+__all__ = ["sample_present_modalities", "nnUNetTrainerCIML_modalityDropout", "nnUNetTrainer_modalityDropout",
+           "nnUNetTrainerCIML_modalityDropout_CPUtest", "nnUNetTrainer_modalityDropout_CPUtest",
+           "nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemo",
+           "nnUNetTrainer_modalityDropout_ShapeCompositionDemo",
+           "nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemoQuick",
+           "nnUNetTrainer_modalityDropout_ShapeCompositionDemoQuick"]
+
+
+def sample_present_modalities(batch_size: int, num_modalities: int, rate: float,
+                              kept: Sequence[int] = (), generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """``(batch_size, num_modalities)`` bool, True where a sample keeps a modality.
+
+    Each sample, with probability ``rate``, keeps a subset drawn uniformly from the non-empty proper subsets
+    that contain every modality in ``kept`` (modalities that may not be removed); otherwise it keeps all.
+    No sample ever loses every modality. With nothing removable it keeps all."""
+    subsets = torch.tensor([s for s in product((False, True), repeat=num_modalities)
+                            if any(s) and not all(s) and all(s[k] for k in kept)], dtype=torch.bool)
+    present = torch.ones(batch_size, num_modalities, dtype=torch.bool)
+    if len(subsets) == 0:
+        return present
+    dropped = torch.rand(batch_size, generator=generator) < rate
+    choice = torch.randint(len(subsets), (batch_size,), generator=generator)
+    present[dropped] = subsets[choice[dropped]]
+    return present
+
+
+def _zero_missing(data: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """``data`` ``(B, M, *spatial)`` with the channels of missing modalities set to 0 (a new tensor)."""
+    data = torch.as_tensor(data)
+    return data * present.to(data.dtype).view(*present.shape, *[1] * (data.dim() - 2))
+
+
+class nnUNetTrainer_modalityDropout(nnUNetTrainer):
+    """Plain nnU-Net trained with modality dropout: a removed modality's input channel is zeroed (the
+    baseline). ``modality_dropout_rate``: fraction of samples that lose modalities (see module docstring)."""
+
+    modality_dropout_rate: float = 0.5
+
+    def train_step(self, batch: dict) -> dict:
+        data = batch["data"]
+        present = sample_present_modalities(data.shape[0], data.shape[1], self.modality_dropout_rate)
+        return super().train_step(dict(batch, data=_zero_missing(data, present)))
+
+
+class nnUNetTrainerCIML_modalityDropout(nnUNetTrainerCIML):
+    """CIML trained with modality dropout: removed modalities are zeroed AND masked in the network (no
+    messages from them; a subtask without its primary decodes from messages through gates that open).
+
+    ``modality_dropout_rate``: fraction of samples that lose modalities; ``primaries_droppable``: whether a
+    subtask's primary may be removed (False: only modalities that are nobody's primary are, and a case missing
+    a primary at prediction time gets gates that were never trained open)."""
+
+    modality_dropout_rate: float = 0.5
+    primaries_droppable: bool = True
+
+    def train_step(self, batch: dict) -> dict:
+        data = batch["data"]
+        kept = () if self.primaries_droppable else tuple(unwrap(self.network).subtask_primaries)
+        present = sample_present_modalities(data.shape[0], data.shape[1], self.modality_dropout_rate, kept)
+        with modalities_present(self.network, present.to(self.device)):
+            return super().train_step(dict(batch, data=_zero_missing(data, present)))
+
+
+class nnUNetTrainerCIML_modalityDropout_CPUtest(nnUNetTrainerCIML_modalityDropout, _CPUTestBudget):
+    """``nnUNetTrainerCIML_modalityDropout`` on the CPU-test budget."""
+
+
+class nnUNetTrainer_modalityDropout_CPUtest(nnUNetTrainer_modalityDropout, _CPUTestBudget):
+    """``nnUNetTrainer_modalityDropout`` on the CPU-test budget."""
+
+
+class nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemo(nnUNetTrainerCIML_modalityDropout, _DemoBudget):
+    """CIML with modality dropout on the demonstration's budget, beta 0.1 as the demo's CIML."""
+
+    kl_weight = 1e-1
+
+
+class nnUNetTrainer_modalityDropout_ShapeCompositionDemo(nnUNetTrainer_modalityDropout, _DemoBudget):
+    """Plain nnU-Net with modality dropout on the demonstration's budget."""
+
+
+class nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemoQuick(nnUNetTrainerCIML_modalityDropout,
+                                                                  _QuickDemoBudget):
+    """CIML with modality dropout on the ``--quick`` budget, beta 0.1."""
+
+    kl_weight = 1e-1
+
+
+class nnUNetTrainer_modalityDropout_ShapeCompositionDemoQuick(nnUNetTrainer_modalityDropout, _QuickDemoBudget):
+    """Plain nnU-Net with modality dropout on the ``--quick`` budget."""

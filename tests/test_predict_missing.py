@@ -1,0 +1,131 @@
+"""``nnunetv2_ciml predict`` on real tiny models trained by nnU-Net with modality dropout.
+
+Two 2D region-based models (channels T1ce, T2, FLAIR) are planned, preprocessed and trained by nnU-Net's
+Python API once for the module: CIML (``nnUNetTrainerCIML_modalityDropout_CPUtest``) and plain nnU-Net
+(``nnUNetTrainer_modalityDropout_CPUtest``): the dropout trainers run in the real pipeline.
+"""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from synthetic import make_dataset, shrink_plans
+
+pytestmark = pytest.mark.integration
+DATASET_ID = 971
+CIML_TRAINER = "nnUNetTrainerCIML_modalityDropout_CPUtest"
+PLAIN_TRAINER = "nnUNetTrainer_modalityDropout_CPUtest"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(raw dataset folder, {trainer: model folder}); nnU-Net's folders stay set for the module."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments, preprocess
+    from nnunetv2.run.run_training import run_training
+
+    root = tmp_path_factory.mktemp("missing")
+    env = dict(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
+               nnUNet_results=str(root / "results"), nnUNet_n_proc_DA="1")  # 0 breaks nnU-Net's preprocessing
+    raw = make_dataset(root / "raw", DATASET_ID, regions=True, shape=(32, 32), num_cases=5, num_test=2)
+    threads = torch.get_num_threads()
+    mp = pytest.MonkeyPatch()
+    for key, value in env.items():
+        mp.setenv(key, value)
+    extract_fingerprints([DATASET_ID], num_processes=1)
+    plan_experiments([DATASET_ID])
+    preprocess([DATASET_ID], configurations=("2d",), num_processes=(1,))
+    shrink_plans(root / "preprocessed", raw.name, "2d")
+    mp.setenv("nnUNet_n_proc_DA", "0")
+    torch.set_num_threads(1)
+    try:
+        for trainer in (CIML_TRAINER, PLAIN_TRAINER):
+            run_training(str(DATASET_ID), "2d", 0, trainer, device=torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    models = {t: root / "results" / raw.name / f"{t}__nnUNetPlans__2d" for t in (CIML_TRAINER, PLAIN_TRAINER)}
+    assert all((m / "fold_0" / "checkpoint_final.pth").is_file() for m in models.values())
+    yield raw, models
+    mp.undo()
+
+
+def predict(*args: str) -> int:
+    from nnunetv2_ciml import cli
+    return cli.main(["predict", *args, "-f", "0", "-device", "cpu", "--disable_tta"])
+
+
+def test_missing_files_bad_cases_and_modalities_json(trained, tmp_path, capsys):
+    """case_005: T2 deleted; case_006: all three deleted (listed with --cases); case_000: FLAIR of another
+    spacing; case_001: an unreadable T1ce; case_002: complete. The good cases are predicted in their input's
+    geometry, the bad ones named with their file, the exit status is 1. Fails if a missing file aborts the
+    run, if errors stop the other cases, or if modalities.json does not say what each case used."""
+    raw, models = trained
+    inp = tmp_path / "in"
+    shutil.copytree(raw / "imagesTs", inp)
+    for case in ("case_000", "case_001", "case_002"):
+        for c in range(3):
+            shutil.copy(raw / "imagesTr" / f"{case}_000{c}.nii.gz", inp)
+    (inp / "case_001_0000.nii.gz").write_bytes(b"not an image")
+    flair = sitk.ReadImage(str(inp / "case_000_0002.nii.gz"))
+    flair.SetSpacing((2.0, 1.0, 1.0))
+    sitk.WriteImage(flair, str(inp / "case_000_0002.nii.gz"))
+    (inp / "case_005_0001.nii.gz").unlink()
+    for c in range(3):
+        (inp / f"case_006_000{c}.nii.gz").unlink()
+
+    out = tmp_path / "out"
+    code = predict("-i", str(inp), "-o", str(out), "-m", str(models[CIML_TRAINER]),
+                   "--cases", "case_000", "case_001", "case_002", "case_005", "case_006")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "case 'case_000'" in err and "case_000_0002.nii.gz" in err and "spacing" in err
+    assert "case 'case_001': channel 0 (T1ce) file" in err and "case_001_0000.nii.gz" in err
+    assert "case 'case_006' has no modality file" in err
+    record = json.loads((out / "modalities.json").read_text())
+    assert record["network_told"] is True and record["modalities"] == ["T1ce", "T2", "FLAIR"]
+    assert record["cases"] == {"case_002": {"present": ["T1ce", "T2", "FLAIR"], "missing": []},
+                               "case_005": {"present": ["T1ce", "FLAIR"], "missing": ["T2"]}}
+    assert set(record["errors"]) == {"case_000", "case_001", "case_006"}
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["case_002.nii.gz", "case_005.nii.gz"]
+    for case, source in (("case_002", raw / "imagesTr" / "case_002_0000.nii.gz"),
+                         ("case_005", raw / "imagesTs" / "case_005_0000.nii.gz")):
+        p, i = sitk.ReadImage(str(out / f"{case}.nii.gz")), sitk.ReadImage(str(source))
+        assert p.GetSize() == i.GetSize() and p.GetSpacing() == i.GetSpacing() and p.GetOrigin() == i.GetOrigin()
+        assert set(np.unique(sitk.GetArrayFromImage(p))) <= {0, 1, 2}
+
+
+def test_complete_cases_equal_nnunet_predictor_and_plain_models_need_zero_fill(trained, tmp_path, capsys):
+    """With every file present the command's segmentation equals nnU-Net's own predictor's (the mask path adds
+    nothing when all modalities exist); a plain nnU-Net model is refused without --zero-fill (nothing written)
+    and predicts with it. Fails if the preprocessing or export differs from nnU-Net's, or if a plain model is
+    silently fed zeros."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    raw, models = trained
+    out = tmp_path / "ciml"
+    assert predict("-i", str(raw / "imagesTs"), "-o", str(out), "-m", str(models[CIML_TRAINER])) == 0
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, device=torch.device("cpu"))
+    predictor.initialize_from_trained_model_folder(str(models[CIML_TRAINER]), use_folds=(0,))
+    stock = tmp_path / "stock"
+    stock.mkdir()
+    predictor.predict_from_files_sequential(str(raw / "imagesTs"), str(stock), save_probabilities=False)
+    for case in ("case_005", "case_006"):
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{case}.nii.gz"))),
+                                      sitk.GetArrayFromImage(sitk.ReadImage(str(stock / f"{case}.nii.gz"))))
+
+    inp = tmp_path / "in"
+    shutil.copytree(raw / "imagesTs", inp)
+    (inp / "case_005_0002.nii.gz").unlink()
+    capsys.readouterr()
+    refused = tmp_path / "refused"
+    assert predict("-i", str(inp), "-o", str(refused), "-m", str(models[PLAIN_TRAINER])) == 1
+    err = capsys.readouterr().err
+    assert "plain nnU-Net model" in err and "--zero-fill" in err
+    assert not refused.exists()
+    plain = tmp_path / "plain"
+    assert predict("-i", str(inp), "-o", str(plain), "-m", str(models[PLAIN_TRAINER]), "--zero-fill") == 0
+    record = json.loads((plain / "modalities.json").read_text())
+    assert record["network_told"] is False and record["cases"]["case_005"]["missing"] == ["FLAIR"]
+    assert (plain / "case_005.nii.gz").is_file() and (plain / "case_006.nii.gz").is_file()
