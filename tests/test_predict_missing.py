@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from synthetic import make_dataset, shrink_plans
+from helpers import make_dataset, shrink_plans
 
 pytestmark = pytest.mark.integration
 DATASET_ID = 971
