@@ -21,12 +21,14 @@ folder is checked for completeness and the model for one CT and one PET channel.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from importlib.metadata import PackageNotFoundError, requires, version
 from pathlib import Path
 from typing import List, Sequence, Union
 
+import nnunetv2_ciml
 from nnunetv2_ciml.submission.autopet_process import OUTPUT_SLUG, SubmissionError, channel_order
 
 __all__ = ["DEFAULT_BASE_IMAGE", "build_autopet_submission"]
@@ -117,7 +119,6 @@ def build_autopet_submission(model_folder: Union[str, Path], folds: Sequence[Uni
                              out_dir: Union[str, Path], checkpoint: str = "checkpoint_final.pth",
                              base_image: str = DEFAULT_BASE_IMAGE, overwrite: bool = False) -> Path:
     """Write the container folder ``out_dir`` for the model in ``model_folder`` (module docstring)."""
-    import nnunetv2_ciml
 
     model_folder, out_dir = Path(model_folder).resolve(), Path(out_dir).resolve()
     for name in ("plans.json", "dataset.json"):
@@ -148,8 +149,7 @@ def build_autopet_submission(model_folder: Union[str, Path], folds: Sequence[Uni
     for fold in folds:
         (model / f"fold_{fold}").mkdir()
         shutil.copy2(model_folder / f"fold_{fold}" / checkpoint, model / f"fold_{fold}" / checkpoint)
-    shutil.copytree(Path(nnunetv2_ciml.__file__).resolve().parent, out_dir / "package" / "nnunetv2_ciml",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    _copy_package(out_dir / "package" / "nnunetv2_ciml")
     (out_dir / "requirements.txt").write_text("\n".join(_requirements()) + "\n")
     (out_dir / "Dockerfile").write_text(_dockerfile(base_image, folds, checkpoint))
     (out_dir / "build.sh").write_text(f'#!/bin/bash\nset -e\ncd "$(dirname "$0")"\ndocker build -t {IMAGE_NAME} .\n')
@@ -160,3 +160,18 @@ def build_autopet_submission(model_folder: Union[str, Path], folds: Sequence[Uni
     (out_dir / "README.md").write_text(_README.format(folds=", ".join(folds), checkpoint=checkpoint, image=IMAGE_NAME,
                                                       slug=OUTPUT_SLUG))
     return out_dir
+
+
+def _copy_package(destination: Path) -> None:
+    """Copy the installed package to ``destination``.
+
+    A source checkout maps ``nnunetv2_ciml.dataset_conversion`` to the top-level ``dataset_conversion/``
+    folder (``package_dir`` in setup.py), so the package folder alone may lack it: it is copied from where
+    Python imports it, which holds for wheel and editable installs alike.
+    """
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(Path(nnunetv2_ciml.__file__).resolve().parent, destination, ignore=ignore)
+    conversion = destination / "dataset_conversion"
+    if not (conversion / "__init__.py").is_file():
+        spec = importlib.util.find_spec("nnunetv2_ciml.dataset_conversion")
+        shutil.copytree(Path(spec.origin).resolve().parent, conversion, ignore=ignore)
