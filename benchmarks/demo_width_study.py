@@ -9,7 +9,9 @@ each width factor asked for (``matched``: the MAC-matching rule of ``nnunetv2_ci
 The rule that sets ``nnUNetTrainerCIML``'s default width: if CIML (matched) is below nnU-Net's mean Dice
 minus ``TOLERANCE`` over the seeds, the default becomes the smallest factor of (matched, 0.75, 1.0) that is
 not. Results are written after every model (``--out/width_study.json``), so a partial run keeps what it
-measured; the table printed at the end says how many seeds each mean covers.
+measured; the table printed at the end says how many seeds each mean covers. A model already trained in
+``--out`` is predicted again, not retrained: the folder layout is that of ``benchmarks/missing_modalities.py``,
+which can share the nnU-Net and CIML models of the same seeds (as long as the default width is unchanged).
 
     python benchmarks/demo_width_study.py --out width_study --seeds 0 1 2 3 4
 """
@@ -36,7 +38,7 @@ def run_seed(out_dir: Path, seed: int, models, results: dict, results_file: Path
     from nnunetv2_ciml.demo.shape_composition import generate_shape_composition, information_structure
 
     settings = replace(DEFAULT_SETTINGS, seed=seed)
-    run_dir = out_dir / f"seed{seed}"
+    run_dir = out_dir / f"seed_{seed}"  # the layout of benchmarks/missing_modalities.py
     env = nnunet_environment(run_dir, "cpu")
     raw = run_dir / "nnUNet_raw" / DATASET_NAME
     logs = run_dir / "logs"
@@ -57,9 +59,10 @@ def run_seed(out_dir: Path, seed: int, models, results: dict, results_file: Path
             continue
         trainer = TRAINERS[model]
         start = time.perf_counter()
-        nnunet_steps.train(DATASET_ID, CONFIGURATION, FOLD, trainer, PLANS, "cpu", 2, env, logs / f"train_{model}.log",
-                           model, show_progress=False)
         folder = run_dir / "nnUNet_results" / DATASET_NAME / f"{trainer}__{PLANS}__{CONFIGURATION}"
+        if not (folder / f"fold_{FOLD}" / "checkpoint_final.pth").is_file():  # a model trained before is kept
+            nnunet_steps.train(DATASET_ID, CONFIGURATION, FOLD, trainer, PLANS, "cpu", 2, env,
+                               logs / f"train_{model}.log", model, show_progress=False)
         _predict(folder, cases, run_dir / "predictions" / model, "cpu", logs / f"predict_{model}.log", model, False)
         evaluation = _evaluate_model(raw, run_dir / "predictions" / model, run_dir / "evaluation" / model, objects,
                                      complementary, file_ending)

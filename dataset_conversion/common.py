@@ -19,7 +19,6 @@ Conventions every converter follows (documented once, here):
 from __future__ import annotations
 
 import multiprocessing
-import os
 import re
 import shutil
 from collections import defaultdict
@@ -236,7 +235,10 @@ def rglob_files(sources: Sequence[Path], pattern: str) -> List[Path]:
 
 
 def _env_folder(var: str, required: bool) -> Optional[Path]:
-    value = os.environ.get(var)
+    """nnU-Net's folder ``var`` (``nnUNet_raw``, ...) as ``nnunetv2.paths`` reads it, or None if unset."""
+    import nnunetv2.paths
+
+    value = getattr(nnunetv2.paths, var).get()
     if not value:
         if required:
             raise ConversionError(f"the environment variable {var} is not set; set it to your nnU-Net {var} folder "
@@ -254,14 +256,13 @@ def dataset_folder_name(dataset_id: int, name: str) -> str:
 
 
 def _check_dataset_id_free(dataset_id: int, folder_name: str) -> None:
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        root = _env_folder(var, required=False)
-        if root is None or not root.is_dir():
-            continue
-        for other in sorted(root.glob(f"Dataset{dataset_id:03d}_*")):
-            if other.name != folder_name:
-                raise ConversionError(f"dataset ID {dataset_id} is already used by '{other}'; nnU-Net needs one name "
-                                      f"per ID: choose another -d, or remove that folder")
+    from nnunetv2.utilities.dataset_name_id_conversion import find_candidate_datasets
+
+    others = [str(name) for name in find_candidate_datasets(dataset_id) if name != folder_name]
+    if others:
+        raise ConversionError(f"dataset ID {dataset_id} is already used by '{others[0]}' (in nnUNet_raw, "
+                              "nnUNet_preprocessed or nnUNet_results); nnU-Net needs one name per ID: choose another "
+                              "-d, or remove that dataset")
 
 
 def _check_not_inside(target: Path, sources: Sequence[Path], what: str, nor_around: bool = True) -> None:

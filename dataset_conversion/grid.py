@@ -46,6 +46,8 @@ class Grid:
         """Direction as a 3x3 array; column k is the physical direction of axis k."""
         return np.asarray(self.direction, dtype=float).reshape(3, 3)
 
+    # The two conversions are SimpleITK's TransformContinuousIndexToPhysicalPoint and its inverse, vectorised
+    # over N points (SimpleITK converts one point per call, too slow for every foreground voxel of a label).
     def index_to_physical(self, index: np.ndarray) -> np.ndarray:
         """Continuous indices ``(N, 3)`` in (x, y, z) order -> physical points ``(N, 3)`` in mm."""
         return np.asarray(self.origin) + (np.asarray(index, float) * np.asarray(self.spacing)) @ self.matrix.T
@@ -133,38 +135,25 @@ def common_fov_grid(ct: Grid, pet: Grid, spacing: Optional[Sequence[float]] = No
 
 def resample_to_grid(image: sitk.Image, grid: Grid, interpolator: int, default_value: float = 0.0,
                      clip_to_input_range: bool = False) -> sitk.Image:
-    """``image`` on ``grid``: exact crop/zero-pad if index-aligned, else ``sitk.Resample`` with ``interpolator``.
+    """``image`` on ``grid`` by ``sitk.Resample``: nearest neighbour (an exact crop/zero-pad) if index-aligned,
+    else ``interpolator``.
 
     Interpolated images are float32 (labels, with nearest neighbour, keep their pixel type).
     ``clip_to_input_range`` clips interpolated values to the input's [min, max], which removes the
     over- and undershoot of B-spline interpolation at sharp edges (e.g. negative SUV next to a hot spot).
     Voxels outside the image get ``default_value``.
     """
-    offset = grid.index_offset_in(Grid.of(image))
-    if offset is not None:
-        src = sitk.GetArrayViewFromImage(image)  # (z, y, x)
-        out = np.full(grid.size[::-1], default_value, dtype=src.dtype)
-        src_sl, dst_sl = [], []
-        for axis in range(3):  # numpy axis 2 - axis is sitk axis `axis`
-            start = offset[axis]
-            lo, hi = max(start, 0), min(start + grid.size[axis], image.GetSize()[axis])
-            if hi <= lo:
-                src_sl, dst_sl = None, None
-                break
-            src_sl.insert(0, slice(lo, hi))
-            dst_sl.insert(0, slice(lo - start, hi - start))
-        if src_sl is not None:
-            out[tuple(dst_sl)] = src[tuple(src_sl)]
-        result = sitk.GetImageFromArray(out)
-    else:
-        is_label = interpolator in (sitk.sitkNearestNeighbor, sitk.sitkLabelGaussian)
-        pixel_type = image.GetPixelID() if is_label else sitk.sitkFloat32
-        result = sitk.Resample(image, list(grid.size), sitk.Transform(), interpolator, list(grid.origin),
-                               list(grid.spacing), list(grid.direction), float(default_value), pixel_type)
-        if clip_to_input_range and not is_label:
-            stats = sitk.MinimumMaximumImageFilter()
-            stats.Execute(image)
-            result = sitk.Clamp(result, sitk.sitkFloat32, stats.GetMinimum(), stats.GetMaximum())
+    aligned = grid.index_offset_in(Grid.of(image)) is not None
+    # on an index-aligned grid nearest neighbour hits voxel centres: an exact crop/zero-pad, pixel type kept
+    is_label = aligned or interpolator in (sitk.sitkNearestNeighbor, sitk.sitkLabelGaussian)
+    result = sitk.Resample(image, list(grid.size), sitk.Transform(),
+                           sitk.sitkNearestNeighbor if aligned else interpolator, list(grid.origin), list(grid.spacing),
+                           list(grid.direction), float(default_value),
+                           image.GetPixelID() if is_label else sitk.sitkFloat32)
+    if clip_to_input_range and not is_label:
+        stats = sitk.MinimumMaximumImageFilter()
+        stats.Execute(image)
+        result = sitk.Clamp(result, sitk.sitkFloat32, stats.GetMinimum(), stats.GetMaximum())
     result.SetSpacing(grid.spacing)
     result.SetOrigin(grid.origin)
     result.SetDirection(grid.direction)

@@ -88,14 +88,21 @@ def _norm(name: str) -> str:
 
 
 def output_names(dataset_json: Mapping) -> Tuple[str, ...]:
-    """Names of the network's output channels, in nnU-Net's channel order."""
+    """Names of the network's output channels: nnU-Net's ``LabelManager`` heads (every label value for
+    softmax training, the foreground regions for region training), named by ``labels``."""
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+    def key(value) -> Tuple[int, ...]:
+        return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),)
+
     labels: Mapping = dataset_json["labels"]
-    regions = any(isinstance(v, (list, tuple)) and len(v) > 1 for v in labels.values())
-    if regions:
-        return tuple(k for k, v in labels.items()
-                     if k != "ignore" and not (v == 0 or (isinstance(v, (list, tuple)) and set(v) == {0})))
-    by_value = {int(v if not isinstance(v, (list, tuple)) else v[0]): k for k, v in labels.items() if k != "ignore"}
-    return tuple(by_value[v] for v in sorted(by_value))
+    try:
+        manager = LabelManager(labels, dataset_json.get("regions_class_order"))
+    except (AssertionError, TypeError, ValueError) as e:
+        raise DecompositionError(f"dataset.json 'labels' is invalid for nnU-Net: {e}") from None
+    heads = manager.foreground_regions if manager.has_regions else manager.all_labels
+    name_of = {key(value): name for name, value in labels.items() if name != "ignore"}
+    return tuple(name_of[key(head)] for head in heads)
 
 
 def modality_names(dataset_json: Mapping) -> Tuple[str, ...]:
@@ -221,18 +228,17 @@ def resolve_decomposition(dataset_json: Mapping, num_input_channels: Optional[in
     return Decomposition(mods, outs, tuple(subtasks)), origin
 
 
-def count_label_voxels(label_folder: str, file_ending: str, max_files: int = 50) -> Dict[int, int]:
-    """Voxels per label value over (an evenly spaced sample of at most ``max_files``) label files."""
+def count_label_voxels(label_folder: str, file_ending: str, reader_writer, max_files: int = 50) -> Dict[int, int]:
+    """Voxels per label value over (an evenly spaced sample of at most ``max_files``) label files, read with
+    ``reader_writer`` (an instance of the plans' nnU-Net reader-writer class, e.g. ``SimpleITKIO()``)."""
     import numpy as np
-
-    from nnunetv2_ciml.image_io import read_image_array
 
     files = sorted(f for f in os.listdir(label_folder) if f.endswith(file_ending))
     files = files[::max(1, -(-len(files) // max_files))]
     counts: Dict[int, int] = {}
     for f in files:
-        values, n = np.unique(read_image_array(os.path.join(label_folder, f), f[:-len(file_ending)], "label"),
-                              return_counts=True)
+        seg, _ = reader_writer.read_seg(os.path.join(label_folder, f))
+        values, n = np.unique(seg, return_counts=True)
         for v, c in zip(values.tolist(), n.tolist()):
             counts[int(v)] = counts.get(int(v), 0) + int(c)
     return counts

@@ -337,3 +337,81 @@ def set_message_projections(network: nn.Module, active: Sequence[Tuple[int, obje
         for stage, pair in active:
             w = message_projection(network, stage, pair)
             w.copy_(torch.randn(w.shape, generator=generator))
+
+
+# Synthetic challenge cases (BraTS 2020 layout, HECKTOR 2022 CT/PET geometry)
+
+MODS_2020 = ("t1", "t1ce", "t2", "flair")
+
+
+def make_brats_case(root: Path, case_id: str, seed: int, label: bool = True) -> Path:
+    """A BraTS 2020 case folder of 6x7x8 voxels: four random sequences and, with ``label``, a segmentation
+    holding labels 1, 2 and 4."""
+    rng = np.random.default_rng(seed)
+    folder = root / case_id
+    folder.mkdir(parents=True)
+    for mod in MODS_2020:
+        write_image(folder / f"{case_id}_{mod}.nii.gz", rng.integers(0, 500, (6, 7, 8)).astype(np.int16))
+    if label:
+        seg = np.zeros((6, 7, 8), np.uint8)
+        seg[2:4, 2:5, 3:6] = 2
+        seg[3, 3, 4] = 4
+        seg[2, 2, 3] = 1
+        write_image(folder / f"{case_id}_seg.nii.gz", seg)
+    return folder
+
+
+def brats_labels(offset: int = 0) -> np.ndarray:
+    """A BraTS 2020 label map (10, 12, 14): nested boxes of labels 2, 1 and 4, shifted by ``offset`` along x."""
+    seg = np.zeros((10, 12, 14), np.uint8)
+    seg[2:8, 3:9, 3 + offset:11 + offset] = 2
+    seg[3:7, 4:8, 4 + offset:9 + offset] = 1
+    seg[4:6, 5:7, 5 + offset:7 + offset] = 4
+    return seg
+
+
+# CT and PET with different spacings, origins and fields of view (they overlap partly along every axis)
+CT_SIZE, CT_SPACING, CT_ORIGIN = (40, 36, 24), (1.0, 1.25, 2.0), (-20.0, -22.5, -24.0)
+PET_SIZE, PET_SPACING, PET_ORIGIN = (12, 14, 10), (4.0, 3.5, 3.0), (-30.0, -18.0, -10.0)
+IDENTITY = (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)
+GTVP_INDEX, GTVN_INDEX = (20, 18, 12), (10, 24, 16)  # CT voxels; physical (0, 0, 0) and (-10, 7.5, 8) mm
+OUTSIDE_INDEX = (30, 10, 1)  # a CT voxel at z = -22 mm, below the PET's field of view
+
+
+def hecktor_image(array_zyx, spacing, origin) -> sitk.Image:
+    img = sitk.GetImageFromArray(array_zyx)
+    img.SetSpacing(spacing)
+    img.SetOrigin(origin)
+    img.SetDirection(IDENTITY)
+    return img
+
+
+def ct_point(index) -> np.ndarray:
+    return np.asarray(CT_ORIGIN) + np.asarray(index) * np.asarray(CT_SPACING)
+
+
+def _box(array_zyx, index, radius, value) -> None:
+    x, y, z = index
+    array_zyx[z - radius[2]:z + radius[2] + 1, y - radius[1]:y + radius[1] + 1, x - radius[0]:x + radius[0] + 1] = value
+
+
+def make_hecktor_case(images_dir: Path, labels_dir, case_id: str, seed: int, outside_voxel: bool = False) -> None:
+    """A HECKTOR 2022 case: CT with a bright GTVp, PET with a hot spot on the GTVn, labels on the CT grid
+    (``outside_voxel``: one GTVn voxel outside the PET's field of view)."""
+    rng = np.random.default_rng(seed)
+    ct = rng.integers(-1000, 1000, CT_SIZE[::-1]).astype(np.int16)
+    ct[GTVP_INDEX[::-1]] = 3000
+    sitk.WriteImage(hecktor_image(ct, CT_SPACING, CT_ORIGIN), str(images_dir / f"{case_id}__CT.nii.gz"))
+    # PET: a smooth hot spot (SUV) centred on the GTVn point
+    idx = np.stack(np.meshgrid(*[np.arange(s) for s in PET_SIZE], indexing="ij"), -1)  # (x, y, z, 3)
+    points = np.asarray(PET_ORIGIN) + idx * np.asarray(PET_SPACING)
+    d2 = ((points - ct_point(GTVN_INDEX)) ** 2).sum(-1)
+    pet = (1.0 + 10.0 * np.exp(-d2 / (2 * 5.0 ** 2))).astype(np.float32).transpose(2, 1, 0)
+    sitk.WriteImage(hecktor_image(pet, PET_SPACING, PET_ORIGIN), str(images_dir / f"{case_id}__PT.nii.gz"))
+    if labels_dir is not None:
+        label = np.zeros(CT_SIZE[::-1], np.uint8)
+        _box(label, GTVP_INDEX, (3, 3, 2), 1)
+        _box(label, GTVN_INDEX, (3, 3, 2), 2)
+        if outside_voxel:
+            label[OUTSIDE_INDEX[::-1]] = 2
+        sitk.WriteImage(hecktor_image(label, CT_SPACING, CT_ORIGIN), str(labels_dir / f"{case_id}.nii.gz"))

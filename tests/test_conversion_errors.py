@@ -9,28 +9,10 @@ import SimpleITK as sitk
 from nnunetv2_ciml import cli
 from nnunetv2_ciml.dataset_conversion.brats import convert_brats, export_brats
 from nnunetv2_ciml.dataset_conversion.common import ConversionError
-from helpers import tree_digest, write_image
-
-MODS_2020 = ("t1", "t1ce", "t2", "flair")
-
+from helpers import make_brats_case, tree_digest, write_image
 
 def write(array_zyx, path: Path, origin=(0.0, 0.0, 0.0)) -> None:
     write_image(path, array_zyx, origin=origin)
-
-
-def make_brats_case(root: Path, case_id: str, seed: int, label: bool = True) -> Path:
-    rng = np.random.default_rng(seed)
-    folder = root / case_id
-    folder.mkdir(parents=True)
-    for mod in MODS_2020:
-        write(rng.integers(0, 500, (6, 7, 8)).astype(np.int16), folder / f"{case_id}_{mod}.nii.gz")
-    if label:
-        seg = np.zeros((6, 7, 8), np.uint8)
-        seg[2:4, 2:5, 3:6] = 2
-        seg[3, 3, 4] = 4
-        seg[2, 2, 3] = 1
-        write(seg, folder / f"{case_id}_seg.nii.gz")
-    return folder
 
 
 @pytest.fixture

@@ -10,51 +10,9 @@ from nnunetv2_ciml.dataset_conversion.common import ConversionError
 from nnunetv2_ciml.dataset_conversion.grid import Grid, common_fov_grid, resample_to_grid
 from nnunetv2_ciml.dataset_conversion.hecktor import convert_hecktor, export_hecktor
 from nnunetv2_ciml.decomposition import resolve_decomposition
-from helpers import tree_digest
+from helpers import (CT_ORIGIN, CT_SIZE, CT_SPACING, GTVN_INDEX, GTVP_INDEX, IDENTITY, OUTSIDE_INDEX, PET_SIZE,
+                     PET_SPACING, ct_point, hecktor_image as image, make_hecktor_case as make_case, tree_digest)
 
-# CT and PET with different spacings, origins and fields of view (they overlap partly along every axis)
-CT_SIZE, CT_SPACING, CT_ORIGIN = (40, 36, 24), (1.0, 1.25, 2.0), (-20.0, -22.5, -24.0)
-PET_SIZE, PET_SPACING, PET_ORIGIN = (12, 14, 10), (4.0, 3.5, 3.0), (-30.0, -18.0, -10.0)
-IDENTITY = (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)
-GTVP_INDEX, GTVN_INDEX = (20, 18, 12), (10, 24, 16)  # CT voxels; physical (0, 0, 0) and (-10, 7.5, 8) mm
-OUTSIDE_INDEX = (30, 10, 1)  # a CT voxel at z = -22 mm, below the PET's field of view
-
-
-def image(array_zyx, spacing, origin) -> sitk.Image:
-    img = sitk.GetImageFromArray(array_zyx)
-    img.SetSpacing(spacing)
-    img.SetOrigin(origin)
-    img.SetDirection(IDENTITY)
-    return img
-
-
-def ct_point(index) -> np.ndarray:
-    return np.asarray(CT_ORIGIN) + np.asarray(index) * np.asarray(CT_SPACING)
-
-
-def blob(array_zyx, index, radius, value) -> None:
-    x, y, z = index
-    array_zyx[z - radius[2]:z + radius[2] + 1, y - radius[1]:y + radius[1] + 1, x - radius[0]:x + radius[0] + 1] = value
-
-
-def make_case(images_dir: Path, labels_dir, case_id: str, seed: int, outside_voxel: bool = False) -> None:
-    rng = np.random.default_rng(seed)
-    ct = rng.integers(-1000, 1000, CT_SIZE[::-1]).astype(np.int16)
-    ct[GTVP_INDEX[::-1]] = 3000
-    sitk.WriteImage(image(ct, CT_SPACING, CT_ORIGIN), str(images_dir / f"{case_id}__CT.nii.gz"))
-    # PET: a smooth hot spot (SUV) centred on the GTVn point
-    idx = np.stack(np.meshgrid(*[np.arange(s) for s in PET_SIZE], indexing="ij"), -1)  # (x, y, z, 3)
-    points = np.asarray(PET_ORIGIN) + idx * np.asarray(PET_SPACING)
-    d2 = ((points - ct_point(GTVN_INDEX)) ** 2).sum(-1)
-    pet = (1.0 + 10.0 * np.exp(-d2 / (2 * 5.0 ** 2))).astype(np.float32).transpose(2, 1, 0)
-    sitk.WriteImage(image(pet, PET_SPACING, PET_ORIGIN), str(images_dir / f"{case_id}__PT.nii.gz"))
-    if labels_dir is not None:
-        label = np.zeros(CT_SIZE[::-1], np.uint8)
-        blob(label, GTVP_INDEX, (3, 3, 2), 1)
-        blob(label, GTVN_INDEX, (3, 3, 2), 2)
-        if outside_voxel:
-            label[OUTSIDE_INDEX[::-1]] = 2
-        sitk.WriteImage(image(label, CT_SPACING, CT_ORIGIN), str(labels_dir / f"{case_id}.nii.gz"))
 
 
 @pytest.fixture
@@ -278,3 +236,20 @@ def test_cli_convert_skip_incomplete_name_overwrite_export_and_evaluate(hecktor_
     aggregated = json.loads((tmp_path / "scores" / "summary.json").read_text())["aggregated"]
     assert aggregated["GTVp"]["DSCagg"] == 1.0
     assert aggregated["GTVn"]["DSCagg"] == pytest.approx(2 * 245 / (245 + 246 + 245))
+
+
+def test_grid_conversions_equal_simpleitks_on_an_oblique_grid():
+    """``Grid.index_to_physical``/``physical_to_index`` are SimpleITK's continuous-index transforms, vectorised.
+    Fails on a transposed direction matrix or spacing applied after the rotation (both agree on identity grids)."""
+    angle = np.deg2rad(20.0)
+    direction = (np.cos(angle), -np.sin(angle), 0.0, np.sin(angle), np.cos(angle), 0.0, 0.0, 0.0, 1.0)
+    image = sitk.Image(5, 6, 7, sitk.sitkUInt8)
+    image.SetSpacing((0.7, 1.3, 2.1))
+    image.SetOrigin((4.0, -3.0, 11.0))
+    image.SetDirection(direction)
+    grid = Grid.of(image)
+    index = np.array([[0.0, 0.0, 0.0], [1.5, -2.25, 3.0], [4.0, 5.0, 6.0]])
+    expected = np.array([image.TransformContinuousIndexToPhysicalPoint(tuple(i)) for i in index])
+    np.testing.assert_allclose(grid.index_to_physical(index), expected, atol=1e-9)
+    back = np.array([image.TransformPhysicalPointToContinuousIndex(tuple(p)) for p in expected])
+    np.testing.assert_allclose(grid.physical_to_index(expected), back, atol=1e-9)

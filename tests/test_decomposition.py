@@ -108,6 +108,8 @@ def test_count_label_voxels_counts_values_over_an_even_sample_of_files(tmp_path)
     other file endings ignored. Fails on counting one file only, or on a sample that is not evenly spaced."""
     import numpy as np
 
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
     from helpers import write_labels
     from nnunetv2_ciml.decomposition import count_label_voxels
 
@@ -121,6 +123,7 @@ def test_count_label_voxels_counts_values_over_an_even_sample_of_files(tmp_path)
         counts = np.bincount(np.concatenate([arrays[i].ravel() for i in indices]))
         return {v: int(n) for v, n in enumerate(counts) if n}
 
-    assert count_label_voxels(str(tmp_path), ".nii.gz") == expected(range(5))
-    assert count_label_voxels(str(tmp_path), ".nii.gz", max_files=2) == expected([0, 3])  # every 3rd file
-    assert count_label_voxels(str(tmp_path), ".nii.gz", max_files=3) == expected([0, 2, 4])
+    reader = SimpleITKIO()  # the reader-writer class nnU-Net's plans name for NIfTI
+    assert count_label_voxels(str(tmp_path), ".nii.gz", reader) == expected(range(5))
+    assert count_label_voxels(str(tmp_path), ".nii.gz", reader, max_files=2) == expected([0, 3])  # every 3rd file
+    assert count_label_voxels(str(tmp_path), ".nii.gz", reader, max_files=3) == expected([0, 2, 4])

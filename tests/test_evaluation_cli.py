@@ -7,17 +7,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from helpers import write_labels as write
+from helpers import brats_labels, write_labels as write
 
 from nnunetv2_ciml.evaluation import EvaluationError, evaluate_folder
-
-
-def brats_labels(offset=0):
-    seg = np.zeros((10, 12, 14), np.uint8)
-    seg[2:8, 3:9, 3 + offset:11 + offset] = 2
-    seg[3:7, 4:8, 4 + offset:9 + offset] = 1
-    seg[4:6, 5:7, 5 + offset:7 + offset] = 4
-    return seg
 
 
 @pytest.fixture

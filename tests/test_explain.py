@@ -17,7 +17,7 @@ import SimpleITK as sitk
 import torch
 
 from helpers import (assert_same_geometry, message_latent_layers, message_projection, set_message_projections,
-                     tree_digest, write_image)
+                     nnunet_variables, tree_digest, write_image)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a model trained by nnU-Net (trained_regions_2d)
 
@@ -230,22 +230,21 @@ def test_cli_round_trip(trained, tmp_path):
     assert sorted((p.name, p.stat().st_mtime_ns) for p in inputs.iterdir()) == before
 
 
-def _plain_model_folder(trained, folder: Path) -> Path:
-    """A plain nnU-Net model folder (PlainConvUNet from the dataset's plans, untrained weights)."""
+def _plain_model_folder(trained, results: Path) -> Path:
+    """A plain nnU-Net model folder whose checkpoint nnU-Net's own ``nnUNetTrainer`` wrote (initialised on the
+    dataset's plans, not trained: explain must refuse it before it reads weights)."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     env, raw, _ = trained
     preprocessed = Path(env["nnUNet_preprocessed"]) / raw.name
-    folder.mkdir(parents=True)
-    shutil.copy(preprocessed / "nnUNetPlans.json", folder / "plans.json")
+    with nnunet_variables(dict(env, nnUNet_results=str(results))):
+        trainer = nnUNetTrainer(json.loads((preprocessed / "nnUNetPlans.json").read_text()), "2d", 0,
+                                json.loads((preprocessed / "dataset.json").read_text()), device=torch.device("cpu"))
+        trainer.initialize()
+        trainer.save_checkpoint(str(Path(trainer.output_folder) / "checkpoint_final.pth"))
+    folder = Path(trainer.output_folder_base)
+    shutil.copy(preprocessed / "nnUNetPlans.json", folder / "plans.json")  # as nnU-Net's on_train_start does
     shutil.copy(preprocessed / "dataset.json", folder / "dataset.json")
-    plans = PlansManager(str(folder / "plans.json"))
-    network = nnUNetTrainer.build_network_architecture(plans, plans.get_configuration("2d"), 3, 2, False)
-    (folder / "fold_0").mkdir()
-    torch.save({"network_weights": network.state_dict(), "trainer_name": "nnUNetTrainer",
-                "init_args": {"configuration": "2d"}, "inference_allowed_mirroring_axes": (0, 1)},
-               folder / "fold_0" / "checkpoint_final.pth")
     return folder
 
 

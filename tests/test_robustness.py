@@ -15,10 +15,7 @@ import SimpleITK as sitk
 
 from nnunetv2_ciml import cli
 from nnunetv2_ciml.image_io import ImageFileError, read_image, verify_image_file
-from helpers import tree_digest
-from test_conversion_errors import make_brats_case
-from test_conversion_hecktor import make_case as make_hecktor_case
-from test_evaluation_cli import brats_labels
+from helpers import brats_labels, make_brats_case, make_hecktor_case, tree_digest
 
 
 def run(capsys, *argv: str):

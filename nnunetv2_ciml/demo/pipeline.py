@@ -104,7 +104,7 @@ class DemoSettings:
     seed: int = 0
     base_features: int = 32
     max_features: int = 128
-    batch_size: int = 8
+    batch_size: int = 5
     trainers: Dict[str, str] = field(default_factory=lambda: {
         "nnUNet": "nnUNetTrainer_ShapeCompositionDemo",
         "CIML": "nnUNetTrainerCIML_ShapeCompositionDemo",
@@ -138,7 +138,7 @@ def _training_record(trainer: str, model_folder: Path) -> dict:
 
 def nnunet_environment(out_dir: Path, device: str) -> Dict[str, str]:
     """The environment of the nnU-Net subprocesses: nnU-Net folders inside ``out_dir``, the trainer shim
-    registered, compile off and one augmentation worker on CPU unless the environment sets them."""
+    registered, compile off, and on CPU one augmentation and one export worker, unless the environment sets them."""
     from nnunetv2_ciml.registration import register_ext_trainer_dir
 
     env = dict(os.environ)
@@ -147,6 +147,9 @@ def nnunet_environment(out_dir: Path, device: str) -> Dict[str, str]:
     env.setdefault("nnUNet_compile", "f")
     if device == "cpu":
         env.setdefault("nnUNet_n_proc_DA", "1")
+        # nnU-Net's final validation and its predictor export through a pool of spawned workers, each of which
+        # imports torch and nnU-Net: 8 of them cost about 40 s per model on 2 cores, 1 does the same work
+        env.setdefault("nnUNet_def_n_proc", "1")
     register_ext_trainer_dir(env)
     return env
 

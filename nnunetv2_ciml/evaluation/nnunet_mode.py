@@ -7,8 +7,11 @@
   from ``dataset.json`` (``.nii.gz``, ``.mha``, ``.png``, ... anything SimpleITK reads).
 - Valid values in a reference are nnU-Net's label values plus the ignore label; in a
   prediction, the label values. Anything else is an error.
-- Voxels where the reference has the ignore label are removed from both masks before Dice and
-  HD95, as nnU-Net does for Dice.
+- Masks, counts and the ignore label are nnU-Net's own (``region_or_label_to_mask``,
+  ``compute_tp_fp_fn_tn`` of ``nnunetv2.evaluation.evaluate_predictions``): voxels where the reference
+  has the ignore label are left out of Dice and HD95. Files are read by the runner's checked reader, not
+  the dataset's nnU-Net reader-writer: the checks (truncated files, NaN, geometry against the reference)
+  need the SimpleITK image, which nnU-Net's readers do not return.
 - Empty cases follow the BraTS rules and are made explicit: each per-case entry carries
   ``n_ref`` and ``n_pred`` (voxel counts) and ``empty`` = ``"none"``, ``"both"`` (Dice 1, HD95 0),
   ``"reference"`` or ``"prediction"`` (Dice 0, HD95 373.12866 mm); the summary lists the cases of
@@ -48,6 +51,10 @@ def _load_dataset_json(dataset_json: Union[str, Path, dict]) -> dict:
         raise EvaluationError(f"cannot read dataset.json {path}: {e}") from None
 
 
+def _as_target(value) -> LabelOrRegion:
+    return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else int(value)
+
+
 def labels_or_regions_from_dataset_json(dataset_json: Union[str, Path, dict]
                                         ) -> Tuple[Dict[str, LabelOrRegion], Tuple[int, ...], Union[int, None]]:
     """What to score, per name: ``({name: label or region}, valid label values, ignore label or None)``."""
@@ -60,14 +67,10 @@ def labels_or_regions_from_dataset_json(dataset_json: Union[str, Path, dict]
         manager = LabelManager(dj["labels"], dj.get("regions_class_order"))
     except (AssertionError, RuntimeError, TypeError, ValueError) as e:
         raise EvaluationError(f"dataset.json 'labels' is invalid for nnU-Net: {e}") from None
-    targets: Dict[str, LabelOrRegion] = {}
-    for name, value in dj["labels"].items():
-        if name in ("background", "ignore"):
-            continue
-        values = tuple(int(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
-        if set(values) == {0}:
-            continue
-        targets[name] = values if manager.has_regions else values[0]
+    scored = manager.foreground_regions if manager.has_regions else manager.foreground_labels
+    # nnU-Net's LabelManager says what is scored; dataset.json gives the names, in its order
+    targets = {name: target for name, target in ((n, _as_target(v)) for n, v in dj["labels"].items() if n != "ignore")
+               if target in scored}
     if not targets:
         raise EvaluationError("dataset.json 'labels' names no foreground label or region")
     valid = tuple(int(v) for v in manager.all_labels)
@@ -84,15 +87,18 @@ def nnunet_case_metrics(ref: np.ndarray, pred: np.ndarray, spacing: Sequence[flo
         targets: ``{name: label or tuple of labels}``, e.g. from :func:`labels_or_regions_from_dataset_json`.
         ignore_label: reference voxels with this value are left out of both masks.
     """
-    keep = None if ignore_label is None else ref != ignore_label
+    from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn, region_or_label_to_mask
+
+    ignore = None if ignore_label is None else ref == ignore_label
     result = {}
     for name, target in targets.items():
-        r, p = np.isin(ref, target), np.isin(pred, target)
-        if keep is not None:
-            r, p = r & keep, p & keep
-        n_ref, n_pred = int(np.count_nonzero(r)), int(np.count_nonzero(p))
+        r, p = region_or_label_to_mask(ref, target), region_or_label_to_mask(pred, target)
+        tp, fp, fn, _ = compute_tp_fp_fn_tn(r, p, ignore)
+        n_ref, n_pred = int(tp + fn), int(tp + fp)
         empty = {(False, False): "none", (True, True): "both", (True, False): "reference",
                  (False, True): "prediction"}[(n_ref == 0, n_pred == 0)]
+        if ignore is not None:
+            r, p = r & ~ignore, p & ~ignore
         result[name] = {**dice_and_hd95(r, p, spacing), "n_ref": n_ref, "n_pred": n_pred, "empty": empty}
     return result
 

@@ -75,10 +75,9 @@ def channel_order(dataset_json: Dict) -> Tuple[int, int]:
 
 
 def ct_on_pet_grid(ct: sitk.Image, pet: sitk.Image) -> sitk.Image:
-    same = (ct.GetSize() == pet.GetSize() and np.allclose(ct.GetSpacing(), pet.GetSpacing(), atol=1e-4)
-            and np.allclose(ct.GetOrigin(), pet.GetOrigin(), atol=1e-3)
-            and np.allclose(ct.GetDirection(), pet.GetDirection(), atol=1e-5))
-    if same:
+    from nnunetv2_ciml.dataset_conversion.grid import Grid
+
+    if Grid.of(ct).same_as(Grid.of(pet)):  # the package's one "same grid" rule (the converters use it too)
         ct = sitk.Image(ct)
         ct.CopyInformation(pet)  # equal within tolerance: make nnU-Net's strict geometry check pass
         return ct

@@ -7,7 +7,7 @@ The three models the demonstration compares share one budget, so that only the n
 - ``nnUNetTrainerCIML_noMessages_ShapeCompositionDemo``: CIML without messages (the ablation);
 
 and the same three with ``Quick`` appended (``nnunetv2_ciml demo --quick``, the test suite): a smoke-test
-budget, not results. Budget: 30 epochs of 25 iterations (750 iterations, batch size from the plans),
+budget, not results. Budget: 15 epochs of 40 iterations (600 iterations, batch size from the plans),
 no mirroring in augmentation or inference (the shapes are mirror-symmetric, and mirroring would
 multiply the inference time by 4 in 2D); everything else is nnU-Net's (SGD, poly learning rate,
 Dice + CE, deep supervision, augmentation). They work like any trainer::
@@ -41,9 +41,9 @@ class _DemoBudget(nnUNetTrainerNoMirroring):
     """The demonstration's budget: ``demo_epochs`` x ``demo_iterations`` training iterations, no mirroring;
     each epoch's numbers also go to ``fold_X/epochs.jsonl`` (:mod:`nnunetv2_ciml.training.epoch_log`)."""
 
-    demo_epochs: int = 30
-    demo_iterations: int = 25
-    demo_val_iterations: int = 5
+    demo_epochs: int = 15
+    demo_iterations: int = 40
+    demo_val_iterations: int = 2
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):

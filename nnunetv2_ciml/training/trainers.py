@@ -69,7 +69,8 @@ class nnUNetTrainerCIML(GuardedTraining, nnUNetTrainer):
         if self.preprocessed_dataset_folder_base is not None:
             gt_folder = join(self.preprocessed_dataset_folder_base, "gt_segmentations")
             if isdir(gt_folder):
-                counts = partial(count_label_voxels, gt_folder, self.dataset_json["file_ending"])
+                counts = partial(count_label_voxels, gt_folder, self.dataset_json["file_ending"],
+                                 self.plans_manager.image_reader_writer_class())
         decomposition, origin = resolve_decomposition(
             self.dataset_json, determine_num_input_channels(self.plans_manager, self.configuration_manager,
                                                             self.dataset_json),
