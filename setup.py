@@ -3,7 +3,8 @@
 Besides the package, the distribution installs ``nnunetv2_ciml.pth`` into site-packages. Python
 runs it at start-up; it appends our shim folder to ``nnUNet_extTrainer`` (keeping what the user
 set) so that the stock ``nnUNetv2_train``/``nnUNetv2_predict`` find ``nnUNetTrainerCIML`` without
-any export. It imports nothing heavy (see ``nnunetv2_ciml/registration.py``).
+any export. It imports nothing heavy; ``NNUNETV2_CIML_NO_STARTUP=1`` turns it off (see
+``nnunetv2_ciml/registration.py``).
 """
 from pathlib import Path
 
@@ -16,7 +17,7 @@ PTH_NAME = "nnunetv2_ciml.pth"
 # Silent when the package is gone (e.g. the source folder of an editable install was deleted): a .pth
 # that raises prints a traceback at every Python start-up.
 PTH_LINE = ("import sys; exec('try: import nnunetv2_ciml.registration as r\\nexcept ImportError: pass\\n"
-            "else: r.register_ext_trainer_dir()')\n")
+            "else: r.register_at_startup()')\n")
 
 
 class BuildPyWithPth(build_py):

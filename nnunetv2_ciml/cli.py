@@ -4,6 +4,10 @@ Each module in ``nnunetv2_ciml.commands`` defines ``HELP`` (one line), ``add_arg
 and ``main(args) -> int``, and imports torch or nnU-Net only inside ``main`` so that ``--help``
 stays fast.
 
+One flag style: an option that ``nnUNetv2_predict``/``nnUNetv2_train`` also have keeps nnU-Net's spelling
+(``-i -o -m -f -d -chk -np -device -step_size --disable_tta --save_probabilities``), our own options are
+``--kebab-case``. Earlier spellings stay as aliases (``--out``, ``--device``, ``--checkpoint``, ``--file_ending``).
+
 Errors reach the user as one message on stderr, exit status 1: the package's own errors
 (:class:`~nnunetv2_ciml.errors.CIMLError`, which name the case, the file and what is wrong) and file-system
 errors as they are, anything else as an internal error with its type. ``--debug`` (or the environment

@@ -50,3 +50,26 @@ def test_no_warning_in_the_output_of_a_fresh_process():
                          text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Warning" not in out.stdout + out.stderr and "nnUNetTrainerCIML " in out.stdout
+
+
+def test_one_flag_style_with_the_earlier_spellings_as_aliases():
+    """nnU-Net's spelling for options nnU-Net has, ``--kebab-case`` for ours, the earlier spellings still parsed
+    to the same value. Fails if an alias is dropped or lands in another destination."""
+    from nnunetv2_ciml.cli import build_parser
+
+    parser = build_parser()
+    common = ["-i", "I", "-o", "O", "-m", "M", "-f", "0"]
+    pairs = [  # (nnU-Net or kebab spelling, earlier spelling, {destination: value})
+        (["demo", "-o", "X", "-device", "cpu"], ["demo", "--out", "X", "--device", "cpu"],
+         {"out": "X", "device": "cpu"}),
+        (["predict", *common, "-device", "cpu"], ["predict", *common, "--device", "cpu"], {"device": "cpu"}),
+        (["explain", *common, "-device", "cpu"], ["explain", *common, "--device", "cpu"], {"device": "cpu"}),
+        (["submission", "autopet", "-m", "M", "-f", "0", "-o", "O", "-chk", "c.pth"],
+         ["submission", "autopet", "-m", "M", "-f", "0", "-o", "O", "--checkpoint", "c.pth"], {"checkpoint": "c.pth"}),
+        (["evaluate", "nnunet", "-ref", "R", "-pred", "P", "-o", "O", "--file-ending", ".mha"],
+         ["evaluate", "nnunet", "-ref", "R", "-pred", "P", "-o", "O", "--file_ending", ".mha"], {"file_ending": ".mha"}),
+    ]
+    for new, old, expected in pairs:
+        for argv in (new, old):
+            parsed = vars(parser.parse_args(argv))
+            assert {key: parsed[key] for key in expected} == expected, argv

@@ -48,6 +48,14 @@ def test_user_value_is_kept_and_ours_is_added(tmp_path):
     assert result["env"].split(os.pathsep) == [str(user_dir), EXT_TRAINER_DIR]
 
 
+def test_opt_out_leaves_the_environment_alone(tmp_path):
+    """``NNUNETV2_CIML_NO_STARTUP=1``: the start-up hook registers nothing (fails if the .pth ignores it)."""
+    code = "import os; print(os.environ.get('nnUNet_extTrainer'))"
+    out = subprocess.run([sys.executable, "-c", code], env=clean_env(NNUNETV2_CIML_NO_STARTUP="1"), cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "None", out.stderr[-2000:]
+
+
 def test_register_is_idempotent():
     env = {ENV_VAR: os.pathsep.join(["/a", EXT_TRAINER_DIR])}
     assert register_ext_trainer_dir(env) == os.pathsep.join(["/a", EXT_TRAINER_DIR])

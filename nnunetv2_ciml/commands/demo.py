@@ -9,10 +9,10 @@ HELP = ("Run the ShapeComposition demonstration: data, nnU-Net planning, trainin
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="ciml_demo", metavar="DIR",
+    parser.add_argument("-o", "--out", dest="out", default="ciml_demo", metavar="DIR",
                         help="output folder (default ./ciml_demo); it also holds the run's nnUNet_raw, "
                              "nnUNet_preprocessed and nnUNet_results: your own nnU-Net folders are not used")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+    parser.add_argument("-device", "--device", dest="device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="training and inference device (default auto: CUDA when available)")
     parser.add_argument("--quick", action="store_true",
                         help="about 1.5 min on a 2-core CPU: tiny data and budget to check that every stage works; "

@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-dj", metavar="DATASET_JSON", default=None,
                         help="nnunet only (required there): the dataset's dataset.json (labels or regions, "
                              "file_ending)")
-    parser.add_argument("-fe", "--file_ending", default=None,
+    parser.add_argument("-fe", "--file-ending", "--file_ending", dest="file_ending", default=None,
                         help="file ending of the case files (default .nii.gz; nnunet: dataset.json's file_ending)")
 
 

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "always among all senders of a subtask")
     parser.add_argument("-chk", default="checkpoint_final.pth", metavar="CHECKPOINT",
                         help="checkpoint file in fold_FOLD (default checkpoint_final.pth)")
-    parser.add_argument("-device", choices=["cpu", "cuda"], default=None,
+    parser.add_argument("-device", "--device", dest="device", choices=["cpu", "cuda"], default=None,
                         help="default: cuda when available, else cpu")
     parser.add_argument("-step_size", type=float, default=0.5,
                         help="sliding-window step as a fraction of the patch size (nnU-Net's default 0.5)")

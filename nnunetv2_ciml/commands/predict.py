@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--disable_tta", action="store_true", help="no mirroring at test time")
     parser.add_argument("--save_probabilities", action="store_true",
                         help="also write the softmax/sigmoid probabilities (.npz) as nnUNetv2_predict does")
-    parser.add_argument("-device", choices=["cuda", "cpu", "mps"], default="cuda",
+    parser.add_argument("-device", "--device", dest="device", choices=["cuda", "cpu", "mps"], default="cuda",
                         help="as nnUNetv2_predict (default cuda)")
     parser.add_argument("--cases", nargs="+", metavar="CASE",
                         help="predict these cases only (default: every case with at least one file); a listed case "

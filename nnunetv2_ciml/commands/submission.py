@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("-f", dest="folds", nargs="+", required=True, metavar="FOLD",
                    help="folds to ensemble, e.g. 0 1 2 3 4")
     p.add_argument("-o", dest="out_dir", required=True, metavar="DIR", help="output folder (created)")
-    p.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint file name in each fold folder")
+    p.add_argument("-chk", "--checkpoint", dest="checkpoint", default="checkpoint_final.pth",
+                   help="checkpoint file name in each fold folder")
     p.add_argument("--base-image", default=None, help="Docker base image (default: an official PyTorch CUDA runtime)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty DIR")
 

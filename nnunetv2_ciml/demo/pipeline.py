@@ -327,6 +327,7 @@ def _explain(predictor, cases: Dict[str, List[str]], raw: Path, complementary_ca
     from nnunetv2_ciml.demo.complementary import complementary_share, mass_breakdown
     from nnunetv2_ciml.demo.shape_composition import LABELS
     from nnunetv2_ciml.interpretability import explain_case, write_case_explanation
+    from nnunetv2_ciml.network import pair_name
     from nnunetv2_ciml.progress import progress
 
     predictor.allow_tqdm = False
@@ -347,7 +348,7 @@ def _explain(predictor, cases: Dict[str, List[str]], raw: Path, complementary_ca
             for (sender, subtask), m in explanation.maps.items():
                 s, _ = complementary_share([m], mask == LABELS[subtask])
                 if s is not None:
-                    pair_shares.setdefault(f"{sender}->{subtask}", []).append(s)
+                    pair_shares.setdefault(pair_name(sender, subtask), []).append(s)
         if share is not None:
             all_shares.append(share)
             all_areas.append(area)

@@ -45,6 +45,7 @@ def plot_examples(path: Path, raw: Path, predictions: Path, models: Sequence[str
     from matplotlib.colors import ListedColormap
 
     from nnunetv2_ciml.demo.shape_composition import LABELS
+    from nnunetv2_ciml.network import pair_name
 
     label_cmap = ListedColormap(LABEL_COLOURS)
     if not cases:
@@ -63,7 +64,7 @@ def plot_examples(path: Path, raw: Path, predictions: Path, models: Sequence[str
         panels += [(m, _slice2d(_read(predictions / m / f"{case}{file_ending}")), "labels") for m in models]
         # one scale per row: maps divided by the row's largest value, so senders compare within a case
         vmax = max([float(explanation.maps[p].max()) for p in pairs] + [0.0]) or 1.0
-        panels += [(f"{s} -> {t}", _slice2d(explanation.maps[(s, t)]), ("map", LABELS[t])) for s, t in pairs]
+        panels += [(pair_name(s, t), _slice2d(explanation.maps[(s, t)]), ("map", LABELS[t])) for s, t in pairs]
         image_map = None
         for c, (title, image, kind) in enumerate(panels):
             ax = axes[r, c]

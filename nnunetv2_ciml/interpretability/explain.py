@@ -34,28 +34,18 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from batchgenerators.utilities.file_and_folder_operations import save_json
 from nnunetv2.configuration import default_num_processes
 from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-from tqdm import tqdm
 
-from nnunetv2_ciml.errors import CIMLError
 from nnunetv2_ciml.image_io import ImageFileError, verify_image_file
-from nnunetv2_ciml.interpretability.geometry import can_write_map, to_input_geometry, write_map
+from nnunetv2_ciml.interpretability.geometry import can_write_map, to_input_geometry
 from nnunetv2_ciml.interpretability.message_gradcam import MessageGradCAM, sliding_window_message_cams
-from nnunetv2_ciml.interpretability.overlay import render_subtask_overlay
+from nnunetv2_ciml.interpretability.model import ExplainError, ciml_network, select_pairs
 from nnunetv2_ciml.missing_modalities import CaseError, read_case, zero_missing_channels
-from nnunetv2_ciml.network import CIMLUNet, MessagePair, modalities_present, unwrap
+from nnunetv2_ciml.network import CIMLUNet, MessagePair, modalities_present
 
-__all__ = ["ExplainError", "CaseExplanation", "load_predictor", "ciml_network", "find_cases", "check_case_files",
-           "explain_image", "explain_case", "map_file_name", "write_case_explanation", "explain_folder"]
-
-SUMMARY_FILE = "explain.json"
-
-
-class ExplainError(CIMLError, ValueError):
-    """The model folder, the inputs or the requested subtasks/senders cannot be explained."""
+__all__ = ["CaseExplanation", "check_case_files", "explain_image", "explain_case"]
 
 
 @dataclass
@@ -82,90 +72,6 @@ class CaseExplanation:
     modalities: List[str]
     primaries: Dict[str, str]
     senders: Dict[str, List[str]] = field(default_factory=dict)
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def load_predictor(model_folder: Union[str, Path], fold: Union[int, str] = 0,
-                   device: Union[str, torch.device, None] = None, checkpoint_name: str = "checkpoint_final.pth",
-                   tile_step_size: float = 0.5, use_mirroring: bool = True,
-                   allow_tqdm: bool = True) -> nnUNetPredictor:
-    """An ``nnUNetPredictor`` initialised from a CIML model folder (one fold), checked to hold a CIML network
-    with messages. ``device``: default CUDA when available, else CPU."""
-    model_folder = Path(model_folder)
-    if not model_folder.is_dir():
-        raise ExplainError(f"model folder {str(model_folder)!r} does not exist")
-    for name in ("plans.json", "dataset.json"):
-        if not (model_folder / name).is_file():
-            raise ExplainError(f"{str(model_folder)!r} is not an nnU-Net model folder: it has no {name} "
-                               f"(expected $nnUNet_results/DatasetXXX_Name/TRAINER__PLANS__CONFIGURATION)")
-    fold = str(fold)
-    if fold != "all" and not fold.isdigit():
-        raise ExplainError(f"fold must be an integer or 'all', not {fold!r}")
-    checkpoint = model_folder / f"fold_{fold}" / checkpoint_name
-    if not checkpoint.is_file():
-        available = sorted(p.parent.name for p in model_folder.glob(f"fold_*/{checkpoint_name}"))
-        others = sorted(p.name for p in (model_folder / f"fold_{fold}").glob("checkpoint_*.pth"))
-        hint = f"folds with a {checkpoint_name}: {', '.join(available) or 'none'}"
-        if others:
-            hint += f"; fold_{fold} holds {', '.join(others)} (choose one with -chk)"
-        raise ExplainError(f"missing checkpoint {str(checkpoint)!r} ({hint})")
-    device = _default_device() if device is None else torch.device(device)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its device choice and trainer search
-            predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True,
-                                        use_mirroring=use_mirroring, perform_everything_on_device=device.type == "cuda",
-                                        device=device, allow_tqdm=allow_tqdm)
-            predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=(fold,),
-                                                           checkpoint_name=checkpoint_name)
-    except Exception as e:
-        raise ExplainError(f"cannot load the model in {str(model_folder)!r} (fold {fold}): {e}") from e
-    ciml_network(predictor, str(model_folder))
-    if predictor.configuration_manager.previous_stage_name is not None:
-        raise ExplainError(f"{str(model_folder)!r} is a cascade stage; explain supports single-stage models only")
-    return predictor
-
-
-def ciml_network(predictor: nnUNetPredictor, where: str = "the predictor") -> CIMLUNet:
-    """The predictor's CIML network (behind ``torch.compile``/DDP wrappers); ExplainError if it is none."""
-    network = unwrap(predictor.network)
-    if not isinstance(network, CIMLUNet):
-        raise ExplainError(f"{where} holds a {type(network).__name__} (trainer {predictor.trainer_name}), not a "
-                           f"CIML network: explain needs a model trained with -tr nnUNetTrainerCIML (or a variant)")
-    if not network.message_pairs:
-        raise ExplainError(f"{where} is a CIML network without messages (trainer {predictor.trainer_name}): "
-                           f"there is no cross-modal contribution to explain")
-    return network
-
-
-def _match(name: str, options: Sequence[str], what: str) -> str:
-    for option in options:
-        if option.lower() == name.lower():
-            return option
-    raise ExplainError(f"unknown {what} {name!r}; this model's {what}s are: {', '.join(map(repr, options))}")
-
-
-def _selection(network: CIMLUNet, subtasks: Optional[Sequence[str]],
-               senders: Optional[Sequence[str]]) -> Tuple[List[int], List[MessagePair], List[MessagePair]]:
-    """(subtask indices, message pairs to compute, message pairs to return)."""
-    names = network.subtask_names
-    chosen = sorted({names.index(_match(s, names, "subtask")) for s in subtasks}) if subtasks else \
-        sorted({p.subtask for p in network.message_pairs})
-    sender_names = network.modality_names
-    sending = {sender_names.index(_match(s, sender_names, "sender modality")) for s in senders} if senders else \
-        set(range(len(sender_names)))
-    computed = [p for p in network.message_pairs if p.subtask in chosen]
-    if not computed:
-        raise ExplainError(f"subtask(s) {[names[i] for i in chosen]} receive no messages")
-    shown = [p for p in computed if p.sender in sending]
-    if not shown:
-        valid = sorted({sender_names[p.sender] for p in computed})
-        raise ExplainError(f"sender(s) {sorted(sender_names[j] for j in sending)} send no messages to subtask(s) "
-                           f"{[names[i] for i in chosen]} (a subtask's primary modality does not message it); "
-                           f"their senders are: {', '.join(map(repr, valid))}")
-    return chosen, computed, shown
 
 
 def _target_channels(network: CIMLUNet, has_regions: bool) -> Dict[int, List[int]]:
@@ -203,7 +109,7 @@ def explain_image(predictor: nnUNetPredictor, image: np.ndarray, properties: dic
     weights edited in memory included); the predictor's ``use_mirroring`` and ``tile_step_size`` apply.
     """
     network = ciml_network(predictor)
-    chosen, computed, shown = _selection(network, subtasks, senders)
+    chosen, computed, shown = select_pairs(network, subtasks, senders)
     if image.shape[0] != len(network.modality_names):
         raise ExplainError(f"case {case!r} has {image.shape[0]} channels; the model expects "
                            f"{len(network.modality_names)} ({', '.join(network.modality_names)})")
@@ -299,11 +205,11 @@ def explain_case(predictor: nnUNetPredictor, image_files: Sequence[Optional[Unio
         case = re.sub(r"_\d{4}$", "", name[:-len(predictor.dataset_json["file_ending"])]) \
             if name.endswith(predictor.dataset_json["file_ending"]) else name
     check_case_files(case, image_files, ciml_network(predictor).modality_names)
-    return _explain_checked_files(predictor, [None if f is None else str(f) for f in image_files], subtasks,
+    return explain_case_files(predictor, [None if f is None else str(f) for f in image_files], subtasks,
                                   senders, case)
 
 
-def _explain_checked_files(predictor: nnUNetPredictor, files: List[Optional[str]], subtasks: Optional[Sequence[str]],
+def explain_case_files(predictor: nnUNetPredictor, files: List[Optional[str]], subtasks: Optional[Sequence[str]],
                            senders: Optional[Sequence[str]], case: str) -> CaseExplanation:
     if any(f is None for f in files):
         return _explain_incomplete_case(predictor, files, subtasks, senders, case)
@@ -336,133 +242,3 @@ def _explain_incomplete_case(predictor: nnUNetPredictor, image_files: Sequence[O
                            f"SimpleITK or nibabel reader; this model reads with "
                            f"{predictor.plans_manager.image_reader_writer_class.__name__}")
     return explain_image(predictor, image, properties, subtasks, senders, case, present)
-
-
-def _file_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.+-]+", "_", name).strip("_") or "unnamed"
-
-
-def map_file_name(sender: str, subtask: str) -> str:
-    """``<sender>_to_<subtask>.nii.gz`` (characters other than letters, digits, ``.+-`` become ``_``)."""
-    return f"{_file_name(sender)}_to_{_file_name(subtask)}.nii.gz"
-
-
-def write_case_explanation(explanation: CaseExplanation, out_dir: Union[str, Path]) -> dict:
-    """Write ``out_dir/<case>/``: one NIfTI map per (sender, subtask) ``<sender>_to_<subtask>.nii.gz``,
-    ``prediction.nii.gz`` (nnU-Net's segmentation) and ``messages_to_<subtask>.png``, all in the input's
-    geometry. Returns the case's summary (shares, masses, file names relative to ``out_dir``).
-    """
-    out_dir = Path(out_dir)
-    case_dir = out_dir / explanation.case
-    case_dir.mkdir(parents=True, exist_ok=True)
-    props = explanation.properties
-    prediction = case_dir / "prediction.nii.gz"
-    write_map(explanation.segmentation.astype(np.uint8 if explanation.segmentation.max(initial=0) < 256
-                                              else np.uint16), prediction, props)
-    spacing = props["spacing"]
-    aspect = float(spacing[-2]) / float(spacing[-1]) if len(spacing) >= 2 else 1.0
-    images = {m: explanation.image[c] for c, m in enumerate(explanation.modalities)}
-    summary = {"prediction": prediction.relative_to(out_dir).as_posix(), "subtasks": {}}
-    for subtask, shares in explanation.shares.items():
-        entry = {"primary": explanation.primaries[subtask], "target_voxels": explanation.target_voxels[subtask],
-                 "senders": {}}
-        for sender, share in shares.items():
-            entry["senders"][sender] = {"share": share, "mass": explanation.masses[subtask][sender]}
-            if (sender, subtask) in explanation.maps:
-                path = case_dir / map_file_name(sender, subtask)
-                write_map(explanation.maps[(sender, subtask)], path, props)
-                entry["senders"][sender]["map"] = path.relative_to(out_dir).as_posix()
-        shown = {s: explanation.maps[(s, subtask)] for s in explanation.senders[subtask]}
-        if shown:
-            png = case_dir / f"messages_to_{_file_name(subtask)}.png"
-            entry["slices"] = render_subtask_overlay(png, explanation.case, subtask, explanation.primaries[subtask],
-                                                     images, shown, shares, explanation.predicted[subtask], aspect)
-            entry["overlay"] = png.relative_to(out_dir).as_posix()
-        summary["subtasks"][subtask] = entry
-    return summary
-
-
-def find_cases(input_dir: Union[str, Path], file_ending: str, modalities: Sequence[str]
-               ) -> Dict[str, List[Optional[str]]]:
-    """Channel files per case in an nnU-Net input folder (``CASE_XXXX<file_ending>``); ``None`` where a
-    modality's file is missing (:mod:`nnunetv2_ciml.missing_modalities`)."""
-    input_dir = Path(input_dir)
-    if not input_dir.is_dir():
-        raise ExplainError(f"input folder {str(input_dir)!r} does not exist")
-    expected = ", ".join(f"_{c:04d}: {m}" for c, m in enumerate(modalities))
-    pattern = re.compile(rf"^(.+)_(\d{{4}}){re.escape(file_ending)}$")
-    channels: Dict[str, Dict[int, str]] = {}
-    unnamed = []
-    for path in sorted(input_dir.iterdir()):
-        if not path.is_file() or not path.name.endswith(file_ending):
-            continue
-        match = pattern.match(path.name)
-        if match is None:
-            unnamed.append(path.name)
-            continue
-        channels.setdefault(match.group(1), {})[int(match.group(2))] = str(path)
-    if unnamed:
-        raise ExplainError(f"{str(input_dir)!r}: file(s) {unnamed[:5]} lack the channel suffix; name each "
-                           f"case's files CASE_XXXX{file_ending} ({expected})")
-    if not channels:
-        raise ExplainError(f"no cases in {str(input_dir)!r}: expected files CASE_XXXX{file_ending}, one per "
-                           f"channel ({expected})")
-    cases = {}
-    for case, files in channels.items():
-        extra = [Path(files[c]).name for c in sorted(files) if c >= len(modalities)]
-        if extra:
-            raise ExplainError(f"case {case!r} in {str(input_dir)!r} has unexpected {', '.join(extra)}: the model "
-                               f"expects {len(modalities)} channels ({expected})")
-        cases[case] = [files.get(c) for c in range(len(modalities))]
-    return cases
-
-
-def explain_folder(model_folder: Union[str, Path], fold: Union[int, str], input_dir: Union[str, Path],
-                   out_dir: Union[str, Path], subtasks: Optional[Sequence[str]] = None,
-                   senders: Optional[Sequence[str]] = None, device: Union[str, torch.device, None] = None,
-                   checkpoint_name: str = "checkpoint_final.pth", tile_step_size: float = 0.5,
-                   use_mirroring: bool = True) -> dict:
-    """Explain every case of ``input_dir`` (named as for ``nnUNetv2_predict``) with one fold of a CIML model.
-
-    Writes ``out_dir/<case>/`` (:func:`write_case_explanation`) and ``out_dir/explain.json``; returns that
-    summary: ``{"cases": {case: {...}}, "mean_share": {subtask: {sender: mean over cases with a target}}, ...}``.
-    All inputs (names, channel files, their contents and grids: :func:`check_case_files`) are checked
-    before any case is computed or anything is written.
-    """
-    predictor = load_predictor(model_folder, fold, device, checkpoint_name, tile_step_size, use_mirroring)
-    network = ciml_network(predictor)
-    chosen, computed, _ = _selection(network, subtasks, senders)
-    cases = find_cases(input_dir, predictor.dataset_json["file_ending"], network.modality_names)
-    out_dir = Path(out_dir)
-    if out_dir.resolve() == Path(input_dir).resolve():
-        raise ExplainError(f"the output folder must differ from the input folder {str(input_dir)!r}")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExplainError(f"the output folder {str(out_dir)!r} is a file")
-    for case, files in cases.items():
-        check_case_files(case, files, network.modality_names)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    modalities = network.modality_names
-    summary = {
-        "model_folder": str(Path(model_folder).resolve()), "fold": str(fold), "checkpoint": checkpoint_name,
-        "trainer": predictor.trainer_name, "modalities": list(modalities),
-        "subtasks": {network.subtask_names[i]: {
-            "primary": modalities[network.subtask_primaries[i]],
-            "senders": [modalities[p.sender] for p in computed if p.subtask == i]}
-            for i in chosen},
-        "method": "Grad-CAM on the message tensors per (sender, subtask): target = subtask's foreground logits summed "
-                  "over the voxels nnU-Net predicts as them; ReLU(sum_c mean(grad_c) * message_c) per skip level, "
-                  "mass-preserving upsampling, summed over levels; share = sender's mass / all senders' mass",
-        "cases": {},
-    }
-    for case, files in tqdm(cases.items(), desc="explain", disable=not predictor.allow_tqdm):
-        explanation = _explain_checked_files(predictor, files, subtasks, senders, case)
-        summary["cases"][case] = write_case_explanation(explanation, out_dir)
-    summary["mean_share"] = {}
-    for subtask, info in summary["subtasks"].items():
-        summary["mean_share"][subtask] = {}
-        for sender in info["senders"]:
-            values = [c["subtasks"][subtask]["senders"][sender]["share"] for c in summary["cases"].values()]
-            values = [v for v in values if v is not None]
-            summary["mean_share"][subtask][sender] = float(np.mean(values)) if values else None
-    save_json(summary, str(out_dir / SUMMARY_FILE), sort_keys=False)
-    return summary

@@ -126,6 +126,8 @@ def sliding_window_message_cams(predictor: nnUNetPredictor, gradcam: MessageGrad
     patch_size = tuple(predictor.configuration_manager.patch_size)
     data, revert_padding = pad_nd_image(data, patch_size, "constant", {"value": 0}, True, None)
     targets = pad_nd_image(targets, patch_size, "constant", {"value": 0}, False, None)
+    # nnU-Net has no public tile function (compute_steps_for_sliding_window gives the steps only); its own
+    # helper also makes the 2D tiles of 3D-stored data exactly as its prediction does
     slicers = predictor._internal_get_sliding_window_slicers(data.shape[1:])
     gaussian = compute_gaussian(patch_size, sigma_scale=1. / 8, value_scaling_factor=10, dtype=torch.float32,
                                 device=torch.device("cpu")) if predictor.use_gaussian else 1

@@ -12,6 +12,8 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
+from nnunetv2_ciml.network.message import pair_name
+
 __all__ = ["informative_slices", "render_subtask_overlay"]
 
 
@@ -81,7 +83,7 @@ def _render(path: Path, case: str, subtask: str, primary: str, images: Dict[str,
             if c == 0:
                 share = shares.get(name)
                 label = f"{name} (primary)" if r == 0 else \
-                    f"{name} -> {subtask}\nshare {share:.2f}" if share is not None else f"{name} -> {subtask}"
+                    f"{pair_name(name, subtask)}\nshare {share:.2f}" if share is not None else pair_name(name, subtask)
                 ax.set_ylabel(label, fontsize=8)
     if mappable is not None:
         fig.colorbar(mappable, ax=axes.ravel().tolist(), shrink=0.6, label="message Grad-CAM")

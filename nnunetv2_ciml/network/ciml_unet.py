@@ -16,7 +16,7 @@ from torch.nn.modules.dropout import _DropoutNd
 from torch.utils.checkpoint import checkpoint
 
 from nnunetv2_ciml.network.grouped import check_channelwise_norm, grouped_conv
-from nnunetv2_ciml.network.message import MessagePair, StageMessages
+from nnunetv2_ciml.network.message import MessagePair, StageMessages, pair_name
 
 IntOrSeq = Union[int, Sequence[int]]
 
@@ -179,7 +179,7 @@ class CIMLUNet(nn.Module):
                                         for outs in self.subtask_outputs])
 
         self.message_pairs: List[MessagePair] = [
-            MessagePair(j, i, f"{self.modality_names[j]}->{self.subtask_names[i]}")
+            MessagePair(j, i, pair_name(self.modality_names[j], self.subtask_names[i]))
             for i, p in enumerate(self.subtask_primaries) for j in range(m) if j != p
         ] if messages and m > 1 else []
         stages = default_message_stages(n_stages) if message_stages is None else message_stages

@@ -13,9 +13,14 @@ GATE_INIT_LOGIT = -3.0  # initial attention logit: gates start nearly closed (se
 ABSENT_PRIMARY_LOGIT = 6.0
 
 
+def pair_name(sender: str, subtask: str) -> str:
+    """The name of the message from modality ``sender`` to ``subtask`` in logs, results and figures."""
+    return f"{sender}->{subtask}"
+
+
 @dataclass(frozen=True)
 class MessagePair:
-    """One message: modality channel ``sender`` to subtask ``subtask``; ``name`` as in logs and maps
+    """One message: modality channel ``sender`` to subtask ``subtask``; ``name`` from :func:`pair_name`
     (``"T2->whole tumor"``)."""
 
     sender: int

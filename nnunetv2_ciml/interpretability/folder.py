@@ -1,0 +1,107 @@
+"""Explaining a folder of cases (``nnunetv2_ciml explain``): case discovery, checks first, and the summary
+``explain.json`` (per case, and each sender's mean share per subtask)."""
+import re
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from batchgenerators.utilities.file_and_folder_operations import save_json
+from tqdm import tqdm
+
+from nnunetv2_ciml.interpretability.explain import check_case_files, explain_case_files
+from nnunetv2_ciml.interpretability.model import ExplainError, ciml_network, load_predictor, select_pairs
+from nnunetv2_ciml.interpretability.writing import write_case_explanation
+
+__all__ = ["SUMMARY_FILE", "find_cases", "explain_folder"]
+
+SUMMARY_FILE = "explain.json"
+
+
+def find_cases(input_dir: Union[str, Path], file_ending: str, modalities: Sequence[str]
+               ) -> Dict[str, List[Optional[str]]]:
+    """Channel files per case in an nnU-Net input folder (``CASE_XXXX<file_ending>``); ``None`` where a
+    modality's file is missing (:mod:`nnunetv2_ciml.missing_modalities`).
+
+    Not nnU-Net's ``create_lists_from_splitted_dataset_folder``: it lists the files present only (a missing
+    channel cannot be marked), says nothing about misnamed files, and starts a pool of 12 processes."""
+    input_dir = Path(input_dir)
+    if not input_dir.is_dir():
+        raise ExplainError(f"input folder {str(input_dir)!r} does not exist")
+    expected = ", ".join(f"_{c:04d}: {m}" for c, m in enumerate(modalities))
+    pattern = re.compile(rf"^(.+)_(\d{{4}}){re.escape(file_ending)}$")
+    channels: Dict[str, Dict[int, str]] = {}
+    unnamed = []
+    for path in sorted(input_dir.iterdir()):
+        if not path.is_file() or not path.name.endswith(file_ending):
+            continue
+        match = pattern.match(path.name)
+        if match is None:
+            unnamed.append(path.name)
+            continue
+        channels.setdefault(match.group(1), {})[int(match.group(2))] = str(path)
+    if unnamed:
+        raise ExplainError(f"{str(input_dir)!r}: file(s) {unnamed[:5]} lack the channel suffix; name each "
+                           f"case's files CASE_XXXX{file_ending} ({expected})")
+    if not channels:
+        raise ExplainError(f"no cases in {str(input_dir)!r}: expected files CASE_XXXX{file_ending}, one per "
+                           f"channel ({expected})")
+    cases = {}
+    for case, files in channels.items():
+        extra = [Path(files[c]).name for c in sorted(files) if c >= len(modalities)]
+        if extra:
+            raise ExplainError(f"case {case!r} in {str(input_dir)!r} has unexpected {', '.join(extra)}: the model "
+                               f"expects {len(modalities)} channels ({expected})")
+        cases[case] = [files.get(c) for c in range(len(modalities))]
+    return cases
+
+
+def explain_folder(model_folder: Union[str, Path], fold: Union[int, str], input_dir: Union[str, Path],
+                   out_dir: Union[str, Path], subtasks: Optional[Sequence[str]] = None,
+                   senders: Optional[Sequence[str]] = None, device: Union[str, torch.device, None] = None,
+                   checkpoint_name: str = "checkpoint_final.pth", tile_step_size: float = 0.5,
+                   use_mirroring: bool = True) -> dict:
+    """Explain every case of ``input_dir`` (named as for ``nnUNetv2_predict``) with one fold of a CIML model.
+
+    Writes ``out_dir/<case>/`` (:func:`write_case_explanation`) and ``out_dir/explain.json``; returns that
+    summary: ``{"cases": {case: {...}}, "mean_share": {subtask: {sender: mean over cases with a target}}, ...}``.
+    All inputs (names, channel files, their contents and grids: :func:`check_case_files`) are checked
+    before any case is computed or anything is written.
+    """
+    predictor = load_predictor(model_folder, fold, device, checkpoint_name, tile_step_size, use_mirroring)
+    network = ciml_network(predictor)
+    chosen, computed, _ = select_pairs(network, subtasks, senders)
+    cases = find_cases(input_dir, predictor.dataset_json["file_ending"], network.modality_names)
+    out_dir = Path(out_dir)
+    if out_dir.resolve() == Path(input_dir).resolve():
+        raise ExplainError(f"the output folder must differ from the input folder {str(input_dir)!r}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExplainError(f"the output folder {str(out_dir)!r} is a file")
+    for case, files in cases.items():
+        check_case_files(case, files, network.modality_names)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    modalities = network.modality_names
+    summary = {
+        "model_folder": str(Path(model_folder).resolve()), "fold": str(fold), "checkpoint": checkpoint_name,
+        "trainer": predictor.trainer_name, "modalities": list(modalities),
+        "subtasks": {network.subtask_names[i]: {
+            "primary": modalities[network.subtask_primaries[i]],
+            "senders": [modalities[p.sender] for p in computed if p.subtask == i]}
+            for i in chosen},
+        "method": "Grad-CAM on the message tensors per (sender, subtask): target = subtask's foreground logits summed "
+                  "over the voxels nnU-Net predicts as them; ReLU(sum_c mean(grad_c) * message_c) per skip level, "
+                  "mass-preserving upsampling, summed over levels; share = sender's mass / all senders' mass",
+        "cases": {},
+    }
+    for case, files in tqdm(cases.items(), desc="explain", disable=not predictor.allow_tqdm):
+        explanation = explain_case_files(predictor, files, subtasks, senders, case)
+        summary["cases"][case] = write_case_explanation(explanation, out_dir)
+    summary["mean_share"] = {}
+    for subtask, info in summary["subtasks"].items():
+        summary["mean_share"][subtask] = {}
+        for sender in info["senders"]:
+            values = [c["subtasks"][subtask]["senders"][sender]["share"] for c in summary["cases"].values()]
+            values = [v for v in values if v is not None]
+            summary["mean_share"][subtask][sender] = float(np.mean(values)) if values else None
+    save_json(summary, str(out_dir / SUMMARY_FILE), sort_keys=False)
+    return summary
