@@ -30,7 +30,7 @@ TRAINERS = {"nnUNet": "nnUNetTrainer_ShapeCompositionDemo",
             "CIML_1.0": "nnUNetTrainerCIML_width1_ShapeCompositionDemo"}
 
 
-def run_seed(out_dir: Path, seed: int, models, results: dict, results_file: Path) -> None:
+def run_seed(out_dir: Path, seed: int, models, results: dict, results_file: Path, threads: int = 2) -> None:
     from nnunetv2_ciml.demo import nnunet_steps
     from nnunetv2_ciml.demo.pipeline import (CONFIGURATION, DATASET_ID, DATASET_NAME, DEFAULT_SETTINGS, FOLD, PLANS,
                                              _evaluate_model, _predict, _test_cases, narrow_plans,
@@ -61,7 +61,7 @@ def run_seed(out_dir: Path, seed: int, models, results: dict, results_file: Path
         start = time.perf_counter()
         folder = run_dir / "nnUNet_results" / DATASET_NAME / f"{trainer}__{PLANS}__{CONFIGURATION}"
         if not (folder / f"fold_{FOLD}" / "checkpoint_final.pth").is_file():  # a model trained before is kept
-            nnunet_steps.train(DATASET_ID, CONFIGURATION, FOLD, trainer, PLANS, "cpu", 2, env,
+            nnunet_steps.train(DATASET_ID, CONFIGURATION, FOLD, trainer, PLANS, "cpu", threads, env,
                                logs / f"train_{model}.log", model, show_progress=False)
         _predict(folder, cases, run_dir / "predictions" / model, "cpu", logs / f"predict_{model}.log", model, False)
         evaluation = _evaluate_model(raw, run_dir / "predictions" / model, run_dir / "evaluation" / model, objects,
@@ -95,12 +95,14 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--models", nargs="+", default=["nnUNet", "CIML_matched"], choices=list(TRAINERS))
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads per training (two runs with 1 each share 2 cores better than one with 2)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results_file = args.out / "width_study.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
     for seed in args.seeds:
-        run_seed(args.out.resolve(), seed, args.models, results, results_file)
+        run_seed(args.out.resolve(), seed, args.models, results, results_file, args.threads)
     print(f"\n{'model':13s} " + " ".join(f"seed {s:>2d}" for s in args.seeds) + "    mean   n")
     for model, per_seed in results.items():
         values = [per_seed.get(str(s), {}).get("mean_dice") for s in args.seeds]

@@ -128,7 +128,7 @@ def _trainer_class(name: str):
 
 def _training_record(trainer: str, model_folder: Path) -> dict:
     cls = _trainer_class(trainer)
-    record = {"trainer": trainer, "epochs": cls.demo_epochs, "iterations_per_epoch": cls.demo_iterations,
+    record = {"trainer": trainer, "epochs": cls.budget_epochs, "iterations_per_epoch": cls.budget_iterations,
               "model_folder": str(model_folder)}
     if hasattr(cls, "kl_weight"):  # without messages there is no KL, so no beta to record
         record.update(messages=cls.messages, beta=cls.kl_weight if cls.messages else None,
@@ -257,6 +257,7 @@ def _predict(model_folder: Path, cases: Dict[str, List[str]], out_dir: Path, dev
                                     verbose=False, verbose_preprocessing=False, allow_tqdm=False)
         predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=(FOLD,),
                                                        checkpoint_name="checkpoint_final.pth")
+        # one predictor, one call per case: a progress line per case, and an error that names its case
         for case, files in progress(cases.items(), len(cases), f"    {description}", enabled=verbose,
                                     stream=console):
             _predict_case(predictor, case, files, out_dir)
@@ -447,7 +448,7 @@ def run_demo(out_dir: Union[str, Path], device: str = "auto", quick: bool = Fals
         trainer = settings.trainers[model]
         cls = _trainer_class(trainer)
         with stages(f"train_{model}", f"nnUNetv2_train {DATASET_ID} {CONFIGURATION} {FOLD} -tr {trainer} -p {PLANS} "
-                                      f"({cls.demo_epochs} epochs x {cls.demo_iterations} iterations)"):
+                                      f"({cls.budget_epochs} epochs x {cls.budget_iterations} iterations)"):
             model_folders[model] = out_dir / "nnUNet_results" / DATASET_NAME / f"{trainer}__{PLANS}__{CONFIGURATION}"
             nnunet_steps.train(DATASET_ID, CONFIGURATION, FOLD, trainer, PLANS, device, threads, env,
                                logs / f"train_{model}.log", f"train {model}",

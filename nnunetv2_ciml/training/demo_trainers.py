@@ -29,7 +29,7 @@ from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoM
     nnUNetTrainerNoMirroring
 
 from nnunetv2_ciml.training.epoch_log import EPOCH_LOG_NAME, EpochLineLogger
-from nnunetv2_ciml.training.trainers import nnUNetTrainerCIML, nnUNetTrainerCIML_noMessages
+from nnunetv2_ciml.training.trainers import TrainingBudget, nnUNetTrainerCIML, nnUNetTrainerCIML_noMessages
 
 __all__ = ["nnUNetTrainer_ShapeCompositionDemo", "nnUNetTrainerCIML_ShapeCompositionDemo",
            "nnUNetTrainerCIML_width075_ShapeCompositionDemo", "nnUNetTrainerCIML_width1_ShapeCompositionDemo",
@@ -37,20 +37,15 @@ __all__ = ["nnUNetTrainer_ShapeCompositionDemo", "nnUNetTrainerCIML_ShapeComposi
            "nnUNetTrainerCIML_ShapeCompositionDemoQuick", "nnUNetTrainerCIML_noMessages_ShapeCompositionDemoQuick"]
 
 
-class _DemoBudget(nnUNetTrainerNoMirroring):
-    """The demonstration's budget: ``demo_epochs`` x ``demo_iterations`` training iterations, no mirroring;
-    each epoch's numbers also go to ``fold_X/epochs.jsonl`` (:mod:`nnunetv2_ciml.training.epoch_log`)."""
+class _DemoBudget(TrainingBudget, nnUNetTrainerNoMirroring):
+    """The demonstration's budget: 15 epochs x 40 training iterations, no mirroring; each epoch's numbers also
+    go to ``fold_X/epochs.jsonl`` (:mod:`nnunetv2_ciml.training.epoch_log`)."""
 
-    demo_epochs: int = 15
-    demo_iterations: int = 40
-    demo_val_iterations: int = 2
+    budget_epochs, budget_iterations, budget_val_iterations = 15, 40, 2
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = self.demo_epochs
-        self.num_iterations_per_epoch = self.demo_iterations
-        self.num_val_iterations_per_epoch = self.demo_val_iterations
         # one JSON line per epoch in the fold folder: `nnunetv2_ciml demo` follows training through it
         if self.local_rank == 0:
             self.logger.loggers.append(EpochLineLogger(join(self.output_folder, EPOCH_LOG_NAME), self.num_epochs))
@@ -59,9 +54,7 @@ class _DemoBudget(nnUNetTrainerNoMirroring):
 class _QuickDemoBudget(_DemoBudget):
     """``--quick``: 2 epochs of 5 iterations; checks that every stage runs, says nothing about the method."""
 
-    demo_epochs = 2
-    demo_iterations = 5
-    demo_val_iterations = 1
+    budget_epochs, budget_iterations, budget_val_iterations = 2, 5, 1
 
 
 class nnUNetTrainer_ShapeCompositionDemo(_DemoBudget):

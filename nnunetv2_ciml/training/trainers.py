@@ -138,15 +138,27 @@ class nnUNetTrainerCIML_noMessages(nnUNetTrainerCIML):
     messages = False
 
 
-class _CPUTestBudget(nnUNetTrainerNoMirroring):
-    """2 epochs of 4 iterations (2 validation iterations), no mirroring: CPU tests, not results."""
+class TrainingBudget(nnUNetTrainer):
+    """A fixed budget of ``budget_epochs`` x ``budget_iterations`` training iterations (and
+    ``budget_val_iterations`` validation iterations per epoch): variants set the class attributes, which
+    nnU-Net's ``__init__`` would otherwise overwrite."""
+
+    budget_epochs: int = 1000
+    budget_iterations: int = 250
+    budget_val_iterations: int = 50
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 2
-        self.num_iterations_per_epoch = 4
-        self.num_val_iterations_per_epoch = 2
+        self.num_epochs = self.budget_epochs
+        self.num_iterations_per_epoch = self.budget_iterations
+        self.num_val_iterations_per_epoch = self.budget_val_iterations
+
+
+class _CPUTestBudget(TrainingBudget, nnUNetTrainerNoMirroring):
+    """2 epochs of 4 iterations (2 validation iterations), no mirroring: CPU tests, not results."""
+
+    budget_epochs, budget_iterations, budget_val_iterations = 2, 4, 2
 
 
 class nnUNetTrainerCIML_CPUtest(nnUNetTrainerCIML, _CPUTestBudget):
