@@ -82,8 +82,23 @@ def saved_activation_bytes(forward) -> int:
     return sum(storages.values())
 
 
-def worker(setup_name: str, model: str, device_name: str, steps: int, compile_: bool, patch_kind: str
-           ) -> Dict[str, float]:
+def forward_profile(network, tile, top: int = 8) -> Dict[str, float]:
+    """Self time in ms per operator of one inference forward pass on ``tile`` (torch.profiler), the ``top``
+    largest, plus ``total``: where the sliding-window inference spends its time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if tile.is_cuda else [])
+    with torch.no_grad(), profile(activities=activities) as prof:
+        network(tile)
+    events = [(e.key, (e.self_device_time_total if tile.is_cuda else e.self_cpu_time_total) / 1e3)
+              for e in prof.key_averages()]
+    events.sort(key=lambda e: -e[1])
+    return {**{k: round(v, 2) for k, v in events[:top]}, "total": round(sum(v for _, v in events), 2)}
+
+
+def worker(setup_name: str, model: str, device_name: str, steps: int, compile_: bool, patch_kind: str,
+           with_profile: bool = False) -> Dict[str, float]:
     import numpy as np
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -196,7 +211,8 @@ def worker(setup_name: str, model: str, device_name: str, steps: int, compile_: 
     predictor.predict_sliding_window_return_logits(volume)
     sync()
     inference = time.perf_counter() - t
-    return {"step_s": statistics.median(times), "peak_mem_bytes": float(peak), "params": float(params),
+    profiled = forward_profile(network, data[:1]) if with_profile else None
+    return {"profile": profiled, "step_s": statistics.median(times), "peak_mem_bytes": float(peak), "params": float(params),
             "activation_bytes": float(activations),
             "inference_s": inference, "kl": kl, "patch": patch, "features": arch["arch_kwargs"]["features_per_stage"]}
 
@@ -216,10 +232,12 @@ def main() -> None:
                              "there (minutes per model)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks (CUDA)")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print each model's operators by self time in one inference forward pass")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(*args.worker, args.device, args.steps, args.compile, args.patch)))
+        print(json.dumps(worker(*args.worker, args.device, args.steps, args.compile, args.patch, args.profile)))
         return
 
     results: Dict[str, Dict[str, dict]] = {}
@@ -227,7 +245,8 @@ def main() -> None:
         results[setup] = {}
         for model in args.models:
             cmd = [sys.executable, __file__, "--worker", setup, model, "--device", args.device, "--steps",
-                   str(args.steps), "--patch", args.patch or args.device] + (["--compile"] if args.compile else [])
+                   str(args.steps), "--patch", args.patch or args.device] + (["--compile"] if args.compile else []) \
+                + (["--profile"] if args.profile else [])
             out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, nnUNet_compile="f"))
             if out.returncode != 0:
                 sys.exit(f"{setup}/{model} failed:\n{out.stderr[-3000:]}")
@@ -237,6 +256,9 @@ def main() -> None:
                   f"memory {r['peak_mem_bytes'] / 2 ** 20:.0f} MiB (activations "
                   f"{r['activation_bytes'] / 2 ** 20:.0f} MiB), params {r['params'] / 1e6:.2f} M, "
                   f"inference {r['inference_s']:.2f} s, KL {r['kl']:.4f}", flush=True)
+            if r["profile"]:
+                print("    one inference forward, self ms per operator: "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in r["profile"].items()), flush=True)
 
     targets = ("step <= 1.35 at 128^3, inference <= 1.35, memory <= 1.5" if args.device == "cpu" else
                "compiled step <= 1.5, memory <= 1.5")
