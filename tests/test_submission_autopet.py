@@ -7,7 +7,6 @@ on PYTHONPATH and a fake ``/input`` laid out as the challenge's (``images/ct/<uu
 ``images/pet/<other uuid>.mha``).
 """
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from helpers import make_dataset, shrink_plans
+from helpers import make_dataset, nnunet_environment, plan_and_preprocess, shrink_plans, train_in_process
 
 from nnunetv2_ciml.cli import main as cli
 from nnunetv2_ciml.submission.autopet import build_autopet_submission
@@ -37,13 +36,11 @@ def run(env, *args, timeout=900):
 @pytest.fixture(scope="module")
 def trained_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("autopet_model")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
-    env.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
-               nnUNet_results=str(root / "results"), nnUNet_compile="f", nnUNet_def_n_proc="1", nnUNet_n_proc_DA="1")
+    env = nnunet_environment(root)
     raw = make_dataset(root / "raw", 903, regions=False, shape=(20, 20, 20))  # channels 0 CT, 1 PET
-    run(env, "nnUNetv2_plan_and_preprocess", "-d", "903", "-c", "3d_fullres", "-np", "1", "-npfp", "1")
+    plan_and_preprocess(env, 903, "3d_fullres")
     shrink_plans(root / "preprocessed", raw.name, "3d_fullres")
-    run(dict(env, nnUNet_n_proc_DA="0"), "nnUNetv2_train", "903", "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu")
+    train_in_process(env, 903, "3d_fullres", TRAINER)
     return env, raw, root / "results" / raw.name / f"{TRAINER}__nnUNetPlans__3d_fullres"
 
 
