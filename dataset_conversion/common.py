@@ -202,14 +202,6 @@ def _where(c: CaseCandidate) -> Path:
     return next(p for p in [*c.images, c.label, c.group] if p is not None)
 
 
-def find_one(folder: Path, names: Sequence[str]) -> Optional[Path]:
-    """The first of ``names`` that is a file in ``folder``."""
-    for n in names:
-        if (folder / n).is_file():
-            return folder / n
-    return None
-
-
 def check_sources(sources: Sequence[Path]) -> List[Path]:
     resolved = []
     for s in sources:

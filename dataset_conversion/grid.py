@@ -85,10 +85,6 @@ class Grid:
             parts.append(f"origin {_fmt(self.origin)} vs {_fmt(other.origin)} mm")
         return ", ".join(parts) or "none"
 
-    def as_dict(self) -> dict:
-        return {"size": list(self.size), "spacing": list(self.spacing), "origin": list(self.origin),
-                "direction": list(self.direction)}
-
 
 def _fmt(values: Sequence[float]) -> str:
     return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"

@@ -27,30 +27,42 @@ class CaseError(CIMLError, ValueError):
 
 
 def find_case_files(input_dir: Union[str, Path], file_ending: str, num_modalities: int,
-                    cases: Optional[Sequence[str]] = None) -> Dict[str, Dict[int, str]]:
+                    cases: Optional[Sequence[str]] = None, modality_names: Optional[Sequence[str]] = None
+                    ) -> Dict[str, Dict[int, str]]:
     """``{case: {channel: path}}`` for the files ``CASE_XXXX<file_ending>`` of ``input_dir`` (sorted by case).
 
     ``cases``: only these, each listed even when it has no file (``{}``, for :func:`read_case` to report).
-    A channel number ``>= num_modalities`` is a :class:`CaseError` naming the file; a folder without any such
-    file is one too."""
+    A :class:`CaseError` names the file for a channel number ``>= num_modalities`` or a ``file_ending`` file
+    without the channel suffix, and the expected names (``modality_names`` in the message) for a folder without
+    any case. Not nnU-Net's ``create_lists_from_splitted_dataset_folder``: that lists the files present only (a
+    missing channel cannot be marked), says nothing about misnamed files, and starts a pool of processes."""
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise CaseError(f"input folder {str(input_dir)!r} does not exist")
+    names = list(modality_names) if modality_names else [f"channel {c}" for c in range(num_modalities)]
+    expected = f"CASE_XXXX{file_ending}, one per channel ({', '.join(f'_{c:04d}: {n}' for c, n in enumerate(names))})"
     pattern = re.compile(rf"^(.+)_(\d{{4}}){re.escape(file_ending)}$")
     found: Dict[str, Dict[int, str]] = {}
+    unnamed = []
     for path in sorted(input_dir.iterdir()):
+        if not path.is_file() or not path.name.endswith(file_ending):
+            continue
         match = pattern.match(path.name)
-        if match is None or not path.is_file():
+        if match is None:
+            unnamed.append(path.name)
             continue
         channel = int(match.group(2))
         if channel >= num_modalities:
             raise CaseError(f"case {match.group(1)!r}: file {str(path)!r} is channel {channel}, but the model has "
                             f"{num_modalities} modalities (_0000 to _{num_modalities - 1:04d})")
         found.setdefault(match.group(1), {})[channel] = str(path)
+    if unnamed:
+        raise CaseError(f"{str(input_dir)!r}: file(s) {unnamed[:5]} lack the channel suffix; name each case's "
+                        f"files {expected}")
     if cases is not None:
         return {case: found.get(case, {}) for case in cases}
     if not found:
-        raise CaseError(f"no cases in {str(input_dir)!r}: expected files CASE_XXXX{file_ending}")
+        raise CaseError(f"no cases in {str(input_dir)!r}: expected files {expected}")
     return dict(sorted(found.items()))
 
 

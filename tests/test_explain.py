@@ -233,13 +233,12 @@ def test_cli_round_trip(trained, tmp_path):
 def _plain_model_folder(trained, results: Path) -> Path:
     """A plain nnU-Net model folder whose checkpoint nnU-Net's own ``nnUNetTrainer`` wrote (initialised on the
     dataset's plans, not trained: explain must refuse it before it reads weights)."""
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.run.run_training import get_trainer_from_args
 
     env, raw, _ = trained
     preprocessed = Path(env["nnUNet_preprocessed"]) / raw.name
     with nnunet_variables(dict(env, nnUNet_results=str(results))):
-        trainer = nnUNetTrainer(json.loads((preprocessed / "nnUNetPlans.json").read_text()), "2d", 0,
-                                json.loads((preprocessed / "dataset.json").read_text()), device=torch.device("cpu"))
+        trainer = get_trainer_from_args(raw.name, "2d", 0, "nnUNetTrainer", device=torch.device("cpu"))
         trainer.initialize()
         trainer.save_checkpoint(str(Path(trainer.output_folder) / "checkpoint_final.pth"))
     folder = Path(trainer.output_folder_base)
@@ -386,8 +385,8 @@ def _bad_second_case(folder: Path, files, fault: str) -> Path:
 
 
 @pytest.mark.parametrize("fault, problem", [
-    ("shape", r"has size \(x, y, z\) \(32, 30, 1\) but '.*case_b_0000\.nii\.gz' has \(32, 32, 1\): the channels of a "
-              r"case must lie on one voxel grid"),
+    ("shape", r"\(T2\) has another geometry than '.*case_b_0000\.nii\.gz': shape \(1, 30, 32\) instead of "
+              r"\(1, 32, 32\)"),
     ("nan", r"channel 1 \(T2\) file '.*case_b_0001\.nii\.gz' holds non-finite voxel values \(1 NaN"),
     ("truncated", r"channel 1 \(T2\) file '.*case_b_0001\.nii\.gz' cannot be read: the file is truncated"),
 ])

@@ -1,10 +1,11 @@
 """``nnunetv2_ciml predict`` on real tiny models trained by nnU-Net with modality dropout.
 
-Two 2D region-based models (channels T1ce, T2, FLAIR) are planned, preprocessed and trained by nnU-Net's
-Python API once for the module: CIML (``nnUNetTrainerCIML_modalityDropout_CPUtest``) and plain nnU-Net
+Two 2D region-based models (channels T1ce, T2, FLAIR) are trained by nnU-Net's Python API once for the module,
+on the session's dataset planned and preprocessed by nnU-Net (``planned_regions_2d``): CIML (``nnUNetTrainerCIML_modalityDropout_CPUtest``) and plain nnU-Net
 (``nnUNetTrainer_modalityDropout_CPUtest``): the dropout trainers run in the real pipeline.
 """
 import json
+from pathlib import Path
 import shutil
 
 import numpy as np
@@ -12,43 +13,24 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from helpers import make_dataset, shrink_plans
+from helpers import nnunet_variables, train_in_process
 
 pytestmark = pytest.mark.integration
-DATASET_ID = 971
 CIML_TRAINER = "nnUNetTrainerCIML_modalityDropout_CPUtest"
 PLAIN_TRAINER = "nnUNetTrainer_modalityDropout_CPUtest"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(raw dataset folder, {trainer: model folder}); nnU-Net's folders stay set for the module."""
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments, preprocess
-    from nnunetv2.run.run_training import run_training
-
-    root = tmp_path_factory.mktemp("missing")
-    env = dict(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
-               nnUNet_results=str(root / "results"), nnUNet_n_proc_DA="1")  # 0 breaks nnU-Net's preprocessing
-    raw = make_dataset(root / "raw", DATASET_ID, regions=True, shape=(32, 32), num_cases=5, num_test=2)
-    threads = torch.get_num_threads()
-    mp = pytest.MonkeyPatch()
-    for key, value in env.items():
-        mp.setenv(key, value)
-    extract_fingerprints([DATASET_ID], num_processes=1)
-    plan_experiments([DATASET_ID])
-    preprocess([DATASET_ID], configurations=("2d",), num_processes=(1,))
-    shrink_plans(root / "preprocessed", raw.name, "2d")
-    mp.setenv("nnUNet_n_proc_DA", "0")
-    torch.set_num_threads(1)
-    try:
-        for trainer in (CIML_TRAINER, PLAIN_TRAINER):
-            run_training(str(DATASET_ID), "2d", 0, trainer, device=torch.device("cpu"))
-    finally:
-        torch.set_num_threads(threads)
-    models = {t: root / "results" / raw.name / f"{t}__nnUNetPlans__2d" for t in (CIML_TRAINER, PLAIN_TRAINER)}
+def trained(planned_regions_2d):
+    """(raw dataset folder, {trainer: model folder}), trained on the session's planned 2D region dataset;
+    nnU-Net's folders stay set for the module."""
+    env, raw = planned_regions_2d
+    for trainer in (CIML_TRAINER, PLAIN_TRAINER):
+        train_in_process(env, int(raw.name[7:10]), "2d", trainer)
+    models = {t: Path(env["nnUNet_results"]) / raw.name / f"{t}__nnUNetPlans__2d" for t in (CIML_TRAINER, PLAIN_TRAINER)}
     assert all((m / "fold_0" / "checkpoint_final.pth").is_file() for m in models.values())
-    yield raw, models
-    mp.undo()
+    with nnunet_variables(env):
+        yield raw, models
 
 
 def predict(*args: str) -> int:

@@ -73,7 +73,7 @@ def main(args: argparse.Namespace) -> int:
     channel_names = predictor.dataset_json["channel_names"]
     names = [channel_names[str(c)] for c in range(len(channel_names))]
     try:
-        cases = find_case_files(args.i, predictor.dataset_json["file_ending"], len(names), args.cases)
+        cases = find_case_files(args.i, predictor.dataset_json["file_ending"], len(names), args.cases, names)
     except CaseError as e:
         return fail(str(e))
     out.mkdir(parents=True, exist_ok=True)

@@ -7,12 +7,12 @@
 - :mod:`~nnunetv2_ciml.interpretability.folder`: a folder of cases and ``explain.json``
   (``nnunetv2_ciml explain`` on the command line).
 """
-from nnunetv2_ciml.interpretability.explain import CaseExplanation, check_case_files, explain_case, explain_image
+from nnunetv2_ciml.interpretability.explain import CaseExplanation, explain_case, explain_image, read_case_files
 from nnunetv2_ciml.interpretability.folder import SUMMARY_FILE, explain_folder, find_cases
 from nnunetv2_ciml.interpretability.message_gradcam import MessageGradCAM, sliding_window_message_cams
 from nnunetv2_ciml.interpretability.model import ExplainError, ciml_network, load_predictor, select_pairs
 from nnunetv2_ciml.interpretability.writing import map_file_name, write_case_explanation
 
-__all__ = ["CaseExplanation", "ExplainError", "MessageGradCAM", "SUMMARY_FILE", "check_case_files", "ciml_network",
+__all__ = ["CaseExplanation", "ExplainError", "MessageGradCAM", "SUMMARY_FILE", "ciml_network",
            "explain_case", "explain_folder", "explain_image", "find_cases", "load_predictor", "map_file_name",
-           "select_pairs", "sliding_window_message_cams", "write_case_explanation"]
+           "read_case_files", "select_pairs", "sliding_window_message_cams", "write_case_explanation"]

@@ -24,8 +24,6 @@ Python API::
 
     summary = explain_folder(model_folder, 0, input_dir, out_dir)   # all of it, plus explain.json
 """
-import contextlib
-import io
 import re
 from copy import deepcopy
 from dataclasses import dataclass, field
@@ -38,14 +36,13 @@ from nnunetv2.configuration import default_num_processes
 from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-from nnunetv2_ciml.image_io import ImageFileError, verify_image_file
 from nnunetv2_ciml.interpretability.geometry import can_write_map, to_input_geometry
 from nnunetv2_ciml.interpretability.message_gradcam import MessageGradCAM, sliding_window_message_cams
 from nnunetv2_ciml.interpretability.model import ExplainError, ciml_network, select_pairs
 from nnunetv2_ciml.missing_modalities import CaseError, read_case, zero_missing_channels
 from nnunetv2_ciml.network import CIMLUNet, MessagePair, modalities_present
 
-__all__ = ["CaseExplanation", "check_case_files", "explain_image", "explain_case"]
+__all__ = ["CaseExplanation", "read_case_files", "explain_image", "explain_case"]
 
 
 @dataclass
@@ -172,73 +169,32 @@ def _explain_image(predictor: nnUNetPredictor, network: CIMLUNet, image: np.ndar
     return result
 
 
-def check_case_files(case: str, files: Sequence[Optional[Union[str, Path]]], modalities: Sequence[str]) -> None:
-    """ExplainError naming the case and the file unless every channel file reads completely, holds finite
-    voxels (:mod:`nnunetv2_ciml.image_io`) and lies on the first channel's grid (size, and spacing as
-    nnU-Net's readers compare it), so that nnU-Net's reader will accept the case. ``None``: a missing
-    modality (allowed, :mod:`nnunetv2_ciml.missing_modalities`), but not all of them."""
-    existing = [(c, f) for c, f in enumerate(files) if f is not None]
-    if not existing:
-        raise ExplainError(f"case {case!r} has no modality file at all")
-    infos = []
-    for c, f in existing:
-        try:
-            infos.append(verify_image_file(f, case, f"channel {c} ({modalities[c] if c < len(modalities) else '?'})"))
-        except ImageFileError as e:
-            raise ExplainError(str(e)) from None
-    first_file = existing[0][1]
-    for (_, f), info in zip(existing[1:], infos[1:]):
-        for what, first, this in (("size (x, y, z)", infos[0].size, info.size),
-                                  ("spacing (mm, x, y, z)", infos[0].spacing, info.spacing)):
-            if len(first) != len(this) or not np.allclose(first, this):
-                raise ExplainError(f"case {case!r}: {str(f)!r} has {what} {this} but {str(first_file)!r} has "
-                                   f"{first}: the channels of a case must lie on one voxel grid")
+def read_case_files(predictor: nnUNetPredictor, case: str, files: Sequence[Optional[Union[str, Path]]]
+                    ) -> Tuple[np.ndarray, dict, Optional[np.ndarray]]:
+    """One case as the model's reader reads it: ``(image (M, *spatial), properties, present (M,) or None if
+    all present)``. Every channel file is checked (:func:`nnunetv2_ciml.missing_modalities.read_case`: complete,
+    finite, one geometry); ``None`` is a missing modality, but not all of them. ExplainError names case and file."""
+    names = ciml_network(predictor).modality_names
+    reader = predictor.plans_manager.image_reader_writer_class()
+    try:
+        image, properties, present = read_case(reader, case, {c: str(f) for c, f in enumerate(files) if f is not None},
+                                               len(files), names)
+    except CaseError as e:
+        raise ExplainError(str(e)) from None
+    if not can_write_map(properties):
+        raise ExplainError(f"case {case!r}: maps are written as NIfTI in the input's geometry, which needs a "
+                           f"SimpleITK or nibabel reader; this model reads with {type(reader).__name__}")
+    return image, properties, None if present.all() else present
 
 
 def explain_case(predictor: nnUNetPredictor, image_files: Sequence[Optional[Union[str, Path]]],
                  subtasks: Optional[Sequence[str]] = None, senders: Optional[Sequence[str]] = None,
                  case: Optional[str] = None) -> CaseExplanation:
-    """Explain one case from its channel files (``_0000``, ``_0001``, ... in order), read with the model's reader
-    after :func:`check_case_files`; ``None`` for a missing modality (:mod:`nnunetv2_ciml.missing_modalities`)."""
+    """Explain one case from its channel files (``_0000``, ``_0001``, ... in order; ``None`` for a missing
+    modality, :mod:`nnunetv2_ciml.missing_modalities`), read by :func:`read_case_files`."""
     if case is None:
         name = Path(str(next((f for f in image_files if f is not None), "case"))).name
         case = re.sub(r"_\d{4}$", "", name[:-len(predictor.dataset_json["file_ending"])]) \
             if name.endswith(predictor.dataset_json["file_ending"]) else name
-    check_case_files(case, image_files, ciml_network(predictor).modality_names)
-    return explain_case_files(predictor, [None if f is None else str(f) for f in image_files], subtasks,
-                                  senders, case)
-
-
-def explain_case_files(predictor: nnUNetPredictor, files: List[Optional[str]], subtasks: Optional[Sequence[str]],
-                           senders: Optional[Sequence[str]], case: str) -> CaseExplanation:
-    if any(f is None for f in files):
-        return _explain_incomplete_case(predictor, files, subtasks, senders, case)
-    reader = predictor.plans_manager.image_reader_writer_class()
-    try:
-        with contextlib.redirect_stdout(io.StringIO()) as printed:  # nnU-Net's readers print their complaints
-            image, properties = reader.read_images(files)
-    except Exception as e:
-        reason = str(e).strip() or " ".join(printed.getvalue().split()) or type(e).__name__
-        raise ExplainError(f"case {case!r}: cannot read {files} with {type(reader).__name__}: {reason}") from e
-    if not can_write_map(properties):
-        raise ExplainError(f"case {case!r}: maps are written as NIfTI in the input's geometry, which needs a "
-                           f"SimpleITK or nibabel reader; this model reads with {type(reader).__name__}")
-    return explain_image(predictor, image, properties, subtasks, senders, case)
-
-
-def _explain_incomplete_case(predictor: nnUNetPredictor, image_files: Sequence[Optional[Union[str, Path]]],
-                             subtasks: Optional[Sequence[str]], senders: Optional[Sequence[str]],
-                             case: Optional[str]) -> CaseExplanation:
-    files = {c: str(f) for c, f in enumerate(image_files) if f is not None}
-    case = case or "case"
-    names = ciml_network(predictor).modality_names
-    try:
-        image, properties, present = read_case(predictor.plans_manager.image_reader_writer_class(), case, files,
-                                               len(image_files), names)
-    except CaseError as e:
-        raise ExplainError(str(e)) from None
-    if not can_write_map(properties):
-        raise ExplainError(f"case {case!r}: maps are written as NIfTI in the input's geometry, which needs a "
-                           f"SimpleITK or nibabel reader; this model reads with "
-                           f"{predictor.plans_manager.image_reader_writer_class.__name__}")
+    image, properties, present = read_case_files(predictor, case, image_files)
     return explain_image(predictor, image, properties, subtasks, senders, case, present)

@@ -1,6 +1,5 @@
 """Explaining a folder of cases (``nnunetv2_ciml explain``): case discovery, checks first, and the summary
 ``explain.json`` (per case, and each sender's mean share per subtask)."""
-import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -9,9 +8,10 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import save_json
 from tqdm import tqdm
 
-from nnunetv2_ciml.interpretability.explain import check_case_files, explain_case_files
+from nnunetv2_ciml.interpretability.explain import explain_case, read_case_files
 from nnunetv2_ciml.interpretability.model import ExplainError, ciml_network, load_predictor, select_pairs
 from nnunetv2_ciml.interpretability.writing import write_case_explanation
+from nnunetv2_ciml.missing_modalities import CaseError, find_case_files
 
 __all__ = ["SUMMARY_FILE", "find_cases", "explain_folder"]
 
@@ -20,40 +20,13 @@ SUMMARY_FILE = "explain.json"
 
 def find_cases(input_dir: Union[str, Path], file_ending: str, modalities: Sequence[str]
                ) -> Dict[str, List[Optional[str]]]:
-    """Channel files per case in an nnU-Net input folder (``CASE_XXXX<file_ending>``); ``None`` where a
-    modality's file is missing (:mod:`nnunetv2_ciml.missing_modalities`).
-
-    Not nnU-Net's ``create_lists_from_splitted_dataset_folder``: it lists the files present only (a missing
-    channel cannot be marked), says nothing about misnamed files, and starts a pool of 12 processes."""
-    input_dir = Path(input_dir)
-    if not input_dir.is_dir():
-        raise ExplainError(f"input folder {str(input_dir)!r} does not exist")
-    expected = ", ".join(f"_{c:04d}: {m}" for c, m in enumerate(modalities))
-    pattern = re.compile(rf"^(.+)_(\d{{4}}){re.escape(file_ending)}$")
-    channels: Dict[str, Dict[int, str]] = {}
-    unnamed = []
-    for path in sorted(input_dir.iterdir()):
-        if not path.is_file() or not path.name.endswith(file_ending):
-            continue
-        match = pattern.match(path.name)
-        if match is None:
-            unnamed.append(path.name)
-            continue
-        channels.setdefault(match.group(1), {})[int(match.group(2))] = str(path)
-    if unnamed:
-        raise ExplainError(f"{str(input_dir)!r}: file(s) {unnamed[:5]} lack the channel suffix; name each "
-                           f"case's files CASE_XXXX{file_ending} ({expected})")
-    if not channels:
-        raise ExplainError(f"no cases in {str(input_dir)!r}: expected files CASE_XXXX{file_ending}, one per "
-                           f"channel ({expected})")
-    cases = {}
-    for case, files in channels.items():
-        extra = [Path(files[c]).name for c in sorted(files) if c >= len(modalities)]
-        if extra:
-            raise ExplainError(f"case {case!r} in {str(input_dir)!r} has unexpected {', '.join(extra)}: the model "
-                               f"expects {len(modalities)} channels ({expected})")
-        cases[case] = [files.get(c) for c in range(len(modalities))]
-    return cases
+    """Channel files per case in an nnU-Net input folder (``CASE_XXXX<file_ending>``, found by
+    :func:`nnunetv2_ciml.missing_modalities.find_case_files`); ``None`` where a modality's file is missing."""
+    try:
+        cases = find_case_files(input_dir, file_ending, len(modalities), modality_names=modalities)
+    except CaseError as e:
+        raise ExplainError(str(e)) from None
+    return {case: [files.get(c) for c in range(len(modalities))] for case, files in cases.items()}
 
 
 def explain_folder(model_folder: Union[str, Path], fold: Union[int, str], input_dir: Union[str, Path],
@@ -65,7 +38,7 @@ def explain_folder(model_folder: Union[str, Path], fold: Union[int, str], input_
 
     Writes ``out_dir/<case>/`` (:func:`write_case_explanation`) and ``out_dir/explain.json``; returns that
     summary: ``{"cases": {case: {...}}, "mean_share": {subtask: {sender: mean over cases with a target}}, ...}``.
-    All inputs (names, channel files, their contents and grids: :func:`check_case_files`) are checked
+    All inputs (names, channel files, their contents and grids: :func:`read_case_files`) are checked
     before any case is computed or anything is written.
     """
     predictor = load_predictor(model_folder, fold, device, checkpoint_name, tile_step_size, use_mirroring)
@@ -78,7 +51,7 @@ def explain_folder(model_folder: Union[str, Path], fold: Union[int, str], input_
     if out_dir.exists() and not out_dir.is_dir():
         raise ExplainError(f"the output folder {str(out_dir)!r} is a file")
     for case, files in cases.items():
-        check_case_files(case, files, network.modality_names)
+        read_case_files(predictor, case, files)  # read twice, so that a bad case stops the run before any output
     out_dir.mkdir(parents=True, exist_ok=True)
     modalities = network.modality_names
     summary = {
@@ -94,7 +67,7 @@ def explain_folder(model_folder: Union[str, Path], fold: Union[int, str], input_
         "cases": {},
     }
     for case, files in tqdm(cases.items(), desc="explain", disable=not predictor.allow_tqdm):
-        explanation = explain_case_files(predictor, files, subtasks, senders, case)
+        explanation = explain_case(predictor, files, subtasks, senders, case)
         summary["cases"][case] = write_case_explanation(explanation, out_dir)
     summary["mean_share"] = {}
     for subtask, info in summary["subtasks"].items():
