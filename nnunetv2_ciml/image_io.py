@@ -33,11 +33,14 @@ try:
 except ImportError:  # pragma: no cover - zlib-ng is a dependency; the standard library checks the same
     import gzip as _gzip
 
-__all__ = ["ImageFileError", "ImageInfo", "read_image", "read_image_array", "verify_image_file", "file_label"]
+__all__ = ["ImageFileError", "ImageInfo", "read_image", "read_image_array", "verify_image_file", "file_label",
+           "geometry_mismatch"]
 
 PathLike = Union[str, Path]
 NIFTI_ENDINGS = (".nii", ".nii.gz")
 _GZIP_MAGIC = b"\x1f\x8b"
+SPACING_ORIGIN_ATOL_MM = 1e-3
+DIRECTION_ATOL = 1e-4
 
 
 class ImageFileError(CIMLError, ValueError):
@@ -92,6 +95,21 @@ def _fail(path: Path, case: Optional[str], role: str, problem: str) -> ImageFile
 def _itk_reason(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     return lines[-1] if lines else type(e).__name__  # ITK puts the useful sentence last
+
+
+def geometry_mismatch(image: Union[sitk.Image, ImageInfo], reference: Union[sitk.Image, ImageInfo]) -> Optional[str]:
+    """Whether two images of one case lie on one grid: the first difference in dimension, size, spacing or origin
+    (within 1e-3 mm) or direction (within 1e-4), described for an error message, or None if there is none."""
+    image, reference = (_info(i) if isinstance(i, sitk.Image) else i for i in (image, reference))
+    if len(image.size) != len(reference.size):
+        return f"dimension {len(image.size)}D vs reference {len(reference.size)}D"
+    for what, value, expected, atol in (("shape (x, y, z)", image.size, reference.size, 0),
+                                        ("spacing (mm, x, y, z)", image.spacing, reference.spacing, SPACING_ORIGIN_ATOL_MM),
+                                        ("origin (mm, x, y, z)", image.origin, reference.origin, SPACING_ORIGIN_ATOL_MM),
+                                        ("direction", image.direction, reference.direction, DIRECTION_ATOL)):
+        if not np.allclose(value, expected, rtol=0, atol=atol):
+            return f"{what} {tuple(value)} vs reference {tuple(expected)}"
+    return None
 
 
 def _read(path: Path, case: Optional[str], role: str, build: bool) -> Tuple[Optional[sitk.Image], ImageInfo]:

@@ -14,12 +14,9 @@ import numpy as np
 import torch
 
 from nnunetv2_ciml.errors import CIMLError
-from nnunetv2_ciml.image_io import ImageFileError, verify_image_file
+from nnunetv2_ciml.image_io import ImageFileError, geometry_mismatch, verify_image_file
 
 __all__ = ["CaseError", "find_case_files", "read_case", "zero_missing_channels", "predict_case", "is_ciml"]
-
-SPACING_ATOL_MM = 1e-3
-DIRECTION_ATOL = 1e-4
 
 
 class CaseError(CIMLError, ValueError):
@@ -66,13 +63,6 @@ def find_case_files(input_dir: Union[str, Path], file_ending: str, num_modalitie
     return dict(sorted(found.items()))
 
 
-def _geometry(properties: dict) -> Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
-    sitk_stuff = properties.get("sitk_stuff") or {}
-    origin, direction = sitk_stuff.get("origin"), sitk_stuff.get("direction")
-    return (np.asarray(properties["spacing"], float), None if origin is None else np.asarray(origin, float),
-            None if direction is None else np.asarray(direction, float))
-
-
 def read_case(reader, case: str, files: Dict[int, str], num_modalities: int,
               modality_names: Optional[Sequence[str]] = None) -> Tuple[np.ndarray, dict, np.ndarray]:
     """Read the existing channel files of one case with nnU-Net's ``reader`` (an image reader/writer instance),
@@ -80,19 +70,23 @@ def read_case(reader, case: str, files: Dict[int, str], num_modalities: int,
 
     Returns ``image`` ``(num_modalities, *spatial)`` float32 (missing channels 0), the properties of the first
     existing file and ``present`` ``(num_modalities,)`` bool. Raises :class:`CaseError` naming the case and the
-    file when no file exists, a file cannot be read, or its shape, spacing, origin or direction differ from the
-    case's first file (spacing and origin within 1e-3 mm, direction within 1e-4)."""
+    file when no file exists, a file cannot be read, or it is not on the case's first file's grid
+    (:func:`nnunetv2_ciml.image_io.geometry_mismatch`)."""
     names = list(modality_names) if modality_names else [f"channel {c}" for c in range(num_modalities)]
     if not files:
         raise CaseError(f"case {case!r} has no modality file at all (expected any of "
                         f"{', '.join(f'_{c:04d} ({n})' for c, n in enumerate(names))})")
     arrays: Dict[int, np.ndarray] = {}
-    first_properties, first_file = None, None
+    first_properties, first_file, first_info = None, None, None
     for channel, path in sorted(files.items()):
         try:  # the package's checked reading path first: truncated files, NaN/Inf voxels
-            verify_image_file(path, case, f"channel {channel} ({names[channel]})")
+            info = verify_image_file(path, case, f"channel {channel} ({names[channel]})")
         except ImageFileError as e:
             raise CaseError(str(e)) from None
+        problem = None if first_info is None else geometry_mismatch(info, first_info)
+        if problem:
+            raise CaseError(f"case {case!r}: file {path!r} ({names[channel]}) has another geometry than "
+                            f"{first_file!r}: {problem}")
         try:
             array, properties = reader.read_images([path])
         except Exception as e:  # nnU-Net's readers raise whatever their backend raises
@@ -100,12 +94,7 @@ def read_case(reader, case: str, files: Dict[int, str], num_modalities: int,
             raise CaseError(f"case {case!r}: file {path!r} ({names[channel]}) cannot be read: "
                             f"{lines[-1] if lines else type(e).__name__}") from None
         if first_properties is None:
-            first_properties, first_file = properties, path
-        else:
-            problem = _geometry_difference(array.shape[1:], properties, arrays[min(arrays)].shape, first_properties)
-            if problem:
-                raise CaseError(f"case {case!r}: file {path!r} ({names[channel]}) has another geometry than "
-                                f"{first_file!r}: {problem}")
+            first_properties, first_file, first_info = properties, path, info
         arrays[channel] = array[0]
     shape = arrays[min(arrays)].shape
     image = np.zeros((num_modalities, *shape), np.float32)
@@ -113,17 +102,6 @@ def read_case(reader, case: str, files: Dict[int, str], num_modalities: int,
         image[channel] = array
     present = np.array([c in arrays for c in range(num_modalities)])
     return image, first_properties, present
-
-
-def _geometry_difference(shape, properties: dict, reference_shape, reference: dict) -> str:
-    if tuple(shape) != tuple(reference_shape):
-        return f"shape {tuple(shape)} instead of {tuple(reference_shape)}"
-    for what, value, expected, atol in zip(("spacing", "origin", "direction"), _geometry(properties),
-                                           _geometry(reference), (SPACING_ATOL_MM, SPACING_ATOL_MM, DIRECTION_ATOL)):
-        if value is not None and expected is not None and (value.shape != expected.shape or
-                                                            not np.allclose(value, expected, rtol=0, atol=atol)):
-            return f"{what} {value.tolist()} instead of {expected.tolist()}"
-    return ""
 
 
 def zero_missing_channels(data: np.ndarray, present: np.ndarray) -> np.ndarray:

@@ -1,22 +1,19 @@
 """Reading label images with SimpleITK, checking their values and geometry, nearest-neighbour resampling.
 
 Arrays are in SimpleITK array order, ``(Z, Y, X)`` for 3D and ``(Y, X)`` for 2D; spacings returned
-here are in mm in that same order (``GetSpacing()`` reversed). Geometry tolerances: spacing and
-origin equal within 1e-3 mm, direction cosines within 1e-4.
+here are in mm in that same order (``GetSpacing()`` reversed). Whether a prediction lies on its reference's
+grid is the package's one rule, :func:`nnunetv2_ciml.image_io.geometry_mismatch`.
 """
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
 from nnunetv2_ciml.evaluation.base import EvaluationError
 
-__all__ = ["read_label_image", "array_spacing", "check_label_values", "geometry_mismatch",
-           "resample_nearest_to"]
+__all__ = ["read_label_image", "array_spacing", "check_label_values", "resample_nearest_to"]
 
-SPACING_ORIGIN_ATOL_MM = 1e-3
-DIRECTION_ATOL = 1e-4
 
 
 def array_spacing(image: sitk.Image) -> Tuple[float, ...]:
@@ -66,20 +63,6 @@ def check_label_values(array: np.ndarray, valid: Sequence[int], case: str, role:
     if unexpected.size:
         raise EvaluationError(f"case {case!r}: {role} file {str(path)!r} has label values "
                               f"{unexpected.tolist()} outside {list(valid)} ({convention})")
-
-
-def geometry_mismatch(reference: sitk.Image, prediction: sitk.Image) -> Optional[str]:
-    """A description of the first difference in dimension, size, spacing, origin or direction, or None."""
-    if reference.GetDimension() != prediction.GetDimension():
-        return f"dimension {prediction.GetDimension()}D vs reference {reference.GetDimension()}D"
-    checks = (("shape (x, y, z)", reference.GetSize(), prediction.GetSize(), 0),
-              ("spacing (mm, x, y, z)", reference.GetSpacing(), prediction.GetSpacing(), SPACING_ORIGIN_ATOL_MM),
-              ("origin (mm, x, y, z)", reference.GetOrigin(), prediction.GetOrigin(), SPACING_ORIGIN_ATOL_MM),
-              ("direction", reference.GetDirection(), prediction.GetDirection(), DIRECTION_ATOL))
-    for what, ref_value, pred_value, atol in checks:
-        if not np.allclose(ref_value, pred_value, rtol=0, atol=atol):
-            return f"{what} {tuple(pred_value)} vs reference {tuple(ref_value)}"
-    return None
 
 
 def resample_nearest_to(prediction: sitk.Image, reference: sitk.Image) -> np.ndarray:

@@ -83,8 +83,9 @@ def find_cases(ref_dir: Path, pred_dir: Path, file_ending: str
 def evaluate_case_files(mode: EvaluationMode, case: str, ref_file: Path, pred_file: Optional[Path]
                         ) -> Tuple[dict, Optional[str]]:
     """Metrics of one case and a warning (or None); a missing ``pred_file`` is an empty prediction."""
-    from nnunetv2_ciml.evaluation.image_io import (array_spacing, check_label_values, geometry_mismatch,
-                                                   read_label_image, resample_nearest_to)
+    from nnunetv2_ciml.evaluation.image_io import (array_spacing, check_label_values, read_label_image,
+                                                   resample_nearest_to)
+    from nnunetv2_ciml.image_io import geometry_mismatch
 
     ref_image, ref = read_label_image(ref_file, case, "reference")
     check_label_values(ref, mode.valid_labels, case, "reference", ref_file, mode.label_convention)
@@ -95,7 +96,7 @@ def evaluate_case_files(mode: EvaluationMode, case: str, ref_file: Path, pred_fi
         pred_image, pred = read_label_image(pred_file, case, "prediction")
         check_label_values(pred, mode.valid_prediction_labels or mode.valid_labels, case, "prediction", pred_file,
                            mode.label_convention)
-        mismatch = geometry_mismatch(ref_image, pred_image)
+        mismatch = geometry_mismatch(pred_image, ref_image)
         if mismatch is not None:
             if not mode.resample_prediction or pred_image.GetDimension() != ref_image.GetDimension():
                 raise EvaluationError(f"case {case!r}: prediction file {str(pred_file)!r} does not match the "

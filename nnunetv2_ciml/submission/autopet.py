@@ -163,15 +163,9 @@ def build_autopet_submission(model_folder: Union[str, Path], folds: Sequence[Uni
 
 
 def _copy_package(destination: Path) -> None:
-    """Copy the installed package to ``destination``.
-
-    A source checkout maps ``nnunetv2_ciml.dataset_conversion`` to the top-level ``dataset_conversion/``
-    folder (``package_dir`` in setup.py), so the package folder alone may lack it: it is copied from where
-    Python imports it, which holds for wheel and editable installs alike.
-    """
+    """Copy the installed package to ``destination``, with ``dataset_conversion`` from where Python imports it (a
+    source checkout maps it to the top-level ``dataset_conversion/`` folder: ``package_dir`` in setup.py)."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(Path(nnunetv2_ciml.__file__).resolve().parent, destination, ignore=ignore)
-    conversion = destination / "dataset_conversion"
-    if not (conversion / "__init__.py").is_file():
-        spec = importlib.util.find_spec("nnunetv2_ciml.dataset_conversion")
-        shutil.copytree(Path(spec.origin).resolve().parent, conversion, ignore=ignore)
+    conversion = Path(importlib.util.find_spec("nnunetv2_ciml.dataset_conversion").origin).resolve().parent
+    shutil.copytree(conversion, destination / "dataset_conversion", ignore=ignore, dirs_exist_ok=True)
