@@ -15,7 +15,7 @@ import torch
 
 from helpers import nnunet_variables, train_in_process
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # nnU-Net trains two models
 CIML_TRAINER = "nnUNetTrainerCIML_modalityDropout_CPUtest"
 PLAIN_TRAINER = "nnUNetTrainer_modalityDropout_CPUtest"
 

@@ -55,6 +55,7 @@ def write_like_patient(src: Path, dst: Path) -> sitk.Image:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # nnU-Net plans and trains a 3D model
 def test_container_folder_and_entry_point_match_nnunet_predict(trained_model, tmp_path):
     """The folder holds a Dockerfile on an official PyTorch image with our entry point, pinned nnU-Net, the chosen
     fold's checkpoint and a copy of the package; the entry point, run from that copy, writes one uint8 0/1 mask

@@ -206,6 +206,7 @@ def trained(prepared):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # nnU-Net trains a model for the module
 def test_no_warmup_gives_full_beta_from_epoch_0(trained):
     """kl_warmup_fraction = 0 used to give beta 0 in epoch 0."""
     logging = torch.load(trained / "checkpoint_final.pth", map_location="cpu", weights_only=False)["logging"]
@@ -214,6 +215,7 @@ def test_no_warmup_gives_full_beta_from_epoch_0(trained):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # nnU-Net trains a model for the module
 def test_torn_latest_checkpoint_then_continue_falls_back_with_a_warning(prepared, trained, tmp_path):
     """Fault injection: the run was killed before its end (no checkpoint_final) while checkpoint_latest.pth was
     half written. ``--c`` used to die in PytorchStreamReader; now it continues from the newest readable
@@ -233,6 +235,7 @@ def test_torn_latest_checkpoint_then_continue_falls_back_with_a_warning(prepared
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # nnU-Net trains a model for the module
 def test_no_readable_checkpoint_is_a_clear_error_and_touches_nothing(prepared, trained):
     """Torn latest and best, no final: a CheckpointError naming each file and why; nothing is written."""
     (trained / "checkpoint_final.pth").unlink(missing_ok=True)
@@ -251,6 +254,7 @@ def test_no_readable_checkpoint_is_a_clear_error_and_touches_nothing(prepared, t
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # nnU-Net trains a model for the module
 def test_nan_loss_stops_training_and_keeps_the_last_finite_checkpoint(prepared):
     """NaN data in epoch 1, iteration 3: training stops there naming epoch, iteration and term; the
     checkpoint written after epoch 0 stays finite and no final checkpoint is written. Before, training went on
@@ -267,6 +271,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_finite_checkpoint(prepared):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # nnU-Net trains a model for the module
 def test_non_finite_weights_are_never_saved(prepared, tmp_path):
     """The last line of defence (weights gone NaN after the last loss check): save_checkpoint refuses and the
     existing checkpoint keeps its bytes."""
