@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from nnunetv2_ciml.commands import info
 from nnunetv2_ciml.registration import ENV_VAR, EXT_TRAINER_DIR
 
@@ -43,6 +45,7 @@ def test_unregistered_shim_is_an_error(monkeypatch, capsys):
     assert "NOT REGISTERED" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # a fresh Python process that imports torch and nnU-Net
 def test_no_warning_in_the_output_of_a_fresh_process():
     """A fresh interpreter imports torch here; its deprecation warnings must not land in the table."""
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))

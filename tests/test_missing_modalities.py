@@ -113,6 +113,7 @@ def test_mask_by_argument_attribute_or_context_and_per_sample():
             pass
 
 
+@pytest.mark.slow  # torch.compile (dynamo tracing)
 def test_no_graph_breaks_with_a_mask_under_torch_compile():
     """The masked path (training, per-sample mask, a missing primary in one sample) is one graph for
     torch.compile; fails on per-sample Python branching (e.g. ``if present[b, j]``) or a data-dependent skip."""

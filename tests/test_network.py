@@ -186,6 +186,7 @@ def test_message_pairs_are_named_and_kl_follows_their_order():
     assert all(float(v) < 1e-6 for k, v in enumerate(net.message_kl) if k != net.message_pairs.index(target))
 
 
+@pytest.mark.slow  # torch.compile (dynamo tracing)
 @pytest.mark.parametrize("training", [True, False])
 def test_no_graph_breaks_under_torch_compile(training):
     """torch.compile sees the whole network (grouped encoder, stage messages, checkpointing) as one graph."""

@@ -5,6 +5,8 @@ import shutil
 import subprocess
 import sys
 import zipfile
+
+import pytest
 from pathlib import Path
 
 from nnunetv2_ciml.registration import ENV_VAR, EXT_TRAINER_DIR, register_ext_trainer_dir
@@ -35,12 +37,14 @@ def run_lookup(tmp_path, **extra) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # a fresh Python process that imports torch and nnU-Net
 def test_fresh_process_finds_every_trainer_without_exports(tmp_path):
     result = run_lookup(tmp_path)
     assert result["env"] == EXT_TRAINER_DIR
     assert result["same_class"] and result["picklable"]
 
 
+@pytest.mark.slow  # a fresh Python process that imports torch and nnU-Net
 def test_user_value_is_kept_and_ours_is_added(tmp_path):
     user_dir = tmp_path / "my_trainers"
     user_dir.mkdir()
@@ -48,6 +52,7 @@ def test_user_value_is_kept_and_ours_is_added(tmp_path):
     assert result["env"].split(os.pathsep) == [str(user_dir), EXT_TRAINER_DIR]
 
 
+@pytest.mark.slow  # a fresh Python process that imports torch and nnU-Net
 def test_opt_out_leaves_the_environment_alone(tmp_path):
     """``NNUNETV2_CIML_NO_STARTUP=1``: the start-up hook registers nothing (fails if the .pth ignores it)."""
     code = "import os; print(os.environ.get('nnUNet_extTrainer'))"
@@ -68,6 +73,7 @@ def test_shim_folder_holds_only_the_shim():
     assert modules == ["__init__.py", "nnunetv2_ciml_trainers.py"]
 
 
+@pytest.mark.slow  # builds a wheel
 def test_regular_install_ships_the_pth_the_shim_and_the_converters(tmp_path):
     # Build from a copy: setuptools leaves a build/ folder next to the sources.
     source = tmp_path / "source"
@@ -90,6 +96,7 @@ def console_script(name: str) -> list:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "nnunetv2_ciml.cli"]
 
 
+@pytest.mark.slow  # a fresh Python process that imports torch and nnU-Net
 def test_info_command_reports_found_trainers(tmp_path):
     out = subprocess.run([*console_script("nnunetv2_ciml"), "info"], env=clean_env(), cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)

@@ -14,7 +14,7 @@ from nnunetv2_ciml.planning import CIML_NETWORK
 from nnunetv2_ciml.training.trainers import (nnUNetTrainerCIML, nnUNetTrainerCIML_beta1e2, nnUNetTrainerCIML_beta1e4,
                                              nnUNetTrainerCIML_noMessages)
 
-pytestmark = pytest.mark.integration  # plans from nnU-Net's planner (session fixture planned_regions_2d)
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # plans from nnU-Net's planner (planned_regions_2d)
 
 
 class nnUNetTrainerCIML_halfWidth(nnUNetTrainerCIML):
@@ -164,7 +164,6 @@ def test_loss_without_beta_is_exactly_nnunets(planned_regions_2d, ciml_plans):
     assert torch.equal(trainer.loss(outputs, target), nnUNetTrainer._build_loss(trainer)(outputs, target))
 
 
-@pytest.mark.slow
 def test_background_goes_to_the_subtask_of_the_class_with_most_voxels(tmp_path):
     """Labels dataset (CT, PET; GTVp <- CT, GTVn <- PET) whose GTVn has more voxels than GTVp: the background
     goes to the PET subtask, counted from nnU-Net's preprocessed ground truth. Fails if the voxel counts are

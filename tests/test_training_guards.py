@@ -113,6 +113,7 @@ _WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # fresh processes killed while writing
 def test_sigkill_while_writing_checkpoints_never_leaves_a_torn_file(tmp_path):
     """Kill a process that keeps rewriting a 32 MB checkpoint at 3 moments; every time the checkpoint loads.
     With a plain torch.save onto the target, most kills land mid-write and leave a truncated zip."""
