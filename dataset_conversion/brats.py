@@ -49,10 +49,11 @@ import SimpleITK as sitk
 from nnunetv2.dataset_conversion.Dataset137_BraTS21 import (convert_labels_back_to_BraTS,
                                                             copy_BraTS_segmentation_and_convert_labels_to_nnUNet)
 
+from nnunetv2_ciml.image_io import geometry_mismatch, header_info
+
 from .common import (FILE_ENDING, CaseCandidate, ConversionError, ConversionReport, DatasetSpec, ExportReport,
                      SourceCase, check_label_values, check_same_grid, check_sources, convert_dataset, copy_image,
                      export_predictions, image_file, read_image, resolve_candidates, rglob_files)
-from .grid import Grid
 
 BRATS2020, BRATS2023, BRATS2024 = "brats2020", "brats2023", "brats2024"
 # channel order of nnU-Net's Dataset137: T1, T1ce, T2, FLAIR
@@ -207,10 +208,11 @@ def _export_case(job: tuple) -> List[str]:
     case_id, pred_file, dst, convention, reference = job
     pred = read_image(pred_file, case_id)
     if reference is not None:
-        ref_file, ref_grid = reference
-        if not Grid.of(pred).same_as(ref_grid):
+        ref_file, ref_info = reference
+        problem = geometry_mismatch(pred, ref_info)
+        if problem:
             raise ConversionError(f"case '{case_id}': prediction '{pred_file}' is not on the grid of '{ref_file}' "
-                                  f"({Grid.of(pred).differences(ref_grid)})")
+                                  f"({problem})")
     array = sitk.GetArrayFromImage(pred)
     if convention == BRATS2024:  # a post-treatment dataset predicts BraTS 2024 labels directly
         check_label_values(case_id, pred_file, array, _BRATS_LABELS[BRATS2024], _LABEL_MEANING[BRATS2024])
@@ -238,8 +240,6 @@ def export_brats(pred_dir: Path, out_dir: Path, labels: str = "auto", source: Op
     """
     if labels not in ("auto", BRATS2020, BRATS2023, BRATS2024):
         raise ConversionError(f"labels must be 'auto', '{BRATS2020}', '{BRATS2023}' or '{BRATS2024}', got '{labels}'")
-    from .grid import header_grid
-
     if _is_post_treatment_prediction(Path(pred_dir)):
         if labels in (BRATS2020, BRATS2023):
             raise ConversionError(f"'{Path(pred_dir) / 'dataset.json'}' has a '{RESECTION_CAVITY}' label: these are "
@@ -256,7 +256,7 @@ def export_brats(pred_dir: Path, out_dir: Path, labels: str = "auto", source: Op
             if case is None:
                 raise ConversionError(f"prediction '{pred_file}': no complete BraTS case '{case_id}' under "
                                       f"{', '.join(map(str, sources))}")
-            reference = (case.images[3], header_grid(case.images[3]))
+            reference = (case.images[3], header_info(case.images[3]))
             if convention == "auto":
                 convention = case.convention
         if convention == "auto":

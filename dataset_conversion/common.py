@@ -32,8 +32,7 @@ import SimpleITK as sitk
 from nnunetv2_ciml.progress import Progress
 
 from nnunetv2_ciml.errors import CIMLError
-
-from .grid import Grid
+from nnunetv2_ciml.image_io import geometry_mismatch
 
 FILE_ENDING = ".nii.gz"
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -130,14 +129,17 @@ def check_same_grid(case_id: str, files: Sequence[Path], images: Sequence[sitk.I
 
     The error names a file off the grid most files share (the first file's grid on a tie).
     """
-    grids = [Grid.of(image) for image in images]
-    votes = [sum(g.same_as(other) for other in grids) for g in grids]
-    ref = max(range(len(grids)), key=lambda i: (votes[i], -i))
-    for path, grid in zip(files, grids):
-        if not grid.same_as(grids[ref]):
+    def mismatch(i: int, j: int) -> Optional[str]:
+        return geometry_mismatch(images[i], images[j])
+
+    votes = [sum(mismatch(i, j) is None for j in range(len(images))) for i in range(len(images))]
+    ref = max(range(len(images)), key=lambda i: (votes[i], -i))
+    for i, path in enumerate(files):
+        problem = mismatch(i, ref)
+        if problem:
             raise ConversionError(f"case '{case_id}': '{path}' is not on the voxel grid of '{files[ref]}' "
-                                  f"({grid.differences(grids[ref])}); the channels of a case must be co-registered "
-                                  "and resampled to one grid")
+                                  f"({problem}); the channels of a case must be co-registered and resampled to one "
+                                  "grid")
 
 
 def check_label_values(case_id: str, path: Path, array: np.ndarray, allowed: Iterable[int],

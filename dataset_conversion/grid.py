@@ -1,4 +1,4 @@
-"""Voxel grids in physical space: comparing them, the common CT/PET field of view, resampling onto a grid.
+"""Voxel grids in physical space: index alignment, the common CT/PET field of view, resampling onto a grid.
 
 A :class:`Grid` is what SimpleITK calls the image geometry: ``size`` in voxels and ``spacing`` in mm
 (both in SimpleITK's ``(x, y, z)`` order), ``origin`` (the physical position in mm of the centre of
@@ -8,7 +8,8 @@ axis ``k``). Numpy arrays from ``sitk.GetArrayFromImage`` are ``(z, y, x)``.
 Resampling onto a grid that is *index-aligned* with the image (same spacing and direction, origin
 shifted by a whole number of voxels) is done by exact cropping/zero-padding, never by interpolation:
 that keeps CT values and labels bit-exact on the default HECKTOR grid, and makes the way back to the CT
-grid exact.
+grid exact. Whether two images lie on the same grid is the package's one rule,
+:func:`nnunetv2_ciml.image_io.geometry_mismatch`.
 """
 from __future__ import annotations
 
@@ -71,19 +72,6 @@ class Grid:
 
     def same_as(self, other: "Grid") -> bool:
         return self.size == other.size and self.index_offset_in(other) == (0, 0, 0)
-
-    def differences(self, other: "Grid") -> str:
-        """What differs between two grids, for error messages."""
-        parts = []
-        if self.size != other.size:
-            parts.append(f"size {self.size} vs {other.size}")
-        if not np.allclose(self.spacing, other.spacing, rtol=_SPACING_RTOL, atol=0):
-            parts.append(f"spacing {_fmt(self.spacing)} vs {_fmt(other.spacing)} mm")
-        if not np.allclose(self.direction, other.direction, rtol=0, atol=_DIRECTION_ATOL):
-            parts.append(f"direction {_fmt(self.direction)} vs {_fmt(other.direction)}")
-        if self.index_offset_in(other) not in (None, (0, 0, 0)) or (not parts and not self.same_as(other)):
-            parts.append(f"origin {_fmt(self.origin)} vs {_fmt(other.origin)} mm")
-        return ", ".join(parts) or "none"
 
 
 def _fmt(values: Sequence[float]) -> str:

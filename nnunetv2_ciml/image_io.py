@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover - zlib-ng is a dependency; the standard 
     import gzip as _gzip
 
 __all__ = ["ImageFileError", "ImageInfo", "read_image", "read_image_array", "verify_image_file", "file_label",
-           "geometry_mismatch"]
+           "geometry_mismatch", "header_info"]
 
 PathLike = Union[str, Path]
 NIFTI_ENDINGS = (".nii", ".nii.gz")
@@ -97,8 +97,17 @@ def _itk_reason(e: BaseException) -> str:
     return lines[-1] if lines else type(e).__name__  # ITK puts the useful sentence last
 
 
+def header_info(path: PathLike) -> ImageInfo:
+    """The grid of an image file, from its header alone."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return _info(reader)
+
+
 def geometry_mismatch(image: Union[sitk.Image, ImageInfo], reference: Union[sitk.Image, ImageInfo]) -> Optional[str]:
-    """Whether two images of one case lie on one grid: the first difference in dimension, size, spacing or origin
+    """The package's one rule for "the same voxel grid" (channels of a case, a prediction and its reference):
+    the first difference in dimension, size, spacing or origin
     (within 1e-3 mm) or direction (within 1e-4), described for an error message, or None if there is none."""
     image, reference = (_info(i) if isinstance(i, sitk.Image) else i for i in (image, reference))
     if len(image.size) != len(reference.size):

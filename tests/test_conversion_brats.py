@@ -166,7 +166,7 @@ def test_export_refuses_prediction_off_the_source_grid(brats2020_source, tmp_pat
     pred_dir.mkdir()
     seg = crop(sitk.ReadImage(str(CASE_DIR / "isen-20.nii.gz")))
     sitk.WriteImage(seg, str(pred_dir / "BraTS20_Training_001.nii.gz"))
-    with pytest.raises(ConversionError, match=r"BraTS20_Training_001.*not on the grid.*size"):
+    with pytest.raises(ConversionError, match=r"BraTS20_Training_001.*not on the grid.*shape \(x, y, z\)"):
         export_brats(pred_dir, tmp_path / "out", source=[brats2020_source], num_processes=1)
     assert not (tmp_path / "out" / "BraTS20_Training_001.nii.gz").exists()
     assert os.listdir(pred_dir) == ["BraTS20_Training_001.nii.gz"]

@@ -65,10 +65,11 @@ def test_channels_on_different_grids_name_the_file(source, nnunet_env):
     f = source / "BraTS20_Training_002" / "BraTS20_Training_002_t1ce.nii.gz"
     write(np.zeros((6, 7, 8), np.int16), f, origin=(0.0, 5.0, 0.0))
     with pytest.raises(ConversionError, match=rf"case 'BraTS20_Training_002': '{f}' is not on the voxel grid of "
-                                              r"'.*_t1.nii.gz' \(origin \(0, 5, 0\) vs \(0, 0, 0\) mm\)"):
+                                              r"'.*_t1.nii.gz' \(origin \(mm, x, y, z\) \(0.0, 5.0, 0.0\) vs reference "
+                                              r"\(0.0, 0.0, 0.0\)\)"):
         convert_brats([source], 12, num_processes=1)
     write(np.zeros((6, 7, 9), np.int16), f)
-    with pytest.raises(ConversionError, match=r"size \(9, 7, 6\) vs \(8, 7, 6\)"):
+    with pytest.raises(ConversionError, match=r"shape \(x, y, z\) \(9, 7, 6\) vs reference \(8, 7, 6\)"):
         convert_brats([source], 12, num_processes=1)
 
 

@@ -75,9 +75,9 @@ def channel_order(dataset_json: Dict) -> Tuple[int, int]:
 
 
 def ct_on_pet_grid(ct: sitk.Image, pet: sitk.Image) -> sitk.Image:
-    from nnunetv2_ciml.dataset_conversion.grid import Grid
+    from nnunetv2_ciml.image_io import geometry_mismatch
 
-    if Grid.of(ct).same_as(Grid.of(pet)):  # the package's one "same grid" rule (the converters use it too)
+    if geometry_mismatch(ct, pet) is None:  # the package's one "same grid" rule
         ct = sitk.Image(ct)
         ct.CopyInformation(pet)  # equal within tolerance: make nnU-Net's strict geometry check pass
         return ct
