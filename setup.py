@@ -60,7 +60,7 @@ setup(
         "tqdm",
     ],
     # The tests compare against independent references: MedPy's hd95 and pytorch-grad-cam's GradCAM.
-    extras_require={"test": ["pytest>=7", "medpy>=0.5", "grad-cam>=1.5"]},
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3.6", "medpy>=0.5", "grad-cam>=1.5"]},
     entry_points={"console_scripts": ["nnunetv2_ciml=nnunetv2_ciml.cli:main"]},
     cmdclass={"build_py": BuildPyWithPth, "editable_wheel": EditableWheelWithPth},
     license="Apache-2.0",

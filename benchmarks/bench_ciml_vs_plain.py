@@ -111,6 +111,7 @@ def worker(setup_name: str, model: str, device_name: str, steps: int, compile_: 
     from nnunetv2_ciml.decomposition import resolve_decomposition
     from nnunetv2_ciml.planning import ciml_architecture
     from nnunetv2_ciml.training.loss import KLRegularizedLoss
+    from nnunetv2_ciml.training.trainers import nnUNetTrainerCIML
 
     torch.manual_seed(0)
     device = torch.device(device_name)
@@ -125,8 +126,9 @@ def worker(setup_name: str, model: str, device_name: str, steps: int, compile_: 
     num_in, num_out = len(setup["channels"]), label_manager.num_segmentation_heads
     if model != "plain":
         decomposition, _ = resolve_decomposition(dataset_json, num_in)
+        width = None if model == "ciml_MACmatched" else nnUNetTrainerCIML.branch_width_factor
         config["architecture"] = ciml_architecture(config["architecture"], decomposition, config["patch_size"],
-                                                   num_out, messages=model != "ciml_noMessages")
+                                                   num_out, messages=model != "ciml_noMessages", width_factor=width)
         config["architecture"]["arch_kwargs"]["checkpoint_messages"] = model != "ciml_storedMessages"
         if model == "ciml_fullResMessages":
             n_stages = config["architecture"]["arch_kwargs"]["n_stages"]
@@ -222,9 +224,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
     parser.add_argument("--models", nargs="+", default=["plain", "ciml", "ciml_noMessages"],
-                        choices=["plain", "ciml", "ciml_noMessages", "ciml_storedMessages", "ciml_fullResMessages"],
-                        help="ciml_noMessages: the branches' own cost; ciml_storedMessages: without message "
-                             "checkpointing (memory/speed trade-off); ciml_fullResMessages: messages at the "
+                        choices=["plain", "ciml", "ciml_noMessages", "ciml_MACmatched", "ciml_storedMessages",
+                                 "ciml_fullResMessages"],
+                        help="ciml: nnUNetTrainerCIML's network (branches as wide as the plain stages); "
+                             "ciml_noMessages: its branches' own cost; ciml_MACmatched: branches sized for the plain "
+                             "U-Net's convolution cost (nnUNetTrainerCIML_MACmatched); ciml_storedMessages: without "
+                             "message checkpointing (memory/speed trade-off); ciml_fullResMessages: messages at the "
                              "full-resolution stage too")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--patch", choices=["cpu", "cuda"],

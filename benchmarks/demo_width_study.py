@@ -3,17 +3,17 @@
 For each seed the demo's data (``DemoSettings.seed``) and plans are made anew and every model trains once
 with the demo's budget (training itself is not seeded: nnU-Net's sampling and augmentation differ per run);
 the held-out mean Dice is the demo's (``evaluate nnunet``, all held-out cases). Models: nnU-Net and CIML at
-each width factor asked for (``matched``: the MAC-matching rule of ``nnunetv2_ciml.planning``; ``0.75`` and
-``1.0``: fixed factors, trainers ``nnUNetTrainerCIML_width075/width1_ShapeCompositionDemo``).
+each width factor asked for (``matched``: the MAC-matching rule of ``nnunetv2_ciml.planning``,
+``nnUNetTrainerCIML_MACmatched``; ``0.75``; ``1.0``: ``nnUNetTrainerCIML``'s default).
 
-The rule that sets ``nnUNetTrainerCIML``'s default width: if CIML (matched) is below nnU-Net's mean Dice
+The rule that set ``nnUNetTrainerCIML``'s default width: if CIML (matched) is below nnU-Net's mean Dice
 minus ``TOLERANCE`` over the seeds, the default becomes the smallest factor of (matched, 0.75, 1.0) that is
 not. Results are written after every model (``--out/width_study.json``), so a partial run keeps what it
 measured; the table printed at the end says how many seeds each mean covers. A model already trained in
-``--out`` is predicted again, not retrained: the folder layout is that of ``benchmarks/missing_modalities.py``,
-which can share the nnU-Net and CIML models of the same seeds (as long as the default width is unchanged).
+``--out`` is predicted again, not retrained. ``benchmarks/results/width_study.json`` holds the published
+table: copy it into ``--out`` and only what it lacks is measured.
 
-    python benchmarks/demo_width_study.py --out width_study --seeds 0 1 2 3 4
+    python benchmarks/demo_width_study.py --out width_study --seeds 0 1 2 3 4 --models nnUNet CIML_matched CIML_0.75 CIML_1.0
 """
 import argparse
 import json
@@ -25,9 +25,9 @@ from pathlib import Path
 
 TOLERANCE = 0.005
 TRAINERS = {"nnUNet": "nnUNetTrainer_ShapeCompositionDemo",
-            "CIML_matched": "nnUNetTrainerCIML_ShapeCompositionDemo",
+            "CIML_matched": "nnUNetTrainerCIML_MACmatched_ShapeCompositionDemo",
             "CIML_0.75": "nnUNetTrainerCIML_width075_ShapeCompositionDemo",
-            "CIML_1.0": "nnUNetTrainerCIML_width1_ShapeCompositionDemo"}
+            "CIML_1.0": "nnUNetTrainerCIML_ShapeCompositionDemo"}
 
 
 def run_seed(out_dir: Path, seed: int, models, results: dict, results_file: Path, threads: int = 2) -> None:

@@ -1,6 +1,6 @@
 """Missing modalities on the ShapeComposition demo: every non-empty subset of its 3 modalities, 4 models.
 
-    python benchmarks/missing_modalities.py OUT_DIR [--quick] [--seeds 0 1 2] [--device auto]
+    python benchmarks/missing_modalities.py OUT_DIR [--quick] [--seeds 0 1 2] [--device auto] [--threads 2]
 
 Per seed (the data seed of the demo's generator), in ``OUT_DIR/seed_<k>``: the demo's dataset and narrower
 plans (:mod:`nnunetv2_ciml.demo.pipeline`), then ``nnUNetv2_train`` fold 0 of four models on the demo's
@@ -15,7 +15,10 @@ Each model predicts the held-out cases with every non-empty subset of the modali
 from a copy of ``imagesTs``) through ``nnunetv2_ciml predict``'s code (:mod:`nnunetv2_ciml.missing_modalities`),
 and :func:`nnunetv2_ciml.evaluation.evaluate_folder` (nnU-Net mode) gives the mean foreground Dice. Writes
 ``OUT_DIR/results.json`` (per seed, model and subset), ``OUT_DIR/report.md`` (table: rows = subsets, columns =
-models, mean +- std over seeds; the issue's two goals checked) and ``OUT_DIR/missing_modalities.png``.
+models, mean +- std over seeds; the two goals checked) and ``OUT_DIR/missing_modalities.png``. A model already
+trained in ``OUT_DIR/seed_<k>`` and a prediction already written are kept, so an interrupted run resumes, and
+seeds run apart (``OUT_A --seeds 0 1`` beside ``OUT_B --seeds 2``) are reported together by running
+``OUT --seeds 0 1 2`` after linking ``OUT_B/seed_2`` into ``OUT``: only the evaluation runs again.
 """
 import argparse
 import itertools
@@ -43,7 +46,7 @@ def subset_name(subset: Sequence[int], modalities: Sequence[str]) -> str:
     return "+".join(modalities[c] for c in subset)
 
 
-def run_seed(out: Path, seed: int, quick: bool, device: str) -> Dict[str, Dict[str, float]]:
+def run_seed(out: Path, seed: int, quick: bool, device: str, threads: int) -> Dict[str, Dict[str, float]]:
     import torch
 
     from nnunetv2_ciml.demo import nnunet_steps
@@ -81,7 +84,7 @@ def run_seed(out: Path, seed: int, quick: bool, device: str) -> Dict[str, Dict[s
                     shutil.copy(path, folder / path.name)
         inputs[subset_name(subset, modalities)] = folder
 
-    threads = max(1, torch.get_num_threads())
+    torch.set_num_threads(threads)
     results: Dict[str, Dict[str, float]] = {}
     for model, trainer in MODELS.items():
         model_folder = out / "nnUNet_results" / DATASET_NAME / f"{trainer}{'Quick' if quick else ''}__{PLANS}__{CONFIGURATION}"
@@ -98,6 +101,8 @@ def run_seed(out: Path, seed: int, quick: bool, device: str) -> Dict[str, Dict[s
             pred = out / "predictions" / model / name
             pred.mkdir(parents=True, exist_ok=True)
             for case, files in find_case_files(folder, ending, len(modalities)).items():
+                if (pred / f"{case}{ending}").is_file():  # predicted by an earlier, interrupted run
+                    continue
                 image, properties, present = read_case(reader, case, files, len(modalities), modalities)
                 predict_case(predictor, image, properties, present, str(pred / case))
             summary = evaluate_folder("nnunet", raw / "labelsTs", pred, out / "evaluation" / model / name,
@@ -163,10 +168,13 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke-test budget and data")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads per training and for prediction (on 2 cores, two runs of this script "
+                             "on different seeds with 1 thread each finish sooner than one with 2)")
     args = parser.parse_args(argv)
     per_seed = {}
     for seed in args.seeds:
-        per_seed[str(seed)] = run_seed(args.out / f"seed_{seed}", seed, args.quick, args.device)
+        per_seed[str(seed)] = run_seed(args.out / f"seed_{seed}", seed, args.quick, args.device, args.threads)
         (args.out / "results.json").write_text(json.dumps(
             {"quick": args.quick, "models": MODELS, "dice": per_seed}, indent=2) + "\n")
     write_report(args.out, per_seed, args.quick, " ".join(["python", "benchmarks/missing_modalities.py"] +

@@ -11,7 +11,8 @@ several times slower), where ``w`` is the largest factor for which the branches'
 one patch (counted by ``torch.utils.flop_counter`` on the meta device) do not exceed the plain U-Net's
 from the same plans. The messages are not counted: they are a few percent of the arithmetic. The
 no-message ablation keeps the widths of the full CIML network so that it isolates the messages. Pass
-``width_factor`` to choose ``w`` yourself (trainers: ``branch_width_factor``).
+``width_factor`` to choose ``w`` yourself (trainers: ``branch_width_factor``): ``nnUNetTrainerCIML`` uses
+1.0, branches as wide as the plain U-Net's stages, and ``nnUNetTrainerCIML_MACmatched`` this rule.
 
 Messages go to the stages of :func:`~nnunetv2_ciml.network.ciml_unet.default_message_stages` (all but
 full resolution); edit ``message_stages`` in the saved plans to change that.

@@ -14,7 +14,8 @@ import torch  # noqa: E402
 
 from helpers import make_dataset, nnunet_environment, plan_and_preprocess, shrink_plans, train_in_process  # noqa: E402
 
-torch.set_num_threads(2)
+# pytest-xdist (.ci/run: -n auto) runs one test process per core: one torch thread each.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 REGIONS_2D_ID = 961
 CPU_TEST_TRAINER = "nnUNetTrainerCIML_CPUtest"
@@ -54,3 +55,20 @@ def trained_regions_2d(planned_regions_2d):
     model = Path(env["nnUNet_results"]) / raw.name / f"{CPU_TEST_TRAINER}__nnUNetPlans__2d"
     assert (model / "fold_0" / "checkpoint_final.pth").is_file()
     return env, raw, model
+
+
+SHARED_DATASET_FIXTURES = {"planned_regions_2d", "trained_regions_2d"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Work units for pytest-xdist (``.ci/run``: ``-n auto --dist loadgroup --no-loadscope-reorder``): a test
+    module goes to one worker as a whole, so that its module fixtures (a trained model, the demo) are built
+    once; the modules that use the session's planned dataset go together, so that nnU-Net plans it once.
+    Modules with slow tests come first, so that the workers finish at about the same time."""
+    def group(item) -> str:
+        return "regions_2d" if SHARED_DATASET_FIXTURES & set(item.fixturenames) else item.module.__name__
+
+    slow = {group(item) for item in items if item.get_closest_marker("slow")}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group(item)))
+    items.sort(key=lambda item: group(item) not in slow)  # stable: file order within each part

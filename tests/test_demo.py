@@ -18,11 +18,12 @@ from helpers import read_array
 
 from nnunetv2_ciml.demo.complementary import (complementary_share, mass_breakdown, mask_dice, pair_accuracy,
                                               pair_decisions)
-from nnunetv2_ciml.demo.pipeline import CLEAR_MARGIN, DATASET_NAME, MODELS, PLANS, SHARE_FACTOR, claims
+from nnunetv2_ciml.demo.pipeline import (CLEAR_MARGIN, DATASET_NAME, MODELS, PLANS, SHARE_FACTOR, claims,
+                                         training_layout)
 from nnunetv2_ciml.demo.shape_composition import ShapeCompositionSpec, make_case
 
-STAGES = {"generate", "plan_and_preprocess", *(f"{s}_{m}" for s in ("train", "predict") for m in MODELS),
-          "evaluate", "explain", "report", "total"}
+STAGES = {"generate", "plan_and_preprocess", "train", *(f"predict_{m}" for m in MODELS), "evaluate", "explain",
+          "report", "total"}
 
 
 def test_pair_scores_tell_a_resolving_model_from_one_that_guesses():
@@ -82,6 +83,14 @@ def test_claims_decide_held_from_the_numbers(numbers, held):
     assert f"CIML {comp_ciml:.4f} vs CIML_noMessages {comp_ablation:.4f}" in result[1]["measured"]
     if share is not None and area:
         assert f"({share / area:.2f}x)" in result[2]["measured"]
+
+
+@pytest.mark.parametrize("device, cores, layout", [("cpu", 1, (1, 1)), ("cpu", 2, (2, 1)), ("cpu", 3, (3, 1)),
+                                                   ("cpu", 16, (3, 5)), ("cuda", 16, (1, 1))])
+def test_training_layout_shares_the_cores_among_at_most_three_trainings(device, cores, layout):
+    """Fails if trainings oversubscribe the cores (threads x parallel > cores), run more at a time than there
+    are models, or run side by side on the one GPU."""
+    assert training_layout(device, cores) == layout
 
 
 def _dice(ref: np.ndarray, pred: np.ndarray) -> float:
@@ -159,8 +168,16 @@ def test_report_figures_and_models_exist_and_user_folders_untouched(demo):
         assert (model_folder / "fold_0" / "checkpoint_final.pth").is_file()
     assert list((out / "explain").glob("*/*_to_*.nii.gz"))
     assert all(not any(folder.iterdir()) for folder in user.values())
-    for stage in ("plan_and_preprocess", "train_CIML", "explain", "report"):  # stage timings on the terminal
+    for stage in ("plan_and_preprocess", "train", "explain", "report"):  # stage timings on the terminal
         assert f"{stage} done in" in run.stdout
+    # the trainings ran side by side on a machine with 2+ cores: their wall time together is less than the sum
+    # (fails if they ran one after another, or if a model's own time were not recorded)
+    parallel, threads = training_layout("cpu", len(os.sched_getaffinity(0)))
+    assert (results["parallel_trainings"], results["training_threads"]) == (parallel, threads)
+    own = [results["training"][m]["seconds"] for m in MODELS]
+    assert all(s > 0 for s in own) and results["seconds"]["train"] >= max(own)
+    if parallel > 1:
+        assert results["seconds"]["train"] < sum(own) - 0.5 * min(own)
     # where the logs are, then one line per epoch of every training (from nnU-Net's logger, via epochs.jsonl)
     assert f"logs: one per nnU-Net step in {out / 'logs'}" in run.stdout
     for model in MODELS:

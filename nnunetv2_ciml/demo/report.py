@@ -225,7 +225,8 @@ def write_report(results: dict, out_dir: Path) -> Path:
     total = seconds.get("total")
     started = results.get("started") or datetime.datetime.now().isoformat(timespec="seconds")
     lines += [f"Run started {started} on {results['device']}"
-              + (f" ({results['threads']} torch thread(s) for training and inference)" if results["threads"] else "")
+              + (f" ({results['parallel_trainings']} training(s) at a time with {results['training_threads']} torch "
+                 f"thread(s) each; {results['threads']} for inference)" if results["threads"] else "")
               + (f", wall time {total / 60:.1f} min ({total:.0f} s)." if total is not None else "."), ""]
 
     lines += ["## What was run", "",
@@ -249,7 +250,7 @@ def write_report(results: dict, out_dir: Path) -> Path:
                                            f"{100 * t['beta_warmup_fraction']:.0f} % of epochs)" if t["messages"]
                                            else ", no messages")
         lines.append(f"  - {model}: `{t['trainer']}`, {t['epochs']} epochs x {t['iterations_per_epoch']} iterations"
-                     + ciml)
+                     + ciml + f"; trained in {t['seconds'] / 60:.1f} min")
     lines.append("")
 
     lines += ["## Results on the held-out cases", "", *_models_table(models), "",
@@ -303,7 +304,8 @@ def write_report(results: dict, out_dir: Path) -> Path:
             lines += [f"### {heading}", "", f"![{key}]({name})", "", caption, ""]
         lines += ["Per-case message maps as NIfTI (in the input geometry) and overlays: `explain/`.", ""]
 
-    lines += ["## Stage timings", "", "| stage | seconds |", "|---|---|"]
+    lines += ["## Stage timings", "", f"The trainings run {results['parallel_trainings']} at a time; `train` is their wall "
+              "time together.", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {stage} | {value:.1f} |" for stage, value in seconds.items()]
     lines.append("")
 

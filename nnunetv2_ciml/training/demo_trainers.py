@@ -32,7 +32,7 @@ from nnunetv2_ciml.training.epoch_log import EPOCH_LOG_NAME, EpochLineLogger
 from nnunetv2_ciml.training.trainers import TrainingBudget, nnUNetTrainerCIML, nnUNetTrainerCIML_noMessages
 
 __all__ = ["nnUNetTrainer_ShapeCompositionDemo", "nnUNetTrainerCIML_ShapeCompositionDemo",
-           "nnUNetTrainerCIML_width075_ShapeCompositionDemo", "nnUNetTrainerCIML_width1_ShapeCompositionDemo",
+           "nnUNetTrainerCIML_MACmatched_ShapeCompositionDemo", "nnUNetTrainerCIML_width075_ShapeCompositionDemo",
            "nnUNetTrainerCIML_noMessages_ShapeCompositionDemo", "nnUNetTrainer_ShapeCompositionDemoQuick",
            "nnUNetTrainerCIML_ShapeCompositionDemoQuick", "nnUNetTrainerCIML_noMessages_ShapeCompositionDemoQuick"]
 
@@ -67,16 +67,17 @@ class nnUNetTrainerCIML_ShapeCompositionDemo(nnUNetTrainerCIML, _DemoBudget):
     kl_weight = 1e-1
 
 
+class nnUNetTrainerCIML_MACmatched_ShapeCompositionDemo(nnUNetTrainerCIML_ShapeCompositionDemo):
+    """Branches sized by the MAC-matching rule, as ``nnUNetTrainerCIML_MACmatched`` (the width study,
+    ``benchmarks/demo_width_study.py``)."""
+
+    branch_width_factor = None
+
+
 class nnUNetTrainerCIML_width075_ShapeCompositionDemo(nnUNetTrainerCIML_ShapeCompositionDemo):
     """Branches 0.75x as wide as the plain U-Net's (the width study, ``benchmarks/demo_width_study.py``)."""
 
     branch_width_factor = 0.75
-
-
-class nnUNetTrainerCIML_width1_ShapeCompositionDemo(nnUNetTrainerCIML_ShapeCompositionDemo):
-    """Branches as wide as the plain U-Net's (the width study, ``benchmarks/demo_width_study.py``)."""
-
-    branch_width_factor = 1.0
 
 
 class nnUNetTrainerCIML_noMessages_ShapeCompositionDemo(nnUNetTrainerCIML_noMessages, _DemoBudget):
