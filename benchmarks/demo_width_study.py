@@ -108,7 +108,7 @@ def main() -> None:
         values = [per_seed.get(str(s), {}).get("mean_dice") for s in args.seeds]
         done = [v for v in values if v is not None]
         print(f"{model:13s} " + " ".join(f"{v:7.4f}" if v is not None else "      -" for v in values)
-              + f"  {statistics.mean(done):.4f}  {len(done)}")
+              + (f"  {statistics.mean(done):.4f}  {len(done)}" if done else "       -  0"))
     print(f"width rule: {decide(results)}")
 
 

@@ -33,6 +33,12 @@ MODELS = {"CIML": "nnUNetTrainerCIML_ShapeCompositionDemo",
           "CIML_dropout": "nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemo",
           "nnUNet_zero_fill": "nnUNetTrainer_ShapeCompositionDemo",
           "nnUNet_dropout": "nnUNetTrainer_modalityDropout_ShapeCompositionDemo"}
+# the dropout study (--models): the defaults of nnUNetTrainerCIML_modalityDropout (rate 0.5, primaries droppable)
+# against other choices; CIML_dropout above is the default
+DROPOUT_STUDY = {"CIML_dropout_rate0.25": "nnUNetTrainerCIML_modalityDropout_rate025_ShapeCompositionDemo",
+                 "CIML_dropout_rate0.75": "nnUNetTrainerCIML_modalityDropout_rate075_ShapeCompositionDemo",
+                 "CIML_dropout_keepPrimaries": "nnUNetTrainerCIML_modalityDropout_keepPrimaries_ShapeCompositionDemo"}
+TRAINERS = {**MODELS, **DROPOUT_STUDY}
 FULL_DICE_TOLERANCE = 0.005  # goal: CIML with dropout within this of CIML with every modality
 
 
@@ -46,7 +52,8 @@ def subset_name(subset: Sequence[int], modalities: Sequence[str]) -> str:
     return "+".join(modalities[c] for c in subset)
 
 
-def run_seed(out: Path, seed: int, quick: bool, device: str, threads: int) -> Dict[str, Dict[str, float]]:
+def run_seed(out: Path, seed: int, quick: bool, device: str, threads: int,
+             models: Sequence[str] = tuple(MODELS)) -> Dict[str, Dict[str, float]]:
     import torch
 
     from nnunetv2_ciml.demo import nnunet_steps
@@ -86,7 +93,8 @@ def run_seed(out: Path, seed: int, quick: bool, device: str, threads: int) -> Di
 
     torch.set_num_threads(threads)
     results: Dict[str, Dict[str, float]] = {}
-    for model, trainer in MODELS.items():
+    for model in models:
+        trainer = TRAINERS[model]
         model_folder = out / "nnUNet_results" / DATASET_NAME / f"{trainer}{'Quick' if quick else ''}__{PLANS}__{CONFIGURATION}"
         trainer_name = f"{trainer}{'Quick' if quick else ''}"
         if not (model_folder / f"fold_{FOLD}" / "checkpoint_final.pth").is_file():
@@ -117,7 +125,7 @@ def write_report(out: Path, per_seed: Dict[str, Dict[str, Dict[str, float]]], qu
     import numpy as np
 
     seeds = list(per_seed)
-    models = list(MODELS)
+    models = [m for m in TRAINERS if all(m in per_seed[s] for s in seeds)]
     names = list(next(iter(per_seed.values()))["CIML"])
     table = {m: {n: [per_seed[s][m][n] for s in seeds] for n in names} for m in models}
     mean = {m: {n: float(np.mean(v)) for n, v in table[m].items()} for m in models}
@@ -168,15 +176,24 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke-test budget and data")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(TRAINERS),
+                        help="the four models of the comparison (default), and/or the dropout study's variants; "
+                             "results of other models already in OUT_DIR/results.json are kept")
     parser.add_argument("--threads", type=int, default=2,
                         help="torch threads per training and for prediction (on 2 cores, two runs of this script "
                              "on different seeds with 1 thread each finish sooner than one with 2)")
     args = parser.parse_args(argv)
-    per_seed = {}
+    results_file = args.out / "results.json"
+    earlier = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    dice = earlier.get("dice", {}) if earlier.get("quick") == args.quick else {}
     for seed in args.seeds:
-        per_seed[str(seed)] = run_seed(args.out / f"seed_{seed}", seed, args.quick, args.device, args.threads)
-        (args.out / "results.json").write_text(json.dumps(
-            {"quick": args.quick, "models": MODELS, "dice": per_seed}, indent=2) + "\n")
+        dice.setdefault(str(seed), {}).update(
+            run_seed(args.out / f"seed_{seed}", seed, args.quick, args.device, args.threads, args.models))
+        results_file.write_text(json.dumps({"quick": args.quick, "models": TRAINERS, "dice": dice}, indent=2) + "\n")
+    per_seed = {str(seed): dice[str(seed)] for seed in args.seeds}
+    if not all(set(MODELS) <= set(per_seed[s]) for s in per_seed):
+        print(f"results so far: {results_file} (the report needs the four models {list(MODELS)} on every seed)")
+        return 0
     write_report(args.out, per_seed, args.quick, " ".join(["python", "benchmarks/missing_modalities.py"] +
                                                           (argv if argv is not None else sys.argv[1:])))
     print((args.out / "report.md").read_text())

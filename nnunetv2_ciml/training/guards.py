@@ -65,7 +65,7 @@ def validate_ciml_attributes(trainer) -> None:
         raise CIMLError(f"{name}.messages = {trainer.messages!r}: must be True or False")
     if getattr(trainer, "branch_width_factor", None) is not None and number("branch_width_factor") <= 0:
         raise CIMLError(f"{name}.branch_width_factor = {trainer.branch_width_factor!r}: must be > 0 (or None for "
-                        "the FLOP-matching rule)")
+                        "the MAC-matching rule)")
 
 
 def kl_beta(epoch: int, num_epochs: int, kl_weight: float, warmup_fraction: float) -> float:

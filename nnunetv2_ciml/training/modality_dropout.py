@@ -28,6 +28,9 @@ from nnunetv2_ciml.training.trainers import _CPUTestBudget, nnUNetTrainerCIML
 __all__ = ["sample_present_modalities", "nnUNetTrainerCIML_modalityDropout", "nnUNetTrainer_modalityDropout",
            "nnUNetTrainerCIML_modalityDropout_CPUtest", "nnUNetTrainer_modalityDropout_CPUtest",
            "nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemo",
+           "nnUNetTrainerCIML_modalityDropout_rate025_ShapeCompositionDemo",
+           "nnUNetTrainerCIML_modalityDropout_rate075_ShapeCompositionDemo",
+           "nnUNetTrainerCIML_modalityDropout_keepPrimaries_ShapeCompositionDemo",
            "nnUNetTrainer_modalityDropout_ShapeCompositionDemo",
            "nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemoQuick",
            "nnUNetTrainer_modalityDropout_ShapeCompositionDemoQuick"]
@@ -100,6 +103,27 @@ class nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemo(nnUNetTrainerCIML_m
     """CIML with modality dropout on the demonstration's budget, beta 0.1 as the demo's CIML."""
 
     kl_weight = 1e-1
+
+
+class nnUNetTrainerCIML_modalityDropout_rate025_ShapeCompositionDemo(
+        nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemo):
+    """The dropout study (``benchmarks/missing_modalities.py``): a quarter of the samples lose modalities."""
+
+    modality_dropout_rate = 0.25
+
+
+class nnUNetTrainerCIML_modalityDropout_rate075_ShapeCompositionDemo(
+        nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemo):
+    """The dropout study: three quarters of the samples lose modalities."""
+
+    modality_dropout_rate = 0.75
+
+
+class nnUNetTrainerCIML_modalityDropout_keepPrimaries_ShapeCompositionDemo(
+        nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemo):
+    """The dropout study: only modalities that are nobody's primary are removed."""
+
+    primaries_droppable = False
 
 
 class nnUNetTrainer_modalityDropout_ShapeCompositionDemo(nnUNetTrainer_modalityDropout, _DemoBudget):
