@@ -34,7 +34,7 @@ EOF
 
 echo "== 1. BraTS and PET/CT plans, eager, AMP: step / memory / inference ratios"
 timeout 200 python3 benchmarks/bench_ciml_vs_plain.py --device cuda --steps 10 \
-    --models plain ciml ciml_noMessages --json "$OUT/bench_cuda_eager.json"
+    --models plain ciml ciml_MACmatched ciml_noMessages --json "$OUT/bench_cuda_eager.json"
 echo "== 2. BraTS plan, torch.compile (as nnU-Net trains on CUDA), AMP"
 timeout 200 python3 benchmarks/bench_ciml_vs_plain.py --device cuda --steps 10 --compile --setups brats \
     --models plain ciml --json "$OUT/bench_cuda_compiled.json"

@@ -463,8 +463,6 @@ def run_demo(out_dir: Union[str, Path], device: str = "auto", quick: bool = Fals
     model_folders = {m: out_dir / "nnUNet_results" / DATASET_NAME / f"{settings.trainers[m]}__{PLANS}__{CONFIGURATION}"
                      for m in MODELS}
     budgets = {m: _trainer_class(settings.trainers[m]) for m in MODELS}
-    commands = "; ".join(f"{m}: -tr {settings.trainers[m]} ({budgets[m].budget_epochs} epochs x "
-                         f"{budgets[m].budget_iterations} iterations)" for m in MODELS)
     training_seconds: Dict[str, float] = {}
 
     def train(model: str) -> None:
@@ -474,8 +472,12 @@ def run_demo(out_dir: Union[str, Path], device: str = "auto", quick: bool = Fals
                            epoch_log=model_folders[model] / f"fold_{FOLD}" / EPOCH_LOG_NAME, show_progress=verbose)
         training_seconds[model] = round(time.perf_counter() - t0, 2)
 
-    with stages("train", f"nnUNetv2_train {DATASET_ID} {CONFIGURATION} {FOLD} -p {PLANS}, {parallel} at a time; "
-                         f"{commands}"):
+    with stages("train", f"nnUNetv2_train {DATASET_ID} {CONFIGURATION} {FOLD} -p {PLANS} -tr TRAINER, "
+                         f"{len(MODELS)} models, {parallel} at a time"):
+        if verbose:
+            for m in MODELS:
+                print(f"    {m}: -tr {settings.trainers[m]} ({budgets[m].budget_epochs} epochs x "
+                      f"{budgets[m].budget_iterations} iterations)", flush=True)
         with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
             futures = [pool.submit(train, m) for m in MODELS]
             concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
