@@ -60,6 +60,7 @@ def trained_regions_2d(planned_regions_2d):
 SHARED_DATASET_FIXTURES = {"planned_regions_2d", "trained_regions_2d"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(config, items):
     """Work units for pytest-xdist (``.ci/run``: ``-n auto --dist loadgroup --no-loadscope-reorder``): a test
     module goes to one worker as a whole, so that its module fixtures (a trained model, the demo) are built
