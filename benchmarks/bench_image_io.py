@@ -1,14 +1,15 @@
 """Cost of the checked reading path (:mod:`nnunetv2_ciml.image_io`) against a plain ``sitk.ReadImage``.
 
-Files: the four MRI channels (int16) and one segmentation (uint8) of the shared BraTS case
-(240 x 240 x 155, skipped if ``../shared/data`` is missing), and a float32 copy of the FLAIR channel
+Files: the four MRI channels (int16) and one segmentation (uint8) of a BraTS case (``--case``: by default the
+repository's cropped copy of TCGA-DU-7294 in ``tests/data``; pass a folder with the original 240 x 240 x 155
+files, named the same way, for full-size timings), and a float32 copy of the FLAIR channel
 written to a temporary folder (float data is where the NaN/Inf check runs). For each file it reports
 the median of ``--repeats`` interleaved timings of ``sitk.ReadImage`` (which checks neither the gzip CRC nor
 NaN/Inf), ``read_image`` (full gzip check, NaN/Inf check, one decompression) and ``verify_image_file``
 (the checks without building an image), with the ratio to ``sitk.ReadImage`` measured in the same
 run, and checks that ``read_image`` gives SimpleITK's voxels and geometry.
 
-    python benchmarks/bench_image_io.py [--repeats 7]
+    python benchmarks/bench_image_io.py [--repeats 7] [--case DIR]
 """
 import argparse
 import statistics
@@ -21,7 +22,7 @@ import SimpleITK as sitk
 
 from nnunetv2_ciml.image_io import read_image, verify_image_file
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats_TCGA-DU-7294"
+CASE = Path(__file__).resolve().parents[1] / "tests" / "data" / "brats_TCGA-DU-7294"
 
 
 def median_seconds(fns, repeats: int) -> list:
@@ -41,7 +42,9 @@ def median_seconds(fns, repeats: int) -> list:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--case", type=Path, default=CASE, help="folder of TCGA-DU-7294_*.nii.gz and isen-20.nii.gz")
     args = parser.parse_args()
+    DATA = args.case
     if not DATA.is_dir():
         raise SystemExit(f"{DATA} not found")
     with tempfile.TemporaryDirectory() as tmp:

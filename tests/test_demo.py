@@ -167,6 +167,14 @@ def test_report_figures_and_models_exist_and_user_folders_untouched(demo):
         model_folder = out / "nnUNet_results" / "Dataset990_ShapeComposition" / f"{trainer}__{PLANS}__2d"
         assert (model_folder / "fold_0" / "checkpoint_final.pth").is_file()
     assert list((out / "explain").glob("*/*_to_*.nii.gz"))
+    # explain.json (which the report cites) covers exactly the cases whose maps are written, and each subtask's
+    # sender shares are parts of one whole
+    explained = json.loads((out / "explain" / "explain.json").read_text())["cases"]
+    assert set(explained) == {p.name for p in (out / "explain").iterdir() if p.is_dir()}
+    for case in explained.values():
+        for subtask in case["subtasks"].values():
+            shares = [s["share"] for s in subtask["senders"].values() if s["share"] is not None]
+            assert not shares or math.isclose(sum(shares), 1.0, rel_tol=1e-6)
     assert all(not any(folder.iterdir()) for folder in user.values())
     for stage in ("plan_and_preprocess", "train", "explain", "report"):  # stage timings on the terminal
         assert f"{stage} done in" in run.stdout

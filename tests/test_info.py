@@ -13,13 +13,17 @@ from nnunetv2_ciml.registration import ENV_VAR, EXT_TRAINER_DIR
 
 
 def test_shim_names_are_the_trainers_modules_export():
-    """Read statically from the shim's ``from M import *`` lines; must equal what importing gives (catches a
-    parser that misses a module, or lists names that are not exported)."""
+    """Read statically from the shim's ``from M import *`` lines; must equal the classes importing gives
+    (catches a parser that misses a module, lists names that are not exported, or lists an exported helper
+    function as a trainer, which ``info --check`` then reports as NOT FOUND)."""
+    import inspect
+
     from nnunetv2_ciml.training import benchmark_trainers, demo_trainers, modality_dropout, trainers
 
     expected = {}
     for module in (trainers, demo_trainers, benchmark_trainers, modality_dropout):
-        expected.update({n: module.__name__ for n in module.__all__})
+        expected.update({n: module.__name__ for n in module.__all__ if inspect.isclass(getattr(module, n))})
+    assert "sample_present_modalities" in modality_dropout.__all__ and "sample_present_modalities" not in expected
     assert info.shim_trainer_names(EXT_TRAINER_DIR) == expected
 
 
@@ -46,13 +50,18 @@ def test_unregistered_shim_is_an_error(monkeypatch, capsys):
 
 
 @pytest.mark.slow  # a fresh Python process that imports torch and nnU-Net
-def test_no_warning_in_the_output_of_a_fresh_process():
-    """A fresh interpreter imports torch here; its deprecation warnings must not land in the table."""
+def test_check_finds_every_listed_trainer_without_warnings_in_a_fresh_process():
+    """A fresh interpreter imports torch and nnU-Net's trainers here: their deprecation warnings must not land
+    in the table, and nnU-Net's own lookup must find every name listed (fails if a listed name is not a
+    trainer class nnU-Net can find, e.g. an exported helper function)."""
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    out = subprocess.run([sys.executable, "-m", "nnunetv2_ciml.cli", "info"], env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-m", "nnunetv2_ciml.cli", "info", "--check"], env=env,
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Warning" not in out.stdout + out.stderr and "nnUNetTrainerCIML " in out.stdout
+    trainer_lines = [line for line in out.stdout.splitlines() if line.startswith("  ")]
+    assert len(trainer_lines) == len(info.shim_trainer_names(EXT_TRAINER_DIR))
+    assert all("found by nnU-Net" in line for line in trainer_lines), out.stdout
 
 
 def test_one_flag_style_with_the_earlier_spellings_as_aliases():

@@ -31,7 +31,8 @@ def _version(dist: str) -> str:
 
 def shim_trainer_names(shim_dir: str) -> dict:
     """``{trainer name: module}`` that the shim in ``shim_dir`` re-exports, read from the sources (``from M
-    import *`` lines and each module's ``__all__``) without importing them."""
+    import *`` lines and each module's ``__all__``) without importing them: the classes of ``__all__`` (a
+    module may also export helper functions)."""
     import ast
     import importlib.util
     import os
@@ -48,10 +49,11 @@ def shim_trainer_names(shim_dir: str) -> dict:
             spec = importlib.util.find_spec(node.module)
             with open(spec.origin) as f:
                 module = ast.parse(f.read())
+            classes = {statement.name for statement in module.body if isinstance(statement, ast.ClassDef)}
             for statement in module.body:
                 if (isinstance(statement, ast.Assign) and len(statement.targets) == 1
                         and getattr(statement.targets[0], "id", None) == "__all__"):
-                    names.update({name: node.module for name in ast.literal_eval(statement.value)})
+                    names.update({name: node.module for name in ast.literal_eval(statement.value) if name in classes})
     return names
 
 

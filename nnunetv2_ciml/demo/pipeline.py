@@ -343,7 +343,10 @@ def _explain(predictor, cases: Dict[str, List[str]], raw: Path, complementary_ca
     """complementary_share and its parts; returns (results, explanations of the figure cases)."""
     from nnunetv2_ciml.demo.complementary import complementary_share, mass_breakdown
     from nnunetv2_ciml.demo.shape_composition import LABELS
+    from batchgenerators.utilities.file_and_folder_operations import save_json
+
     from nnunetv2_ciml.interpretability import explain_case, write_case_explanation
+    from nnunetv2_ciml.interpretability.folder import SUMMARY_FILE
     from nnunetv2_ciml.network import pair_name
     from nnunetv2_ciml.progress import progress
 
@@ -351,7 +354,7 @@ def _explain(predictor, cases: Dict[str, List[str]], raw: Path, complementary_ca
     shares, areas, breakdowns = [], [], []
     pair_shares: Dict[str, List[float]] = {}
     all_shares, all_areas = [], []
-    kept = {}
+    kept, written = {}, {}
     for case, files in progress(cases.items(), len(cases), "    explain CIML", enabled=verbose, stream=sys.stdout):
         explanation = explain_case(predictor, files, case=case)
         mask = _read(raw / "complementaryTs" / f"{case}{file_ending}")
@@ -371,7 +374,9 @@ def _explain(predictor, cases: Dict[str, List[str]], raw: Path, complementary_ca
             all_areas.append(area)
         if case in figure_cases:
             kept[case] = explanation
-            write_case_explanation(explanation, out_dir)
+            written[case] = write_case_explanation(explanation, out_dir)
+    # the per-case part of what ``nnunetv2_ciml explain`` writes, for the cases whose maps are kept
+    save_json({"cases": written}, str(out_dir / SUMMARY_FILE), sort_keys=False)
     result = {
         "complementary_share": _mean(shares),
         "complementary_area_share": _mean(areas),

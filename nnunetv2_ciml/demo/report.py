@@ -4,12 +4,13 @@ Figures (PNG, in the demo's output folder):
 
 - ``examples.png``: rows are complementary held-out cases; columns the three modalities, the ground
   truth (white outline: complementary mask), the three models' predictions and CIML's message maps
-  (Grad-CAM per sender -> subtask, one colour scale per row with its colour bar, white outline: the
-  complementary mask of that subtask's label; a map that is 0 everywhere says so);
+  (Grad-CAM per sender -> subtask, each on its own colour scale with its peak relative to the row's
+  strongest map printed on it; white outline: the complementary mask of that subtask's label; a map that
+  is 0 everywhere says so);
 - ``dice_hd95.png``: the three claims: per model, Dice and HD95 per label on all held-out cases; on the
   complementary cases Dice, Dice inside the complementary masks and pair accuracy (with its chance level);
   CIML's message Grad-CAM mass inside the masks against their area share (with the factor claim 3 needs);
-- ``kl_per_message.png``: CIML's KL (nats per voxel, log scale) and message RMS per (sender -> subtask)
+- ``kl_per_message.png``: CIML's KL (nats per voxel) and message RMS (log scales) per (sender -> subtask)
   over the epochs, and beta (``nnunetv2_ciml.training.progress.plot_ciml_progress``).
 """
 import datetime
@@ -62,8 +63,9 @@ def plot_examples(path: Path, raw: Path, predictions: Path, models: Sequence[str
         panels = [(m, _slice2d(explanation.image[c]), "gray") for c, m in enumerate(modalities)]
         panels.append(("ground truth", _slice2d(_read(raw / "labelsTs" / f"{case}{file_ending}")), "labels"))
         panels += [(m, _slice2d(_read(predictions / m / f"{case}{file_ending}")), "labels") for m in models]
-        # one scale per row: maps divided by the row's largest value, so senders compare within a case
-        vmax = max([float(explanation.maps[p].max()) for p in pairs] + [0.0]) or 1.0
+        # each map on its own scale, so that a weak map still shows where it points; its peak relative to
+        # the row's strongest map is printed on it, so that senders still compare within a case
+        row_max = max([float(explanation.maps[p].max()) for p in pairs] + [0.0]) or 1.0
         panels += [(pair_name(s, t), _slice2d(explanation.maps[(s, t)]), ("map", LABELS[t])) for s, t in pairs]
         image_map = None
         for c, (title, image, kind) in enumerate(panels):
@@ -75,11 +77,15 @@ def plot_examples(path: Path, raw: Path, predictions: Path, models: Sequence[str
                 if title == "ground truth" and mask.any():
                     ax.contour(mask > 0, levels=[0.5], colors="white", linewidths=0.7)
             else:
-                image_map = ax.imshow(image / vmax, cmap="inferno", vmin=0, vmax=1, interpolation="nearest")
+                peak = float(image.max())
+                image_map = ax.imshow(image / (peak or 1.0), cmap="inferno", vmin=0, vmax=1, interpolation="nearest")
                 own = mask == kind[1]
                 if own.any():
                     ax.contour(own, levels=[0.5], colors="white", linewidths=0.7)
-                if not image.any():
+                if peak > 0:
+                    ax.text(0.03, 0.03, f"peak {peak / row_max:.2g} x row's", transform=ax.transAxes, ha="left",
+                            va="bottom", color="white", fontsize=6)
+                else:
                     ax.text(0.5, 0.5, "0 everywhere\n(see below)", transform=ax.transAxes, ha="center", va="center",
                             color="white", fontsize=7)
             ax.set_xticks([])
@@ -88,17 +94,18 @@ def plot_examples(path: Path, raw: Path, predictions: Path, models: Sequence[str
                 ax.set_title(title, fontsize=8)
             if c == 0:
                 ax.set_ylabel(case, fontsize=8)
-        if image_map is not None:  # one scale per row, shared by its message maps
+        if image_map is not None:
             bar = fig.colorbar(image_map, ax=list(axes[r, columns - len(pairs):]), shrink=0.85, pad=0.01, aspect=12)
-            bar.set_label("Grad-CAM / row max", fontsize=7)
+            bar.set_label("Grad-CAM / map's peak", fontsize=7)
             bar.ax.tick_params(labelsize=6)
     fig.suptitle("Held-out cases that need complementary information: the modalities, the ground truth (white outline: "
                  "decoy/twin pairs, told apart only by another modality),\neach model's prediction (orange circle, "
                  "teal square) and CIML's message Grad-CAM per sender -> subtask (white outline: that subtask's "
                  "pairs)", fontsize=9)
-    fig.supxlabel("A map that is 0 everywhere: Grad-CAM keeps only positive evidence (ReLU), and that message "
-                  "adds none to its subtask's prediction in this case (its gate is closed there or it only "
-                  "lowers the logits).", fontsize=7)
+    if any(not explanations[case].maps[pair].any() for case in cases for pair in pairs):
+        fig.supxlabel("A map that is 0 everywhere: Grad-CAM keeps only positive evidence (ReLU), and that message "
+                      "adds none to its subtask's prediction in this case (its gate is closed there or it only "
+                      "lowers the logits).", fontsize=7)
     fig.savefig(str(path))
 
 
@@ -130,7 +137,10 @@ def plot_metrics(path: Path, models: Mapping[str, dict], share: Optional[float] 
             v = np.array([np.nan if a is None else a for a in values(result)], dtype=float)
             bars = ax.bar(x + (k - (len(models) - 1) / 2) * width, v, width, label=model,
                           color=MODEL_COLOURS.get(model))
-            ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
+            for text in ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1):
+                # on a white ground above the reference lines, so that a line through a number hides it
+                text.set_bbox(dict(facecolor="white", edgecolor="none", pad=0.2, alpha=0.85))
+                text.set_zorder(5)
         ax.set_xticks(x, groups, fontsize=8)
         ax.set_title(title, fontsize=9)
         if ylim:
@@ -288,13 +298,14 @@ def write_report(results: dict, out_dir: Path) -> Path:
 
     figures = results.get("figures", {})
     captions = {
-        "examples": ("Examples", "Cases that need complementary information. The message maps of a row share one "
-                     "colour scale; white outlines mark the decoy/twin pairs."),
+        "examples": ("Examples", "Cases that need complementary information. Each message map has its own colour "
+                     "scale, with its peak relative to the row's strongest map printed on it; white outlines mark "
+                     "the decoy/twin pairs."),
         "metrics": ("The three claims", "Dice and HD95 per label (claim 1); on the cases that need complementary "
                     "information, Dice, Dice inside the masks and pair accuracy, whose chance level is the dashed "
                     "line (claim 2); CIML's message Grad-CAM mass inside the masks against the masks' area share, "
                     "with the 2x it needs dotted (claim 3)."),
-        "message_kl": ("CIML messages over training", "KL (log scale) and magnitude per message, and beta: "
+        "message_kl": ("CIML messages over training", "KL and magnitude per message (log scales), and beta: "
                        "messages that carry nothing fall towards zero KL."),
     }
     if figures:

@@ -14,8 +14,8 @@ _MARKERS = ("o", "s", "^", "D", "v", "P")
 
 def plot_ciml_progress(logging: Mapping[str, list], pair_names: Sequence[str], output_file: str,
                        title: Optional[str] = None) -> bool:
-    """Plot per-epoch KL (nats per voxel, log scale) and message RMS (root mean square over channels and
-    voxels) for each ``"sender->subtask"`` message, and beta in a narrow strip below.
+    """Plot per-epoch KL (nats per voxel) and message RMS (root mean square over channels and voxels), both on
+    log scales, for each ``"sender->subtask"`` message, and beta in a narrow strip below.
 
     ``logging``: ``ciml_beta`` (per epoch), ``ciml_message_kl`` and ``ciml_message_magnitude`` (per epoch, one
     value per message). Writes nothing and returns False when there is nothing to draw (no epoch yet, or
@@ -53,25 +53,28 @@ def _plot(logging: Mapping[str, list], pair_names: Sequence[str], output_file: s
                      lw=1.4, alpha=0.9)
         # log scale: a KL of exactly 0 (closed or unused message) has no place on it and is left out
         ax_kl.plot(x, np.where(kl[:, p] > 0, kl[:, p], np.nan), label=name.replace("->", " -> "), **style)
-        ax_rms.plot(x, magnitude[:, p], **style)
-    if np.any(kl > 0):
-        ax_kl.set_yscale("log")
-        plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.02, 3, 40 rather than 2x10^-2 on every minor tick
-        ax_kl.yaxis.set_major_formatter(plain)
-        ax_kl.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
-        ax_kl.yaxis.set_minor_formatter(plain)
+        ax_rms.plot(x, np.where(magnitude[:, p] > 0, magnitude[:, p], np.nan), **style)
+    # messages differ by orders of magnitude: on a linear axis the small ones lie flat on zero
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.02, 3, 40 rather than 2x10^-2 on every minor tick
+    for ax, values in ((ax_kl, kl), (ax_rms, magnitude)):
+        if np.any(values > 0):
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+            ax.yaxis.set_minor_formatter(plain)
     ax_beta.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_kl.set_ylabel("KL (nats/voxel)", fontsize=9)
     ax_kl.set_title("KL of each message (log scale)", fontsize=9, loc="left")
     ax_rms.set_ylabel("message RMS", fontsize=9)
-    ax_rms.set_title("magnitude of each message added to its subtask's skip connection", fontsize=9, loc="left")
+    ax_rms.set_title("magnitude of each message added to its subtask's skip connection (log scale)", fontsize=9,
+                     loc="left")
     ax_beta.plot(x, logging["ciml_beta"], color="k", lw=1.2)
     ax_beta.set_ylabel("beta", fontsize=9)
     ax_beta.set_xlabel("epoch", fontsize=9)
     ax_beta.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     for ax in (ax_kl, ax_rms, ax_beta):
         ax.tick_params(which="both", labelsize=8)
-        ax.grid(alpha=0.3, which="both" if ax is ax_kl else "major", lw=0.5)
+        ax.grid(alpha=0.3, which="major" if ax is ax_beta else "both", lw=0.5)
     fig.legend(*ax_kl.get_legend_handles_labels(), loc="outside right upper", fontsize=8,
                title="sender -> subtask", title_fontsize=8, frameon=False)
     fig.suptitle(title or "CIML messages over training", fontsize=11)
