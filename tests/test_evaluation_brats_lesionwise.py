@@ -4,8 +4,10 @@ The golden values (``tests/golden/brats_lesionwise_golden.json``) were computed 
 command line tools in a separate virtual environment by ``tests/golden/make_brats_lesionwise_golden.py``
 (versions and command inside the JSON); nothing here imports the official package.
 """
+import itertools
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,10 @@ METS_PARSED = {"lesionwise_dsc_mean": "large_Dice", "lesionwise_dsc_std": "large
                **{f"{size}_instance_{k}": f"{size}_{v}" for size in ("large", "small")
                   for k, v in (("tp", "TP"), ("fp", "FP"), ("fn", "FN"), ("prec", "Precision"), ("rec", "Recall"),
                                ("f1", "F1"))}}
+# columns both parsers write (kept in the missing-prediction golden values only: elsewhere the raw results hold them)
+COMMON_PARSED = {"all_instance_tp": "TP", "all_instance_fp": "FP", "all_instance_fn": "FN",
+                 "all_instance_prec": "Precision", "all_instance_rec": "Recall", "all_instance_f1": "F1",
+                 "global_dsc": "global_Dice", "global_hd95": "global_HD95", "global_nsd": "global_NSD"}
 
 
 def _same(ours, official) -> bool:
@@ -59,7 +65,7 @@ def _compare(summary: dict, golden: dict, config: str) -> int:
                 n += 1
                 if not _same(ours[our_key], official):
                     mismatches.append((case, region, our_key, ours[our_key], official))
-    mapping = METS_PARSED if config == "mets" else SEG_PARSED
+    mapping = {**COMMON_PARSED, **(METS_PARSED if config == "mets" else SEG_PARSED)}
     for case, row in golden[config]["parsed"].items():
         for column, official in row.items():
             prefix, region = column.rsplit("_", 1)
@@ -88,6 +94,62 @@ def test_synthetic_cases_equal_the_official_package(tmp_path, config):
     summary = evaluate_folder("brats", SYNTHETIC / "ref", SYNTHETIC / "pred", tmp_path, verbose=False,
                               lesionwise=config)
     assert _compare(summary, GOLDEN["synthetic"], config) > 300
+
+
+MISSING = GOLDEN["missing_prediction"]
+
+
+def _predictions_without(case: str, folder: Path) -> Path:
+    folder.mkdir()
+    for f in (SYNTHETIC / "pred").glob("*.nii.gz"):
+        if f.name != f"{case}.nii.gz":
+            shutil.copyfile(f, folder / f.name)
+    return folder
+
+
+@pytest.mark.parametrize("config", ["gli", "mets"])
+def test_missing_prediction_follows_the_official_rule(tmp_path, config):
+    """A reference case without prediction file, scored by brats-evaluate (which lists it as missing) and
+    brats-parse-metrics (which fills its row): every value 0 except the HD95 means, 373, in every region,
+    the ones with an empty reference included, and lesion counts 0. Compared with the official package on
+    every column of the parsed table (per case and the mean/std over cases). Fails if the missing case were
+    scored as an empty prediction (FN = the reference lesions, NaN for the empty regions), or left out."""
+    case = MISSING["missing_case"]
+    summary = evaluate_folder("brats", SYNTHETIC / "ref", _predictions_without(case, tmp_path / "pred"),
+                              tmp_path / "out", verbose=False, lesionwise=config)
+    assert summary["missing"] == [case]
+    assert _compare(summary, MISSING, config) > 400
+    row = summary["per_case"][case]
+    assert row["WT"]["n_ref"] == 2 and row["WT"]["FN"] == 0 and row["WT"]["TP"] == 0  # WT = SNFH, two lesions
+    assert row["ET"]["Dice"] == 0.0 and row["ET"]["HD95"] == 373.0 and row["ET"]["global_HD95"] == 373.0  # empty ref
+    if config == "mets":
+        assert row["WT"]["large_HD95"] == 373.0 and row["WT"]["large_HD95_std"] == 0.0 and row["ET"]["small_F1"] == 0
+
+
+def test_missing_prediction_corrected_variant_scores_an_empty_prediction(tmp_path, capsys):
+    """``--variant corrected``: a missing prediction is exactly an empty prediction file (every reference lesion
+    missed, empty regions NaN); the CLI's warning says which rule applied."""
+    from nnunetv2_ciml.cli import main
+
+    case = MISSING["missing_case"]
+    preds = _predictions_without(case, tmp_path / "pred")
+    args = ["evaluate", "brats", "-ref", str(SYNTHETIC / "ref"), "-pred", str(preds), "--lesionwise"]
+    assert main(args + ["-o", str(tmp_path / "c"), "--variant", "corrected"]) == 0
+    assert "scored as empty" in capsys.readouterr().err
+    assert main(args + ["-o", str(tmp_path / "o")]) == 0
+    assert "official rule" in capsys.readouterr().err
+    reference = sitk.ReadImage(str(SYNTHETIC / "ref" / f"{case}.nii.gz"))
+    empty = sitk.GetImageFromArray(np.zeros(sitk.GetArrayFromImage(reference).shape, np.uint8))
+    empty.CopyInformation(reference)
+    sitk.WriteImage(empty, str(preds / f"{case}.nii.gz"))
+    explicit = evaluate_folder("brats", SYNTHETIC / "ref", preds, tmp_path / "e", verbose=False, lesionwise="gli",
+                               variant="corrected")
+    corrected = json.loads((tmp_path / "c" / "summary.json").read_text())
+    got, want = corrected["per_case"][case], explicit["per_case"][case]
+    assert all(_same(got[r][m], want[r][m]) for r in want for m in want[r])
+    assert got["SNFH"]["FN"] == 2 and got["SNFH"]["HD95"] == 373.0 and math.isnan(got["ET"]["Dice"])
+    official = json.loads((tmp_path / "o" / "summary.json").read_text())["per_case"][case]
+    assert official["SNFH"]["FN"] == 0 and official["ET"]["Dice"] == 0.0
 
 
 @pytest.fixture
@@ -195,3 +257,68 @@ def test_nnunet_labels_are_converted_to_the_2023_regions():
     assert got.keys() == expected.keys()
     assert all(_same(got[r][m], expected[r][m]) for r in expected for m in expected[r])
     assert expected["NETC"]["Dice"] == pytest.approx(2 * 4 / (8 + 4)) and expected["SNFH"]["Dice"] == 1.0
+
+
+def _brute_surface_indices(mask: np.ndarray) -> np.ndarray:
+    """Indices of the voxels of ``mask`` with a face neighbour outside it (the image border counts as outside),
+    found voxel by voxel."""
+    points = []
+    for idx in itertools.product(*(range(n) for n in mask.shape)):
+        if not mask[idx]:
+            continue
+        for axis, step in itertools.product(range(mask.ndim), (-1, 1)):
+            j = list(idx)
+            j[axis] += step
+            if not 0 <= j[axis] < mask.shape[axis] or not mask[tuple(j)]:
+                points.append(idx)
+                break
+    return np.array(points)
+
+
+def _brute_global_hd95_nsd(ref: np.ndarray, pred: np.ndarray, spacing, tolerance: float):
+    """Pooled 95th percentile (linear interpolation, written out) of both directed nearest-surface distances
+    (every pair of surface voxel centres, distance sqrt(sum((index difference * spacing)^2)) in mm), and
+    NSD = the mean over both masks of the fraction of surface voxels within ``tolerance`` of the other surface."""
+    a, b = _brute_surface_indices(ref), _brute_surface_indices(pred)
+    pair = np.sqrt((((a[:, None, :] - b[None, :, :]) * np.asarray(spacing)) ** 2).sum(axis=-1))
+    d_ab, d_ba = pair.min(axis=1), pair.min(axis=0)
+    pooled = sorted(np.concatenate([d_ab, d_ba]))
+    k = 0.95 * (len(pooled) - 1)
+    lo = int(math.floor(k))
+    hd = pooled[lo] + (k - lo) * (pooled[min(lo + 1, len(pooled) - 1)] - pooled[lo])
+    nsd = 0.5 * (np.mean(d_ab <= tolerance) + np.mean(d_ba <= tolerance))
+    return hd, nsd
+
+
+def test_corrected_variant_global_hd95_and_nsd_equal_a_brute_force_computation():
+    """Global (image-level) HD95 and NSD of the corrected variant on a tiny anisotropic case (z 2.5, y 1.0,
+    x 0.8 mm; several lesions per region, one touching the image border) equal a brute-force computation in mm
+    with the tolerance of the smallest spacing (0.8 mm). Fails if the global values used voxel units or the
+    official variant's reversed spacing, a 0.5-voxel or largest-spacing tolerance, or per-lesion instead of
+    whole-mask surfaces (all checked to give other numbers here)."""
+    spacing = (2.5, 1.0, 0.8)
+    ref = np.zeros((6, 9, 11), np.uint8)
+    pred = np.zeros_like(ref)
+    ref[0:3, 1:5, 1:7] = 3          # ET lesion on the z = 0 border
+    ref[1:3, 2:4, 2:4] = 1          # NETC inside it
+    ref[4:6, 6:9, 8:11] = 3         # second ET lesion in the opposite corner
+    ref[3, 5:8, 1:4] = 2            # SNFH
+    pred[1:3, 2:6, 2:7] = 3         # the first ET lesion, shifted
+    pred[1:3, 3:4, 2:5] = 1
+    pred[5, 6:9, 7:10] = 3          # second lesion, thinner and shifted in x
+    pred[2:4, 5:8, 2:5] = 2
+    pred[0, 8, 0] = 3               # an ET speck far from everything
+    got = brats_lesionwise_metrics(ref, pred, spacing, labels="brats2023", variant="corrected")
+    regions = {"ET": (3,), "NETC": (1,), "SNFH": (2,), "TC": (1, 3), "WT": (1, 2, 3)}
+    for region, labels in regions.items():
+        r, p = np.isin(ref, labels), np.isin(pred, labels)
+        hd, nsd = _brute_global_hd95_nsd(r, p, spacing, tolerance=0.8)
+        assert got[region]["global_HD95"] == pytest.approx(hd, abs=1e-9), region
+        assert got[region]["global_NSD"] == pytest.approx(nsd, abs=1e-9), region
+    # the case tells the plausible mistakes apart
+    et_ref, et_pred = ref == 3, pred == 3
+    for wrong_spacing, wrong_tolerance in (((1.0, 1.0, 1.0), 0.5), ((0.8, 1.0, 2.5), 0.8), (spacing, 2.5),
+                                           (spacing, 1.0)):
+        hd, nsd = _brute_global_hd95_nsd(et_ref, et_pred, wrong_spacing, wrong_tolerance)
+        assert abs(got["ET"]["global_HD95"] - hd) > 1e-3 or abs(got["ET"]["global_NSD"] - nsd) > 1e-3
+    assert got["ET"]["TP"] == 2 and got["ET"]["global_HD95"] != pytest.approx(got["ET"]["HD95"])

@@ -114,3 +114,14 @@ def test_empty_mask_shape_mismatch_and_bad_spacing_are_value_errors():
         hd95(b, b, (1.0, 1.0))
     with pytest.raises(ValueError, match="spacing"):
         hd95(b, b, (1.0, 0.0, 1.0))
+
+
+def test_a_distance_of_one_voxel_is_the_spacing_to_the_last_bit():
+    """Voxels at x = 2 and 3 with 0.8 mm spacing are 0.8 mm apart exactly (as a distance transform gives it),
+    not 3 * 0.8 - 2 * 0.8 = 0.8000000000000003: a tolerance of one voxel (NSD) must count them as within."""
+    a = np.zeros((1, 1, 6), bool)
+    b = np.zeros_like(a)
+    a[0, 0, [0, 3]] = True   # the voxel at x = 0 keeps the union's box from shifting the indices
+    b[0, 0, 2] = True
+    d_ab, d_ba = directed_surface_distances(a, b, (1.0, 1.0, 0.8))
+    assert d_ba.tolist() == [0.8] and sorted(d_ab.tolist()) == [0.8, 1.6]

@@ -1,4 +1,5 @@
-"""``export hecktor --zip``: the flat upload archive, refused while a source case lacks a prediction."""
+"""``export hecktor --zip``: the flat upload archive, refused while a source case lacks a prediction unless
+``--allow-missing``."""
 import zipfile
 from pathlib import Path
 
@@ -41,3 +42,23 @@ def test_hecktor_zip_holds_every_case_flat(tmp_path, capsys):
     assert cli(args) == 1
     assert CASES[1] in capsys.readouterr().err
     assert not (tmp_path / "partial.zip").exists() and not (tmp_path / "out2").exists()
+
+
+def test_hecktor_zip_allow_missing_archives_the_present_cases(tmp_path, capsys):
+    """``--allow-missing``: exit 0, the archive holds exactly the predicted cases as flat CASE.nii.gz names
+    (byte-identical to the export), and a warning on stderr names the case left out."""
+    source, preds = tmp_path / "hecktor" / "imagesTs", tmp_path / "preds"
+    for case in CASES:
+        write(np.zeros((6, 8, 10), np.float32), source / f"{case}__CT.nii.gz")
+    pred = np.zeros((6, 8, 10), np.uint8)
+    pred[2:4, 2:5, 3:6] = 1
+    write(pred, preds / f"{CASES[0]}.nii.gz")          # CASES[1] has no prediction
+    archive = tmp_path / "upload" / "hecktor.zip"
+    capsys.readouterr()
+    assert cli(["export", "hecktor", str(preds), str(tmp_path / "out"), "--source", str(tmp_path / "hecktor"),
+                "--zip", str(archive), "--allow-missing"]) == 0
+    with zipfile.ZipFile(archive) as z:
+        assert z.namelist() == [f"{CASES[0]}.nii.gz"]
+        assert z.read(f"{CASES[0]}.nii.gz") == (tmp_path / "out" / f"{CASES[0]}.nii.gz").read_bytes()
+    err = capsys.readouterr().err
+    assert "warning" in err and CASES[1] in err and CASES[0] not in err

@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-ref", required=True, metavar="REF_DIR",
                         help="folder of reference segmentations, one file per case; defines the set of cases")
     parser.add_argument("-pred", required=True, metavar="PRED_DIR",
-                        help="folder of predictions named like the references; a missing one counts as empty")
+                        help="folder of predictions named like the references; a missing one counts as empty "
+                             "(brats --lesionwise: as the official package counts it, 0 everywhere and HD95 373)")
     parser.add_argument("-o", required=True, metavar="OUT_DIR", help="where per_case.csv and summary.json go")
     parser.add_argument("-np", type=int, default=1, metavar="N", help="worker processes (default 1)")
     parser.add_argument("--labels", choices=["brats2020", "brats2023", "brats2024", "nnunet"], default=None,
@@ -33,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --lesionwise: official (default) reproduces the official package's numbers, "
                              "quirks included; corrected uses each axis' voxel spacing in mm everywhere (the "
                              "official one swaps x and z and takes global HD95/NSD in voxels) and a lesion-wise HD95 "
-                             "of 373 instead of infinity for a region without any matched lesion")
+                             "of 373 instead of infinity for a region without any matched lesion, and scores a "
+                             "missing prediction as an empty one (the official rule: 0 everywhere, HD95 373, lesion "
+                             "counts 0, empty regions included)")
     parser.add_argument("-dj", metavar="DATASET_JSON", default=None,
                         help="nnunet only (required there): the dataset's dataset.json (labels or regions, "
                              "file_ending)")

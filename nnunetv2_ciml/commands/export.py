@@ -65,9 +65,11 @@ def main(args: argparse.Namespace) -> int:
         write_zip(report.written, zip_file, overwrite=args.overwrite)
     print(report.summary())
     if zip_file is not None:
-        print(f"Archive: {zip_file} ({len(report.written)} cases"
-              + (f"; {len(missing)} case(s) of the source without prediction: {', '.join(missing[:5])}"
-                 if missing else "") + ")")
+        print(f"Archive: {zip_file} ({len(report.written)} cases)")
+        if missing:
+            listing = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            print(f"warning: {len(missing)} case(s) of the source have no prediction and are not in the archive "
+                  f"(the leaderboard scores a missing case with the worst values): {listing}", file=sys.stderr)
     return 0
 
 

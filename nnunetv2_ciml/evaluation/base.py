@@ -29,8 +29,10 @@ class EvaluationMode:
     (SimpleITK array order) and the spacing in mm in that order; ``summarize(per_case) -> dict``
     turns ``{case: case_metrics(...)}`` into the summary (without the ``per_case`` entry, which the
     runner adds). ``valid_labels`` are the values allowed in references (and predictions, unless
-    ``valid_prediction_labels`` is given). Callables must be picklable (module-level functions or
-    ``functools.partial``).
+    ``valid_prediction_labels`` is given). A reference case without prediction file is scored by
+    ``missing_case_metrics(ref, spacing) -> dict`` when given (a benchmark with its own rule for
+    missing cases), else as an empty prediction; ``missing_case_rule`` says which, for the runner's
+    warning. Callables must be picklable (module-level functions or ``functools.partial``).
     """
     name: str
     file_ending: str
@@ -41,6 +43,8 @@ class EvaluationMode:
     summarize: Callable[[Dict[str, dict]], dict]
     format_table: Callable[[dict], str]
     valid_prediction_labels: Optional[Tuple[int, ...]] = None  # None: same as valid_labels
+    missing_case_metrics: Optional[Callable[[np.ndarray, Tuple[float, ...]], dict]] = None  # None: empty prediction
+    missing_case_rule: str = "scored as empty"
 
 
 def dice(mask_a: np.ndarray, mask_b: np.ndarray) -> float:

@@ -38,7 +38,8 @@ prediction file is scored as an empty prediction and listed under ``missing`` by
 
 ``lesionwise="gli"`` or ``"mets"`` scores the BraTS 2023+ leaderboards' lesion-wise metrics instead
 (:mod:`nnunetv2_ciml.evaluation.brats_lesionwise`); the label convention then defaults to
-``brats2024``.
+``brats2024``, and a missing prediction follows the official package's rule (0 everywhere, HD95 373)
+unless ``variant="corrected"``.
 """
 from functools import partial
 from typing import Dict, Optional, Sequence, Tuple
@@ -124,7 +125,8 @@ def make_brats_mode(labels: Optional[str] = None, file_ending: str = ".nii.gz", 
 
 def _make_lesionwise_mode(labels: str, file_ending: str, config: str, variant: str) -> EvaluationMode:
     from nnunetv2_ciml.evaluation.brats_lesionwise import (LESIONWISE_CONFIGS, VARIANTS, brats_lesionwise_metrics,
-                                                           format_lesionwise_table, summarize_lesionwise)
+                                                           format_lesionwise_table, missing_prediction_metrics,
+                                                           summarize_lesionwise)
     _check_convention(labels)
     if config not in LESIONWISE_CONFIGS:
         raise EvaluationError(f"unknown lesion-wise configuration {config!r}; "
@@ -136,4 +138,9 @@ def _make_lesionwise_mode(labels: str, file_ending: str, config: str, variant: s
                           resample_prediction=False,
                           case_metrics=partial(brats_lesionwise_metrics, labels=labels, config=config,
                                                variant=variant),
-                          summarize=partial(summarize_lesionwise, config=config), format_table=format_lesionwise_table)
+                          summarize=partial(summarize_lesionwise, config=config), format_table=format_lesionwise_table,
+                          missing_case_metrics=partial(missing_prediction_metrics, labels=labels, config=config,
+                                                       variant=variant),
+                          missing_case_rule=("scored by the official rule (0 everywhere, HD95 373, lesion counts 0; "
+                                             "--variant corrected scores them as empty)" if variant == "official"
+                                             else "scored as empty"))

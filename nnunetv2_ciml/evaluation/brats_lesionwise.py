@@ -66,8 +66,17 @@ Single-slice images stored as 3D, ``(1, Y, X)``: the surface distances use the i
 (:mod:`~nnunetv2_ciml.evaluation.surface_distance`), where panoptica's erosion would count every voxel
 of such an image as surface; values then differ from the official ones (BraTS data is 3D).
 
-Missing predictions are scored as empty predictions by the folder runner (all reference lesions
-missed). The official parser instead gives a missing case 0 everywhere (FN 0 too) and HD95 373.
+Missing prediction (a reference case without prediction file, folder runner). Official rule
+(``brats-evaluate`` lists the case under ``missings``; ``brats-parse-metrics`` then fills its row):
+every value of every region is 0, except the HD95 means (lesion-wise ``HD95``, ``global_HD95`` and,
+with ``mets``, ``large_HD95``), which are 373. That includes the lesion counts (``TP``, ``FP`` and
+``FN`` are 0: the missed lesions are not counted as missed), ``Precision``, ``Recall`` and ``F1`` (0),
+the ``_std`` values (0), the ``large_*``/``small_*`` counts and scores (0, even without a lesion of
+that size), and regions whose reference is empty (Dice 0 and HD95 373 where an empty prediction
+would score NaN, i.e. be left out of the means). This is the default (``variant="official"``).
+``variant="corrected"`` scores the case as an empty prediction instead: every reference lesion
+missed (``FN`` = ``n_ref``, Dice 0, HD95 373, F1 0), regions with an empty reference NaN. ``n_ref``
+counts the reference's lesions and ``n_pred`` is 0 in both.
 
 ``summary.json``: ``per_case`` (``{case: {region: {metric: value}}}``, with ``n_ref``/``n_pred`` lesion
 counts) and ``mean``/``std``/``median`` over cases per region and metric, NaN skipped, ``std`` with
@@ -85,8 +94,8 @@ from nnunetv2_ciml.evaluation.base import EvaluationError, case_statistics, form
 from nnunetv2_ciml.evaluation.surface_distance import directed_surface_distances
 
 __all__ = ["LESIONWISE_CONFIGS", "LESIONWISE_HD95_PENALTY", "to_brats2023_labels", "match_lesions",
-           "lesionwise_region_metrics", "brats_lesionwise_metrics", "summarize_lesionwise",
-           "format_lesionwise_table"]
+           "lesionwise_region_metrics", "brats_lesionwise_metrics", "missing_prediction_metrics",
+           "summarize_lesionwise", "format_lesionwise_table"]
 
 LESIONWISE_HD95_PENALTY = 373.0
 MATCHING_DICE_THRESHOLD = 1e-6
@@ -334,6 +343,47 @@ def brats_lesionwise_metrics(ref: np.ndarray, pred: np.ndarray, spacing: Sequenc
     return {name: region_fn(np.isin(ref, region), np.isin(pred, region))
             for name, region in LESIONWISE_CONFIGS[config].items()}
 
+
+def missing_prediction_metrics(ref: np.ndarray, spacing: Sequence[float], labels: str = "brats2024",
+                               config: str = "gli", variant: str = "official", volume_threshold: float = 20.0,
+                               overlap_threshold: float = 0.1) -> Dict[str, Dict[str, float]]:
+    """``{region: {metric: value}}`` of a case without prediction file (module docstring, "Missing prediction").
+
+    ``variant="official"``: the official parser's row, 0 everywhere and 373 for the HD95 means, whatever the
+    reference holds; ``"corrected"``: :func:`brats_lesionwise_metrics` of an empty prediction. Arguments as
+    :func:`brats_lesionwise_metrics`.
+    """
+    if variant == "corrected":
+        return brats_lesionwise_metrics(ref, np.zeros_like(ref), spacing, labels=labels, config=config,
+                                        variant=variant, volume_threshold=volume_threshold,
+                                        overlap_threshold=overlap_threshold)
+    if config not in LESIONWISE_CONFIGS:
+        raise EvaluationError(f"unknown lesion-wise configuration {config!r}; "
+                              f"choose one of {sorted(LESIONWISE_CONFIGS)}")
+    if variant not in VARIANTS:
+        raise EvaluationError(f"unknown lesion-wise variant {variant!r}; choose one of {list(VARIANTS)}")
+    ref = to_brats2023_labels(ref, labels)
+    keys = _REGION_KEYS + (_SPLIT_KEYS if config == "mets" else ())
+    out = {}
+    for name, region in LESIONWISE_CONFIGS[config].items():
+        values: Dict[str, float] = {"n_ref": _components(np.isin(ref, region))[1], "n_pred": 0}
+        for key in keys:
+            if key.endswith(_COUNT_SUFFIXES):
+                values[key] = 0
+            elif "HD95" in key and not key.endswith("_std"):
+                values[key] = LESIONWISE_HD95_PENALTY  # the parser's rule: "hd95" in the column, not "std"
+            else:
+                values[key] = 0.0
+        out[name] = values
+    return out
+
+
+# per-region keys of lesionwise_region_metrics in output order (after n_ref, n_pred), and the size split's
+_REGION_KEYS = ("TP", "FP", "FN", "Precision", "Recall", "F1", "Dice", "Dice_std", "HD95", "HD95_std", "NSD",
+                "NSD_std", "global_Dice", "global_HD95", "global_NSD")
+_SPLIT_KEYS = tuple(f"large_{m}{s}" for m in ("Dice", "HD95", "NSD") for s in ("", "_std")) + \
+    tuple(f"{size}_{m}" for size in ("large", "small") for m in ("TP", "FP", "FN", "Precision", "Recall", "F1"))
+_COUNT_SUFFIXES = ("TP", "FP", "FN")
 
 _SUMMARY_METRICS = ("Dice", "Dice_std", "HD95", "HD95_std", "NSD", "NSD_std", "F1", "Precision", "Recall", "TP",
                     "FP", "FN", "global_Dice", "global_HD95", "global_NSD")

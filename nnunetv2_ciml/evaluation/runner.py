@@ -3,7 +3,8 @@
 - Cases are the files of ``ref_dir`` (not recursive) whose names end with the mode's file ending;
   the case name is the file name without that ending, and the prediction of case ``X`` is
   ``pred_dir/X<file ending>``. A reference case without a prediction is scored as an empty
-  prediction and listed under ``missing`` (in ``summary.json`` and as a ``missing`` column of
+  prediction (or by the mode's own rule for missing cases, e.g. the official one of the lesion-wise
+  BraTS metrics) and listed under ``missing`` (in ``summary.json`` and as a ``missing`` column of
   ``per_case.csv``). Predictions without a reference are ignored and listed under
   ``unmatched_predictions``. If no prediction matches any reference, that is an error (most
   likely a wrong folder or file ending), not a set of empty predictions.
@@ -82,7 +83,8 @@ def find_cases(ref_dir: Path, pred_dir: Path, file_ending: str
 
 def evaluate_case_files(mode: EvaluationMode, case: str, ref_file: Path, pred_file: Optional[Path]
                         ) -> Tuple[dict, Optional[str]]:
-    """Metrics of one case and a warning (or None); a missing ``pred_file`` is an empty prediction."""
+    """Metrics of one case and a warning (or None); a missing ``pred_file`` is scored by the mode's
+    ``missing_case_metrics`` if it has one, else as an empty prediction."""
     from nnunetv2_ciml.evaluation.image_io import (array_spacing, check_label_values, read_label_image,
                                                    resample_nearest_to)
     from nnunetv2_ciml.image_io import geometry_mismatch
@@ -91,6 +93,8 @@ def evaluate_case_files(mode: EvaluationMode, case: str, ref_file: Path, pred_fi
     check_label_values(ref, mode.valid_labels, case, "reference", ref_file, mode.label_convention)
     warning = None
     if pred_file is None:
+        if mode.missing_case_metrics is not None:
+            return mode.missing_case_metrics(ref, array_spacing(ref_image)), None
         pred = np.zeros_like(ref)
     else:
         pred_image, pred = read_label_image(pred_file, case, "prediction")
@@ -215,7 +219,8 @@ def evaluate_folder(mode: str, ref_dir: Union[str, Path], pred_dir: Union[str, P
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)
         if missing:
-            print(f"warning: {len(missing)} case(s) without prediction, scored as empty: {', '.join(missing)}",
+            print(f"warning: {len(missing)} case(s) without prediction, {evaluation_mode.missing_case_rule}: "
+                  f"{', '.join(missing)}",
                   file=sys.stderr)
         if unmatched:
             print(f"warning: {len(unmatched)} prediction(s) without reference, ignored: {', '.join(unmatched)}",

@@ -6,8 +6,9 @@
       Dockerfile         official PyTorch CUDA runtime image, non-root user "algorithm" (as the
                          organisers' baseline), pinned requirements, our package, the model, and the
                          entry point python -m nnunetv2_ciml.submission.autopet_process
-      requirements.txt   nnunetv2 and dynamic-network-architectures pinned to the versions the model was
-                         built with, and the rest of nnunetv2_ciml's requirements (torch comes with the image)
+      requirements.txt   nnunetv2 and dynamic-network-architectures pinned to the versions installed where
+                         the folder is built (build it in the environment the model was trained with), and
+                         the rest of nnunetv2_ciml's requirements (torch comes with the image)
       package/           a copy of the installed nnunetv2_ciml (put on PYTHONPATH in the image)
       model/             plans.json, dataset.json (+ dataset_fingerprint.json) and fold_X/CHECKPOINT of the
                          chosen folds only

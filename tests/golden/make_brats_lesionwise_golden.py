@@ -5,8 +5,9 @@ pandas < 3 and rich < 14, which conflict with nnunetv2_ciml's), from the reposit
 
     python3 -m venv ../venv-brats-official
     ../venv-brats-official/bin/pip install brats-evaluation==0.0.10     # pulls panoptica 2.1.7
-    ../venv-brats-official/bin/python tests/golden/make_brats_lesionwise_golden.py \
-        --real-case ../shared/data/brats_TCGA-DU-7294
+    ../venv-brats-official/bin/python tests/golden/make_brats_lesionwise_golden.py
+    # the real case defaults to the repository's cropped copy, tests/data/brats_TCGA-DU-7294;
+    # --real-case FOLDER takes another copy of it (cropped like that one, or full size)
 
 What it does (everything below is written under tests/golden/):
 
@@ -14,24 +15,28 @@ What it does (everything below is written under tests/golden/):
    ``brats_lesionwise_synthetic/{ref,pred}/BraTS-GLI-0000K-000.nii.gz``: several lesions with a split
    and a missed one, a one-voxel speck, an empty region, a no-overlap region, a false-positive-only
    region, an anisotropic grid, small and large lesions around the 20 mm^3 metastasis threshold.
-2. The real case (``--real-case``, the BraTS 2020 case TCGA-DU-7294 with five teams' segmentations):
-   cropped to REAL_CASE_BOX (array index order z, y, x; half-open), the bounding box of the union of
-   the five segmentations' non-zero voxels plus an 8-voxel margin, clipped to the image; labels
-   mapped to the 2023 convention (4 -> 3). ``hnfnetv1-20`` is the reference, each other team a
-   prediction (four cases). The crop is not written here; it is the box of the repository's cropped copy
-   ``tests/data/brats_TCGA-DU-7294`` (``crop.json``), which the test reads when present (else it crops
-   the full-size case itself).
+2. The real case (``--real-case``, the BraTS 2020 case TCGA-DU-7294 with five teams' segmentations;
+   default: the repository's copy ``tests/data/brats_TCGA-DU-7294``): the bounding box of the union of
+   the five segmentations' non-zero voxels plus an 8-voxel margin, clipped to the image (array index
+   order z, y, x; half-open; stored as ``real_case.box_zyx``); labels mapped to the 2023 convention
+   (4 -> 3). ``hnfnetv1-20`` is the reference, each other team a prediction (four cases). The
+   repository's copy is already cropped to that box (its ``crop.json`` holds the box in full-size
+   coordinates) and is used as it is; a full-size copy is cropped here. Both give the same files.
 3. Runs the official command line tools exactly as a challenge participant would:
    ``brats-evaluate --ref_path REF --pred_path PRED --config {gli,mets} --summary_json J`` and
    ``brats-parse-metrics seg --json_path J --output_csv_path C`` (gli) or
    ``brats-parse-metrics mets --json_path J --output_csv_path C`` (mets, default thresholds 20 and 0.1),
    and stores panoptica's per-case results (J) and the parsed leaderboard table (C) in
    ``brats_lesionwise_golden.json`` together with the package versions and these commands.
+4. A missing prediction: the synthetic references against the synthetic predictions without
+   MISSING_CASE's file (``brats-evaluate`` lists it under ``missings``; ``brats-parse-metrics`` fills its
+   row), stored under ``missing_prediction`` with every column of the parsed table.
 """
 import argparse
 import csv
 import json
 import math
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,6 +58,10 @@ RAW_KEYS = ("tp", "fp", "fn", "prec", "rec", "rq", "sq_dsc", "sq_dsc_std", "sq_h
             "sq_nsd_std", "global_bin_dsc", "global_bin_hd95", "global_bin_nsd", "n_ref_instances", "n_pred_instances")
 # parsed leaderboard columns kept (the all_instance_* and global_* ones repeat RAW_KEYS)
 PARSED_PREFIXES = ("lesionwise_", "large_instance_", "small_instance_")
+# the synthetic case left without prediction for the missing-prediction golden values: its reference has
+# SNFH (two lesions) and nothing else, so it shows the rule on regions with lesions and on empty ones
+MISSING_CASE = "BraTS-GLI-00002-000"
+DEFAULT_REAL_CASE = HERE.parent / "data" / "brats_TCGA-DU-7294"
 
 
 def ball(shape, centre, radius, spacing=(1.0, 1.0, 1.0)):
@@ -140,7 +149,14 @@ def write_label(array, spacing_xyz, path, origin=(0.0, 0.0, 0.0)):
 
 
 def real_case_box(real_case: Path):
-    """Union bounding box of the five segmentations plus MARGIN voxels: [(start, stop)] per (z, y, x)."""
+    """Union bounding box of the five segmentations plus MARGIN voxels: [(start, stop)] per (z, y, x), in
+    full-size coordinates. A copy already cropped to it (``crop.json`` of ``make_crop.py``) gives its box."""
+    crop = real_case / "crop.json"
+    if crop.is_file():
+        info = json.loads(crop.read_text())
+        size = sitk.ReadImage(str(real_case / f"{REFERENCE_TEAM}.nii.gz")).GetSize()
+        if list(size) == info["size"] and info["margin_voxels"] == MARGIN:
+            return [tuple(axis) for axis in info["numpy_slices_zyx"]]
     union = None
     for team in (REFERENCE_TEAM,) + PREDICTION_TEAMS:
         a = sitk.GetArrayFromImage(sitk.ReadImage(str(real_case / f"{team}.nii.gz"))) > 0
@@ -153,11 +169,11 @@ def real_case_box(real_case: Path):
 
 
 def crop_real(real_case: Path, team: str, box):
-    """The team's segmentation cropped to ``box`` (sitk slicing keeps spacing/direction, moves the origin),
-    labels 4 -> 3."""
+    """The team's segmentation cropped to ``box`` (sitk slicing keeps spacing/direction, moves the origin;
+    a copy already cropped to it is taken as it is), labels 4 -> 3."""
     image = sitk.ReadImage(str(real_case / f"{team}.nii.gz"))
     (z0, z1), (y0, y1), (x0, x1) = box
-    cropped = image[x0:x1, y0:y1, z0:z1]
+    cropped = image if image.GetSize() == (x1 - x0, y1 - y0, z1 - z0) else image[x0:x1, y0:y1, z0:z1]
     array = sitk.GetArrayFromImage(cropped).astype(np.uint8)
     array[array == 4] = 3
     out = sitk.GetImageFromArray(array)
@@ -177,7 +193,9 @@ def read_csv(path: Path):
                                 if k != "subject_id"} for row in rows}
 
 
-def official(ref_dir: Path, pred_dir: Path, work: Path, bin_dir: Path):
+def official(ref_dir: Path, pred_dir: Path, work: Path, bin_dir: Path, missing=(), prefixes=PARSED_PREFIXES):
+    """``{config: {"per_case": panoptica's results, "parsed": leaderboard table}}`` of the official tools;
+    ``missing``: the cases expected without prediction; ``prefixes``: parsed columns kept (None: all)."""
     out = {}
     for config, parser in (("gli", "seg"), ("mets", "mets")):
         j, c = work / f"{config}.json", work / f"{config}.csv"
@@ -185,20 +203,22 @@ def official(ref_dir: Path, pred_dir: Path, work: Path, bin_dir: Path):
              "--config", config, "--summary_json", str(j)])
         run([str(bin_dir / "brats-parse-metrics"), parser, "--json_path", str(j), "--output_csv_path", str(c)])
         raw = json.loads(j.read_text())
-        if raw["missings"] or any("error" in m for m in raw["metrics"]):
+        if raw["missings"] != [f"{case}.nii.gz" for case in missing] or any("error" in m for m in raw["metrics"]):
             raise RuntimeError(f"official evaluation failed: {raw}")
         out[config] = {"per_case": {m["subject_name"][:-len(".nii.gz")]: {
                            region: {k: v for k, v in values.items() if k in RAW_KEYS}
                            for region, values in m.items() if region != "subject_name"} for m in raw["metrics"]},
                        "parsed": {case[:-len(".nii.gz")] if case.endswith(".nii.gz") else case:
-                                  {k: v for k, v in row.items() if k.startswith(PARSED_PREFIXES)}
+                                  {k: v for k, v in row.items() if prefixes is None or k.startswith(prefixes)}
                                   for case, row in read_csv(c).items() if case != "median"}}
     return out
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--real-case", type=Path, required=True, help="folder of the BraTS case TCGA-DU-7294")
+    parser.add_argument("--real-case", type=Path, default=DEFAULT_REAL_CASE,
+                        help="folder of the BraTS case TCGA-DU-7294, cropped as tests/data/brats_TCGA-DU-7294 "
+                             "(the default) or full size")
     args = parser.parse_args()
     bin_dir = Path(sys.executable).parent
 
@@ -212,8 +232,7 @@ def main():
         "versions": {"brats-evaluation": version("brats-evaluation"), "panoptica": version("panoptica"),
                      "numpy": version("numpy"), "connected-components-3d": version("connected-components-3d"),
                      "scipy": version("scipy"), "SimpleITK": version("SimpleITK"), "python": sys.version.split()[0]},
-        "command": "../venv-brats-official/bin/python tests/golden/make_brats_lesionwise_golden.py "
-                   "--real-case ../shared/data/brats_TCGA-DU-7294",
+        "command": "../venv-brats-official/bin/python tests/golden/make_brats_lesionwise_golden.py",
         "official_commands": ["brats-evaluate --ref_path REF --pred_path PRED --config gli --summary_json gli.json",
                               "brats-parse-metrics seg --json_path gli.json --output_csv_path gli.csv",
                               "brats-evaluate --ref_path REF --pred_path PRED --config mets --summary_json mets.json",
@@ -224,9 +243,15 @@ def main():
     }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for sub in ("s", "r", "ref", "pred"):
+        for sub in ("s", "r", "m", "ref", "pred", "pred_missing"):
             (tmp / sub).mkdir()
         golden["synthetic"] = official(SYNTHETIC / "ref", SYNTHETIC / "pred", tmp / "s", bin_dir)
+        for case in cases:
+            if case != MISSING_CASE:
+                shutil.copyfile(SYNTHETIC / "pred" / f"{case}.nii.gz", tmp / "pred_missing" / f"{case}.nii.gz")
+        golden["missing_prediction"] = {"missing_case": MISSING_CASE,
+                                        **official(SYNTHETIC / "ref", tmp / "pred_missing", tmp / "m", bin_dir,
+                                                   missing=(MISSING_CASE,), prefixes=None)}
         ref_image = crop_real(args.real_case, REFERENCE_TEAM, box)
         for case, team in golden["real_case"]["predictions"].items():
             sitk.WriteImage(ref_image, str(tmp / "ref" / f"{case}.nii.gz"), True)
