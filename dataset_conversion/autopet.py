@@ -92,9 +92,9 @@ def convert_autopet(sources: Sequence[Path], dataset_id: int, name: Optional[str
 # ----------------------------------------------------------------------------------------------- export
 
 
-def _export_case(job: tuple) -> List[str]:
-    case_id, pred_file, dst, suv_grid = job
-    pred = read_image(pred_file, case_id)
+def _export_case(job: tuple, dst: Path) -> List[str]:
+    case_id, pred_file, suv_grid = job
+    pred = read_image(pred_file, case_id, "prediction")
     check_label_values(case_id, pred_file, sitk.GetArrayViewFromImage(pred), (0, 1), "0 background, 1 lesion")
     mask = resample_to_grid(sitk.Cast(pred, sitk.sitkUInt8), suv_grid, sitk.sitkNearestNeighbor, 0)
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -119,7 +119,7 @@ def export_autopet(pred_dir: Path, out_dir: Path, source: Sequence[Path], num_pr
             raise ConversionError(f"prediction '{pred_file}': no study with case identifier '{case_id}' (and a "
                                   f"SUV.nii.gz) under {', '.join(map(str, sources))}")
         dst = Path(out_dir) / study.parent.name / study.name / PREDICTION_FILE
-        return dst, (case_id, pred_file, dst, header_grid(study / "SUV.nii.gz"))
+        return dst, (case_id, pred_file, header_grid(study / "SUV.nii.gz"))
 
     report = export_predictions("autoPET", Path(pred_dir), Path(out_dir), plan, _export_case, sources,
                                 num_processes, overwrite)

@@ -204,9 +204,9 @@ def nnunet_to_brats_labels(seg: np.ndarray, convention: str) -> np.ndarray:
     return brats.astype(np.uint8)
 
 
-def _export_case(job: tuple) -> List[str]:
-    case_id, pred_file, dst, convention, reference = job
-    pred = read_image(pred_file, case_id)
+def _export_case(job: tuple, dst: Path) -> List[str]:
+    case_id, pred_file, convention, reference = job
+    pred = read_image(pred_file, case_id, "prediction")
     if reference is not None:
         ref_file, ref_info = reference
         problem = geometry_mismatch(pred, ref_info)
@@ -265,7 +265,7 @@ def export_brats(pred_dir: Path, out_dir: Path, labels: str = "auto", source: Op
                 raise ConversionError(f"prediction '{pred_file}': cannot tell the BraTS label set from the case name "
                                       f"'{case_id}'; pass --labels {BRATS2020} or --labels {BRATS2023} (or --source)")
         dst = Path(out_dir) / f"{case_id}{FILE_ENDING}"
-        return dst, (case_id, pred_file, dst, convention, reference)
+        return dst, (case_id, pred_file, convention, reference)
 
     return export_predictions("BraTS", Path(pred_dir), Path(out_dir), plan, _export_case, sources,
                               num_processes, overwrite)

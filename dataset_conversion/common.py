@@ -12,6 +12,8 @@ Conventions every converter follows (documented once, here):
   error naming the case and the file; with ``skip_incomplete`` that case is skipped, the others are
   converted, and the report lists what was skipped and why.
 - Output is deterministic: a re-run on the same source gives byte-identical files.
+- Exports (:func:`export_predictions`) follow the same rule: cases are written into a temporary folder and moved
+  into the output folder only when every case succeeded, so a bad prediction writes and replaces nothing.
 - When some patient has several cases (autoPET studies, BraTS 2023 timepoints), the dataset gets a
   ``splits_final.json`` with nnU-Net's 5-fold split done over patients (nnU-Net copies it to
   ``nnUNet_preprocessed`` at planning), so no patient is in both training and validation.
@@ -19,6 +21,7 @@ Conventions every converter follows (documented once, here):
 from __future__ import annotations
 
 import multiprocessing
+import os
 import re
 import shutil
 from collections import defaultdict
@@ -287,10 +290,10 @@ def _run_case(job: Tuple[Callable, SourceCase, Path, int]) -> Tuple[str, Optiona
         return case.case_id, f"case '{case.case_id}': {type(e).__name__}: {_first_line(e)}", []
 
 
-def _run_export(job: Tuple[Callable, object]) -> Tuple[str, Optional[str], List[str]]:
-    fn, item = job
+def _run_export(job: Tuple[Callable, object, Path]) -> Tuple[str, Optional[str], List[str]]:
+    fn, item, dst = job
     try:
-        return str(item), None, list(fn(item) or [])
+        return str(item), None, list(fn(item, dst) or [])
     except ConversionError as e:
         return str(item), str(e), []
     except Exception as e:
@@ -453,9 +456,12 @@ def export_predictions(kind: str, pred_dir: Path, out_dir: Path, plan: Callable[
                        overwrite: bool = False) -> ExportReport:
     """Export every ``*.nii.gz`` of ``pred_dir`` to ``out_dir``.
 
-    ``plan(case_id, pred_file)`` returns the output file and a picklable job for ``export_one(job)``;
-    it raises ConversionError for a prediction it cannot place. All output paths are checked before
-    anything is written: existing files are only replaced with ``overwrite``.
+    ``plan(case_id, pred_file)`` returns the output file (inside ``out_dir``) and a picklable job;
+    ``export_one(job, path)`` writes that case's output to ``path``. ``plan`` raises ConversionError for a
+    prediction it cannot place. All output paths are checked before anything is written: existing files are
+    only replaced with ``overwrite``. As ``convert`` does with its dataset, every case is written into a
+    temporary folder (``out_dir/.export.partial``) first; only when all cases succeeded are the files moved
+    to their places. A failed export therefore writes and replaces nothing (a folder it created is removed).
     """
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
@@ -463,20 +469,47 @@ def export_predictions(kind: str, pred_dir: Path, out_dir: Path, plan: Callable[
     preds = sorted(p for p in pred_dir.iterdir() if p.is_file() and p.name.endswith(FILE_ENDING))
     if not preds:
         raise ConversionError(f"no {FILE_ENDING} predictions in '{pred_dir}'")
-    _check_not_inside(Path(out_dir), [pred_dir, *map(Path, sources)], "the output folder", nor_around=False)
-    jobs, outputs = [], []
+    out_dir = Path(out_dir)
+    _check_not_inside(out_dir, [pred_dir, *map(Path, sources)], "the output folder", nor_around=False)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConversionError(f"output folder '{out_dir}' is a file")
+    plans, outputs = [], []
     for p in preds:
         dst, job = plan(p.name[:-len(FILE_ENDING)], p)
         if dst in outputs:
             raise ConversionError(f"two predictions would be written to '{dst}'")
         outputs.append(dst)
-        jobs.append((export_one, job))
+        plans.append(job)
     existing = [d for d in outputs if d.exists()]
     if existing and not overwrite:
         raise ConversionError(f"{len(existing)} output files already exist (first: '{existing[0]}'); "
                               "use --overwrite to replace them")
-    results = run_jobs(_run_export, jobs, num_processes, f"export {kind}", stop_on_error=True)
-    errors = [err for _, err, _ in results if err is not None]
-    if errors:
-        raise ConversionError(errors[0])
-    return ExportReport(Path(out_dir), outputs, [w for _, _, ws in sorted(results) for w in ws])
+
+    created = [d for d in (out_dir, *out_dir.parents) if not d.exists()]  # removed again if the export fails
+    staging = out_dir / ".export.partial"
+    try:
+        if staging.exists():  # left by an interrupted export
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        staged = [staging / d.relative_to(out_dir) for d in outputs]
+        jobs = [(export_one, job, path) for job, path in zip(plans, staged)]
+        results = run_jobs(_run_export, jobs, num_processes, f"export {kind}", stop_on_error=True)
+        errors = [err for _, err, _ in results if err is not None]
+        if errors:
+            raise ConversionError(f"{errors[0]}\nnothing was written to '{out_dir}'")
+        missing = [d for d, s in zip(outputs, staged) if not s.is_file()]
+        if missing:
+            raise ConversionError(f"the export wrote no file for '{missing[0]}'; nothing was written to '{out_dir}'")
+        for path, dst in zip(staged, outputs):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, dst)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:  # innermost first; only folders this export created and left empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+    return ExportReport(out_dir, outputs, [w for _, _, ws in sorted(results) for w in ws])

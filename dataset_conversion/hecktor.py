@@ -142,9 +142,9 @@ def convert_hecktor(sources: Sequence[Path], dataset_id: int, name: Optional[str
 # ----------------------------------------------------------------------------------------------- export
 
 
-def _export_case(job: tuple) -> List[str]:
-    case_id, pred_file, dst, ct_grid = job
-    pred = read_image(pred_file, case_id)
+def _export_case(job: tuple, dst: Path) -> List[str]:
+    case_id, pred_file, ct_grid = job
+    pred = read_image(pred_file, case_id, "prediction")
     check_label_values(case_id, pred_file, sitk.GetArrayViewFromImage(pred), (0, 1, 2), "0 background, 1 GTVp, 2 GTVn")
     pred = sitk.Cast(pred, sitk.sitkUInt8)
     warnings = []
@@ -170,7 +170,7 @@ def export_hecktor(pred_dir: Path, out_dir: Path, source: Sequence[Path], num_pr
             raise ConversionError(f"prediction '{pred_file}': no '{case_id}{CT_SUFFIX}' under "
                                   f"{', '.join(map(str, sources))}")
         dst = Path(out_dir) / f"{case_id}{FILE_ENDING}"
-        return dst, (case_id, pred_file, dst, header_grid(ct))
+        return dst, (case_id, pred_file, header_grid(ct))
 
     report = export_predictions("HECKTOR", Path(pred_dir), Path(out_dir), plan, _export_case, sources,
                                 num_processes, overwrite)

@@ -3,10 +3,26 @@
 Every error that describes bad input or a refused action (a file, a case, a setting and what is wrong
 with it) derives from :class:`CIMLError`. Anything else reaching the command line is a bug and is
 reported as an internal error (traceback with ``--debug`` or ``NNUNETV2_CIML_DEBUG=1``).
+
+Errors cross process boundaries (worker pools of ``convert``, ``export``, ``evaluate``), so every subclass
+must survive a pickle round trip, whatever its constructor takes: :meth:`CIMLError.__reduce__` rebuilds
+the error from its message arguments and attributes without calling the subclass's ``__init__``.
 """
 
 __all__ = ["CIMLError"]
 
 
+def _rebuild(cls, args: tuple, state: dict) -> "CIMLError":
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
+
 class CIMLError(Exception):
     """Bad input, a refused action or a stopped run; the message says what, where and what to do."""
+
+    def __reduce__(self):
+        # Exception's own reduce calls cls(*self.args), which fails for subclasses whose constructor takes more
+        # than the message (ImageFileError(message, path, case)); rebuild without calling __init__ instead.
+        return _rebuild, (type(self), self.args, dict(self.__dict__))

@@ -13,7 +13,10 @@ whose missing part is zero, and NaN/Inf voxels of float NIfTI data are replaced 
    voxels SimpleITK would transform (scaled ``scl_slope``/``scl_inter``, vector or RGB voxels, more than
    3D) are handed to ``sitk.ReadImage`` after the checks, so the result always equals SimpleITK's.
 
-Other formats (``.mha``, ``.nrrd``, ``.png``, ...) are read by SimpleITK and their float voxels checked.
+Other formats (``.mha``, ``.nrrd``, ``.png``, ...) are read by SimpleITK and their float voxels checked
+(SimpleITK keeps NaN/Inf as stored for these: its NaN-to-0 replacement is in its NIfTI reader only). ITK refuses
+a truncated MetaImage (``.mha``) but explains it with a stale system error ("No such file or directory"), so
+for a MetaImage it cannot read, the header is compared with the file's size to say that the file is truncated.
 :func:`verify_image_file` does steps 1-3 without building an image, for files that another reader
 (nnU-Net's) reads afterwards. Arrays are in SimpleITK order, ``(Z, Y, X)``.
 """
@@ -129,9 +132,55 @@ def _read(path: Path, case: Optional[str], role: str, build: bool) -> Tuple[Opti
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as e:
-        raise _fail(path, case, role, f"cannot be read: {_itk_reason(e)}") from None
+        problem = _metaimage_truncation(path) if path.name.lower().endswith(".mha") else None
+        raise _fail(path, case, role, f"cannot be read: {problem or _itk_reason(e)}") from None
     _check_finite(sitk.GetArrayViewFromImage(image), path, case, role)
     return image, _info(image)
+
+
+# bytes per element of MetaImage's ElementType
+_MET_SIZES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+              "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
+              "MET_DOUBLE": 8}
+
+
+def _metaimage_truncation(path: Path) -> Optional[str]:
+    """Why a single-file MetaImage that ITK cannot read is truncated (its data shorter than the header says),
+    or None if it is not (or the header cannot tell): ITK's own message names a stale system error."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(65536)
+        size = path.stat().st_size
+    except OSError:
+        return None
+    fields, offset = {}, 0
+    for line in head.split(b"\n"):
+        offset += len(line) + 1
+        key, sep, value = line.decode("latin-1").partition("=")
+        if not sep:
+            return None
+        fields[key.strip()] = value.strip()
+        if key.strip() == "ElementDataFile":
+            break
+    else:
+        return None
+    if fields.get("ElementDataFile") != "LOCAL":
+        return None
+    try:
+        if fields.get("CompressedData", "False").lower() == "true":
+            needed = int(fields["CompressedDataSize"])
+        else:
+            channels = int(fields.get("ElementNumberOfChannels", "1"))
+            needed = int(np.prod([int(d) for d in fields["DimSize"].split()], dtype=np.int64)) * channels \
+                * _MET_SIZES[fields["ElementType"]]
+    except (KeyError, ValueError):
+        return None
+    stored = size - offset
+    if stored >= needed:
+        return None
+    return (f"the file is truncated ({max(stored, 0)} of {needed} bytes of "
+            f"{'compressed ' if fields.get('CompressedData', '').lower() == 'true' else ''}voxel data); copy or "
+            "download it again")
 
 
 def _info(image: Union[sitk.Image, sitk.ImageFileReader]) -> ImageInfo:

@@ -111,3 +111,51 @@ def test_complete_cases_equal_nnunet_predictor_and_plain_models_need_zero_fill(t
     record = json.loads((plain / "modalities.json").read_text())
     assert record["network_told"] is False and record["cases"]["case_005"]["missing"] == ["FLAIR"]
     assert (plain / "case_005.nii.gz").is_file() and (plain / "case_006.nii.gz").is_file()
+
+
+def test_truncated_and_nan_channels_are_named_and_the_other_cases_predicted(trained, tmp_path, capsys):
+    """case_005: its T2 file truncated (3/4 kept); case_006: its FLAIR file all NaN; case_002: complete. Both bad
+    cases are reported with case, channel and file (stderr and the errors of modalities.json), case_002 is still
+    predicted, the exit status is 1. Fails if the channels go straight to nnU-Net's reader, which reads the
+    missing part of a truncated file and NaN as zeros and predicts all three cases (exit 0)."""
+    raw, models = trained
+    inp = tmp_path / "in"
+    shutil.copytree(raw / "imagesTs", inp)
+    for c in range(3):
+        shutil.copy(raw / "imagesTr" / f"case_002_000{c}.nii.gz", inp)
+    t2 = inp / "case_005_0001.nii.gz"
+    data = t2.read_bytes()
+    t2.write_bytes(data[:len(data) * 3 // 4])
+    flair = inp / "case_006_0002.nii.gz"
+    image = sitk.ReadImage(str(flair))
+    nan = sitk.GetImageFromArray(np.full(sitk.GetArrayFromImage(image).shape, np.nan, np.float32))
+    nan.CopyInformation(image)
+    sitk.WriteImage(nan, str(flair))
+
+    out = tmp_path / "out"
+    code = predict("-i", str(inp), "-o", str(out), "-m", str(models[CIML_TRAINER]))
+    err = capsys.readouterr().err
+    assert code == 1
+    truncated = f"case 'case_005': channel 1 (T2) file '{t2}' cannot be read: the file is truncated"
+    non_finite = f"case 'case_006': channel 2 (FLAIR) file '{flair}' holds non-finite voxel values (1024 NaN"
+    assert truncated in err and non_finite in err and "Traceback" not in err
+    record = json.loads((out / "modalities.json").read_text())
+    assert record["errors"]["case_005"].startswith(truncated)
+    assert record["errors"]["case_006"].startswith(non_finite)
+    assert record["cases"] == {"case_002": {"present": ["T1ce", "T2", "FLAIR"], "missing": []}}
+    assert sorted(p.name for p in out.iterdir()) == ["case_002.nii.gz", "modalities.json"]
+
+
+def test_an_empty_input_folder_is_refused_and_nothing_written(trained, tmp_path, capsys):
+    """nnUNetv2_predict exits 0 on an empty folder, writing nothing and saying nothing; predict refuses it with a
+    message that names the folder and the expected file names, and creates no output folder. Fails if the output
+    folder (or modalities.json) is written before the cases are found."""
+    raw, models = trained
+    empty, out = tmp_path / "empty", tmp_path / "out"
+    empty.mkdir()
+    code = predict("-i", str(empty), "-o", str(out), "-m", str(models[CIML_TRAINER]))
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err == (f"nnunetv2_ciml predict: error: no cases in '{empty}': expected files CASE_XXXX.nii.gz, one per "
+                   "channel (_0000: T1ce, _0001: T2, _0002: FLAIR)\n")
+    assert not out.exists() and not list(empty.iterdir())

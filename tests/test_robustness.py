@@ -1,11 +1,16 @@
 """Bad input through the ``nnunetv2_ciml`` command: one clear message naming case and file, exit status 1,
 nothing written or overwritten. One test per kind of fault (truncated or corrupt ``.nii.gz``, NaN/Inf
-voxels, ``evaluate -o`` misuse, empty input folders), plus the reading path itself and the CLI's error
-reporting. Explain's rows (NaN channel, missing channel, a bad second case) are in ``test_explain.py``,
-the training rows in ``test_training_guards.py``.
+voxels, a bad second case in ``export``, ``evaluate -o`` misuse and failed writes, empty input folders),
+plus the reading path itself, the CLI's error reporting and errors crossing process boundaries. Explain's
+rows (NaN channel, missing channel, a bad second case) are in ``test_explain.py``, predict's in
+``test_predict_missing.py``, the training rows in ``test_training_guards.py``, the autoPET container's
+``.mha`` inputs in ``test_submission_autopet.py``.
 """
 import gzip
+import importlib
 import json
+import pickle
+import pkgutil
 import re
 from pathlib import Path
 
@@ -184,6 +189,62 @@ def test_convert_refuses_nan_or_inf_voxels(dataset, brats_source, hecktor_source
     assert not nnunet_env.exists() or not [p for p in nnunet_env.rglob("*") if p.is_file()]
 
 
+# -------------------------------------------------------------------------------------------- export
+
+
+def write_nan(path: Path) -> None:
+    """Rewrite ``path`` as float32 with one NaN voxel (same geometry)."""
+    image = sitk.Cast(sitk.ReadImage(str(path)), sitk.sitkFloat32)
+    array = sitk.GetArrayFromImage(image)
+    array[1, 2, 3] = np.nan
+    out = sitk.GetImageFromArray(array)
+    out.CopyInformation(image)
+    sitk.WriteImage(out, str(path))
+
+
+def _export_inputs(dataset: str, tmp_path: Path, hecktor_source: Path) -> tuple:
+    """(prediction folder of two cases, extra export arguments, the second case's name)."""
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    if dataset == "brats":
+        labels = brats_labels()
+        labels[labels == 4] = 3  # nnU-Net's BraTS labels 1 edema, 2 NCR, 3 ET
+        for case in ("c1", "c2"):
+            sitk.WriteImage(sitk.GetImageFromArray(labels), str(pred / f"{case}.nii.gz"))
+        return pred, ["--labels", "brats2020"], "c2"
+    for case in ("CHUM-001", "CHUS-002"):  # the reference labels are valid predictions on the CT grid
+        (pred / f"{case}.nii.gz").write_bytes((hecktor_source / "labelsTr" / f"{case}.nii.gz").read_bytes())
+    return pred, ["--source", hecktor_source], "CHUS-002"
+
+
+@pytest.mark.parametrize("dataset", ["brats", "hecktor"])
+@pytest.mark.parametrize("fault, reason", [(write_nan, "holds non-finite voxel values (1 NaN"),
+                                           (truncate, "cannot be read: the file is truncated")])
+def test_a_bad_second_prediction_makes_export_write_nothing(dataset, fault, reason, tmp_path, hecktor_source, capsys):
+    """The second case's prediction is NaN or truncated. Before, export wrote case by case: the first case's
+    output stayed (and, with --overwrite, replaced the earlier export's file) while the run failed. Now
+    nothing is written or replaced, and no temporary folder is left. Fails for a case-by-case export."""
+    pred, extra, second = _export_inputs(dataset, tmp_path, hecktor_source)
+    fault(pred / f"{second}.nii.gz")
+    inputs = tree_digest(pred) + tree_digest(hecktor_source)
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "export", dataset, pred, out, "-np", 1, *extra)
+    assert code == 1
+    assert err.startswith(f"nnunetv2_ciml export {dataset}: error: case '{second}': prediction file "
+                          f"'{pred / (second + '.nii.gz')}' {reason}")
+    assert f"nothing was written to '{out}'" in err and "Traceback" not in err
+    assert not out.exists()  # the folder the export created is gone again
+
+    out.mkdir()  # an earlier export: its files must survive a failed --overwrite run byte for byte
+    for p in pred.iterdir():
+        (out / p.name).write_bytes(b"earlier export of " + p.name.encode())
+    before = tree_digest(out)
+    code, _, err = run(capsys, "export", dataset, pred, out, "-np", 1, "--overwrite", *extra)
+    assert code == 1 and f"case '{second}': prediction file" in err
+    assert tree_digest(out) == before and not (out / ".export.partial").exists()
+    assert tree_digest(pred) + tree_digest(hecktor_source) == inputs
+
+
 # ------------------------------------------------------------------------------------------ evaluate
 
 
@@ -247,6 +308,27 @@ def test_a_failed_evaluation_leaves_no_current_looking_summary(eval_folders, tmp
     assert not list(out.glob(".*.partial"))
 
 
+def test_a_failed_write_replaces_neither_output(eval_folders, tmp_path, capsys):
+    """Writing summary.json fails (here: its temporary path is taken by a folder, as a full disk or a permission
+    problem would fail it). Before, per_case.csv was already replaced by then and the earlier summary.json
+    stayed, so the pair looked current but came from two runs. Now neither is replaced: both earlier files are
+    renamed to *.stale (bytes kept), no temporary file is left and the message says so. Fails for outputs
+    replaced one after the other."""
+    ref, pred = eval_folders
+    out = tmp_path / "out"
+    assert run(capsys, "evaluate", "brats", "-ref", ref, "-pred", pred, "-o", out)[0] == 0
+    old = {name: (out / name).read_bytes() for name in ("summary.json", "per_case.csv")}
+    (out / ".summary.json.partial").mkdir()
+    code, _, err = run(capsys, "evaluate", "brats", "-ref", ref, "-pred", pred, "-o", out)
+    assert code == 1
+    assert err.startswith(f"nnunetv2_ciml evaluate: error: cannot write the results into '{out}': ")
+    assert str(out / ".summary.json.partial") in err
+    assert "were renamed to per_case.csv.stale, summary.json.stale: they are not from this run" in err
+    assert sorted(p.name for p in out.iterdir()) == [".summary.json.partial", "per_case.csv.stale",
+                                                     "summary.json.stale"]
+    assert {name: (out / f"{name}.stale").read_bytes() for name in old} == old
+
+
 # ------------------------------------------------------------------------------------- empty inputs
 
 
@@ -255,6 +337,8 @@ def test_a_failed_evaluation_leaves_no_current_looking_summary(eval_folders, tmp
     (["convert", "autopet", "{empty}", "-d", "42"], "error: no autoPET cases found under {empty}"),
     (["convert", "hecktor", "{empty}", "-d", "43"], "error: no HECKTOR cases found under {empty}"),
     (["export", "brats", "{empty}", "{out}", "--labels", "brats2020"], "error: no .nii.gz predictions in '{empty}'"),
+    (["export", "hecktor", "{empty}", "{out}", "--source", "{empty}"], "error: no .nii.gz predictions in '{empty}'"),
+    (["export", "autopet", "{empty}", "{out}", "--source", "{empty}"], "error: no .nii.gz predictions in '{empty}'"),
     (["evaluate", "brats", "-ref", "{empty}", "-pred", "{empty}", "-o", "{out}"],
      "error: reference folder '{empty}' has no files ending in '.nii.gz'"),
 ])
@@ -299,3 +383,42 @@ def test_errors_are_one_message_and_tracebacks_on_request(eval_folders, tmp_path
     assert code == 1
     assert err == ("nnunetv2_ciml evaluate: internal error: KeyError: 'missing key'\nrun again with "
                    "'nnunetv2_ciml --debug evaluate ...' for the traceback, and please report it\n")
+
+
+# ------------------------------------------------------------------------------- errors across processes
+
+
+def package_errors():
+    """Every CIMLError subclass of the package (all its modules imported)."""
+    import nnunetv2_ciml
+    from nnunetv2_ciml.errors import CIMLError
+
+    for module in pkgutil.walk_packages(nnunetv2_ciml.__path__, "nnunetv2_ciml."):
+        if "_nnunet_ext" not in module.name:  # nnU-Net imports that shim as a top-level module
+            importlib.import_module(module.name)
+    importlib.import_module("nnunetv2_ciml.dataset_conversion.common")
+    found, todo = set(), [CIMLError]
+    while todo:
+        cls = todo.pop()
+        found.add(cls)
+        todo += [c for c in cls.__subclasses__() if c.__module__.startswith("nnunetv2_ciml")]
+    return sorted(found, key=lambda c: (c.__module__, c.__name__))
+
+
+def test_every_error_survives_pickling():
+    """Errors cross process boundaries (worker pools, multiprocessing results). ImageFileError could not be
+    unpickled (its constructor requires the path). Fails for any error class that needs more than its message
+    to be rebuilt, or that loses its attributes."""
+    from nnunetv2_ciml.image_io import ImageFileError
+
+    errors = package_errors()
+    for cls in errors:
+        error = (cls("case 'c1': image file '/x/c1.nii.gz' holds NaN", "/x/c1.nii.gz", "c1") if cls is ImageFileError
+                 else cls(f"{cls.__name__}: what is wrong"))
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is cls and str(copy) == str(error) and copy.args == error.args, cls.__name__
+        assert vars(copy) == vars(error), cls.__name__
+    copy = pickle.loads(pickle.dumps(ImageFileError("m", "/x/c1.nii.gz", "c1")))
+    assert copy.path == Path("/x/c1.nii.gz") and copy.case == "c1"
+    assert {"CIMLError", "ImageFileError", "ConversionError", "EvaluationError", "CaseError", "CheckpointError",
+            "TrainingStoppedError", "SubmissionError"} <= {c.__name__ for c in errors}

@@ -19,7 +19,8 @@ from helpers import make_dataset, nnunet_environment, plan_and_preprocess, shrin
 
 from nnunetv2_ciml.cli import main as cli
 from nnunetv2_ciml.submission.autopet import build_autopet_submission
-from nnunetv2_ciml.submission.autopet_process import OUTPUT_SLUG, SubmissionError, ct_on_pet_grid, pair_inputs
+from nnunetv2_ciml.submission.autopet_process import (OUTPUT_SLUG, SubmissionError, ct_on_pet_grid, main as entry_point,
+                                                      pair_inputs, read_input)
 
 TRAINER = "nnUNetTrainerCIML_CPUtest"
 CT_UID, PET_UID = "af3b6605-c2b9-4067-8af5-8b85aafb2ae3", "0c1d2e3f-4a5b-6c7d-8e9f-a0b1c2d3e4f5"
@@ -145,3 +146,69 @@ def test_builder_refuses_an_untrained_fold_and_a_model_without_ct_pet(tmp_path):
     with pytest.raises(SubmissionError, match="CT and one PET"):
         build_autopet_submission(model, [0], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def write_mha(path: Path, array: np.ndarray, compress: bool) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(SPACING)
+    image.SetOrigin(ORIGIN)
+    image.SetDirection(DIRECTION)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path), compress)
+    return image
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_container_inputs_are_read_checked(tmp_path, compress):
+    """The entry point read the challenge's .mha files with sitk.ReadImage: SimpleITK keeps NaN/Inf in a
+    MetaImage (unlike NIfTI), so they went into the network; a truncated file gave ITK's "No such file or
+    directory". read_input names case and file and says what is wrong; a good file reads exactly as SimpleITK
+    reads it. Fails if read_input wraps sitk.ReadImage alone."""
+    rng = np.random.default_rng(0)
+    suv = rng.gamma(2.0, 1.0, (6, 7, 8)).astype(np.float32)
+    good = tmp_path / "good.mha"
+    written = write_mha(good, suv, compress)
+    image = read_input(good, "u1", "PET")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), suv)
+    assert image.GetSpacing() == written.GetSpacing() and image.GetDirection() == written.GetDirection()
+
+    for value, count in ((np.nan, "1 NaN, 0 infinite"), (np.inf, "0 NaN, 1 infinite")):
+        bad = suv.copy()
+        bad[2, 3, 4] = value
+        path = tmp_path / "bad.mha"
+        write_mha(path, bad, compress)
+        assert not np.isfinite(sitk.GetArrayFromImage(sitk.ReadImage(str(path)))).all()  # SimpleITK keeps them
+        with pytest.raises(SubmissionError, match=rf"^case 'u1': PET file '{path}' holds non-finite voxel values "
+                                                  rf"\({count} of 336 voxels; the first at index \(x, y, z\) "
+                                                  r"\(4, 3, 2\)\)"):
+            read_input(path, "u1", "PET")
+
+    big = tmp_path / "cut.mha"
+    write_mha(big, rng.normal(size=(20, 30, 40)).astype(np.float32), compress)
+    data = big.read_bytes()
+    big.write_bytes(data[:len(data) * 3 // 4])
+    with pytest.raises(SubmissionError, match=rf"^case 'u1': CT file '{big}' cannot be read: the file is truncated "
+                                              r"\(\d+ of \d+ bytes of (compressed )?voxel data\)"):
+        read_input(big, "u1", "CT")
+    (tmp_path / "junk.mha").write_text("not an image")
+    with pytest.raises(SubmissionError, match=rf"^case 'u1': CT file '{tmp_path / 'junk.mha'}' cannot be read"):
+        read_input(tmp_path / "junk.mha", "u1", "CT")
+
+
+def test_entry_point_refuses_a_nan_input_before_loading_the_model(tmp_path, capsys):
+    """A NaN in the PET stops the container run with exit status 1 and one message naming case and file, before
+    the model is loaded (the model folder here has only its dataset.json) and before anything is written."""
+    rng = np.random.default_rng(1)
+    pet = rng.gamma(2.0, 1.0, (6, 7, 8)).astype(np.float32)
+    pet[0, 0, 0] = np.nan
+    inp, out, model = tmp_path / "input", tmp_path / "output", tmp_path / "model"
+    write_mha(inp / "images" / "ct" / f"{CT_UID}.mha", rng.normal(size=(6, 7, 8)).astype(np.float32), True)
+    write_mha(inp / "images" / "pet" / f"{PET_UID}.mha", pet, True)
+    model.mkdir()
+    (model / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT", "1": "PET"}}))
+    code = entry_point(["--input", str(inp), "--output", str(out), "--model", str(model), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith(f"autoPET entry point: error: case '{CT_UID}': PET file "
+                          f"'{inp / 'images' / 'pet' / (PET_UID + '.mha')}' holds non-finite voxel values (1 NaN")
+    assert not out.exists()

@@ -3,9 +3,12 @@ checkpoints are atomic and finite, and ``--c`` falls back from a torn checkpoint
 
 The training tests run nnU-Net's real pipeline in this process (fingerprint, plans, preprocessing, the
 trainer's ``run_training`` after nnU-Net's own ``maybe_load_checkpoint``, as ``nnUNetv2_train`` does) on a
-tiny 2D dataset on the CPU, with test trainers derived from ``nnUNetTrainerCIML_CPUtest``.
+tiny 2D dataset on the CPU, with test trainers derived from ``nnUNetTrainerCIML_CPUtest`` and, for the plain
+trainers the package ships, from ``nnUNetTrainer_ShapeCompositionDemoQuick``.
 """
 import hashlib
+import importlib
+import inspect
 import json
 import os
 import signal
@@ -20,8 +23,9 @@ import torch
 
 from nnunetv2_ciml.errors import CIMLError
 from nnunetv2_ciml.planning import CIML_NETWORK
-from nnunetv2_ciml.training.guards import (CheckpointError, TrainingStoppedError, kl_beta, save_atomically,
-                                           validate_ciml_attributes)
+from nnunetv2_ciml.training.demo_trainers import nnUNetTrainer_ShapeCompositionDemoQuick
+from nnunetv2_ciml.training.guards import (CheckpointError, GuardedTraining, TrainingStoppedError, kl_beta,
+                                           save_atomically, validate_ciml_attributes)
 from nnunetv2_ciml.training.trainers import nnUNetTrainerCIML, nnUNetTrainerCIML_CPUtest
 from helpers import hand_made_trainer, make_dataset, shrink_plans
 
@@ -69,6 +73,39 @@ def test_invalid_trainer_settings_stop_before_anything_is_written(nnunet_env, tm
     assert trainer.configuration_manager.network_arch_class_name != CIML_NETWORK  # plans not rewritten
     # nnU-Net's __init__ wrote its citation to the training log; nothing else was written
     assert [p.suffix for p in (tmp_path / "nnUNet_results").rglob("*") if p.is_file()] == [".txt"]
+
+
+# the modules whose trainers nnU-Net finds (nnunetv2_ciml/_nnunet_ext/nnunetv2_ciml_trainers.py re-exports them)
+TRAINER_MODULES = ("nnunetv2_ciml.training.trainers", "nnunetv2_ciml.training.demo_trainers",
+                   "nnunetv2_ciml.training.benchmark_trainers", "nnunetv2_ciml.training.modality_dropout")
+
+
+def exported_trainers():
+    """Every trainer class in the ``__all__`` of the trainer modules."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    classes = {}
+    for module in map(importlib.import_module, TRAINER_MODULES):
+        for name in module.__all__:
+            value = getattr(module, name)
+            if inspect.isclass(value) and issubclass(value, nnUNetTrainer):
+                classes[name] = value
+    return classes
+
+
+def test_every_exported_trainer_is_guarded():
+    """The plain trainers we ship (demo, modality dropout, epoch timing) used to train unguarded: no atomic
+    checkpoints, no non-finite stop, no --c fallback. Fails if any exported trainer class lacks GuardedTraining,
+    or if the guard's hooks are shadowed by a class before it in the MRO that does not call them."""
+    trainers = exported_trainers()
+    assert {"nnUNetTrainer_ShapeCompositionDemo", "nnUNetTrainer_ShapeCompositionDemoQuick",
+            "nnUNetTrainer_modalityDropout", "nnUNetTrainer_EpochTime", "nnUNetTrainerCIML"} <= set(trainers)
+    unguarded = sorted(name for name, cls in trainers.items() if not issubclass(cls, GuardedTraining))
+    assert unguarded == []
+    for name, cls in trainers.items():
+        for hook in ("save_checkpoint", "load_checkpoint"):  # nothing between the class and the guard replaces them
+            owner = next(k for k in cls.__mro__ if hook in vars(k))
+            assert owner is GuardedTraining, (name, hook, owner.__name__)
 
 
 def test_valid_settings_pass():
@@ -286,3 +323,48 @@ def test_non_finite_weights_are_never_saved(prepared, tmp_path):
     with pytest.raises(TrainingStoppedError, match=r"weights hold NaN/Inf .*checkpoint_best\.pth was not written"):
         trainer.save_checkpoint(str(target))
     assert sha256(target) == before
+
+
+# ------------------------------------------------------------------------------- a plain (non-CIML) trainer
+
+
+class nnUNetTrainer_plainNanTest(nnUNetTrainer_ShapeCompositionDemoQuick):
+    """The plain demo trainer with one NaN voxel in the batch of epoch 0, iteration 2."""
+
+    def train_step(self, batch: dict) -> dict:
+        if self.current_epoch == 0 and self._iteration == 1:
+            batch["data"][0, 0, 0, 0] = float("nan")
+        return super().train_step(batch)
+
+
+@pytest.mark.integration
+@pytest.mark.slow  # nnU-Net runs two training iterations of a plain trainer
+def test_a_plain_trainer_stops_on_nan_and_continues_from_a_readable_checkpoint(prepared):
+    """A plain nnU-Net trainer we ship (nnUNetTrainer_ShapeCompositionDemoQuick) has the same guards as CIML:
+    a NaN loss stops the run in the iteration it occurs, naming epoch and iteration, without writing a
+    checkpoint; and ``--c`` with a torn checkpoint_latest.pth continues from checkpoint_best.pth with a warning.
+    Fails for the plain nnUNetTrainer behaviour: training on through NaN losses (exit 0), and a
+    PytorchStreamReader traceback on the torn checkpoint."""
+    from nnunetv2.run.run_training import maybe_load_checkpoint
+
+    with pytest.raises(TrainingStoppedError, match=r"non-finite training loss in epoch 0, iteration 2 of 5: loss not "
+                                                   r"finite \(loss nan\)"):
+        train(prepared, nnUNetTrainer_plainNanTest)
+    fold = Path(make_trainer(prepared, nnUNetTrainer_plainNanTest).output_folder)
+    assert not list(fold.glob("checkpoint_*.pth")) and not list(fold.glob(".*.partial"))
+    assert "training stopped: non-finite training loss in epoch 0, iteration 2 of 5" in log_text(fold)
+
+    trainer = make_trainer(prepared, nnUNetTrainer_ShapeCompositionDemoQuick)
+    trainer.initialize()
+    fold = Path(trainer.output_folder)
+    trainer.save_checkpoint(str(fold / "checkpoint_best.pth"))
+    assert not list(fold.glob(".*.partial"))  # written through the atomic path
+    best = (fold / "checkpoint_best.pth").read_bytes()
+    (fold / "checkpoint_latest.pth").write_bytes(best[:len(best) // 2])
+    resumed = make_trainer(prepared, nnUNetTrainer_ShapeCompositionDemoQuick, continue_training=True)
+    maybe_load_checkpoint(resumed, continue_training=True, validation_only=False)
+    assert resumed.was_initialized and resumed.current_epoch == 1  # nnU-Net stores the epoch to continue with
+    assert ("WARNING: checkpoint_latest.pth cannot be read (RuntimeError: PytorchStreamReader failed reading zip "
+            "archive: failed finding central directory); continuing from checkpoint_best.pth (epoch 1), the newest "
+            "readable checkpoint") in log_text(fold)
+    assert (fold / "checkpoint_best.pth").read_bytes() == best

@@ -15,8 +15,9 @@
   :class:`~nnunetv2_ciml.evaluation.base.EvaluationError` naming the case and the file.
 - Outputs in ``out_dir`` (created if needed; ``per_case.csv`` and ``summary.json`` are replaced,
   nothing else is touched, the input folders are only read; an ``out_dir`` that is a file is refused
-  before anything is read). Each output is written to a temporary file in ``out_dir`` and renamed, so
-  it is never half written; a run that fails renames an earlier run's ``summary.json`` and
+  before anything is read). Both outputs are written to temporary files in ``out_dir`` and fsynced, and
+  only then renamed, so neither is ever half written nor one from another run than the other; a run that
+  fails (reading, computing or writing) renames an earlier run's ``summary.json`` and
   ``per_case.csv`` to ``*.stale`` (and says so), so that no result that looks current is left behind:
   ``per_case.csv`` (one row per case,
   nested metrics flattened as ``WT_Dice``), ``summary.json`` (``per_case``, the mode's summary,
@@ -28,7 +29,7 @@ import multiprocessing
 import os
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -124,14 +125,28 @@ def _flatten(metrics: dict, prefix: str = "") -> Dict[str, object]:
     return flat
 
 
-def _replace_atomically(path: Path, write) -> None:
-    """``write(temporary_path)`` then rename onto ``path`` (same folder), so ``path`` is whole or absent."""
-    partial = path.with_name(f".{path.name}.partial")
+def _replace_outputs(out: Path, writers: Dict[str, Callable[[Path], None]]) -> None:
+    """Replace the outputs of ``out`` as a pair: each ``writers[name](temporary_path)`` writes a temporary file in
+    ``out`` that is fsynced; only when all are written are they renamed onto their names (then the folder is
+    fsynced). If anything fails, no temporary file is left and the caller marks the outputs stale."""
+    partials = {name: out / f".{name}.partial" for name in writers}
     try:
-        write(partial)
-        os.replace(partial, path)
+        for name, write in writers.items():
+            write(partials[name])
+            with open(partials[name], "rb") as f:
+                os.fsync(f.fileno())
+        for name in writers:
+            os.replace(partials[name], out / name)
+        if hasattr(os, "O_DIRECTORY"):  # make the renames durable (POSIX)
+            fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
     finally:
-        partial.unlink(missing_ok=True)
+        for partial in partials.values():
+            if partial.is_file():
+                partial.unlink()
 
 
 def _mark_stale(out: Path) -> List[str]:
@@ -195,6 +210,21 @@ def evaluate_folder(mode: str, ref_dir: Union[str, Path], pred_dir: Union[str, P
                     for result in pending:  # in case order, as the per-case table is
                         results.append(result.get())
                         bar.update()
+        per_case = {case: metrics for case, (metrics, _) in zip(refs, results)}
+        warnings = [w for _, w in results if w is not None]
+        missing = [case for case, p in preds.items() if p is None]
+        resampled = [case for case, (_, w) in zip(refs, results) if w is not None]
+        summary = {"mode": mode, "label_convention": evaluation_mode.label_convention,
+                   **evaluation_mode.summarize(per_case), "per_case": per_case,
+                   "missing": missing, "unmatched_predictions": unmatched}
+        if evaluation_mode.resample_prediction:
+            summary["resampled"] = resampled
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            _replace_outputs(out, {"per_case.csv": lambda p: _write_per_case_csv(p, per_case, missing, resampled),
+                                   "summary.json": lambda p: p.write_text(json.dumps(summary, indent=2) + "\n")})
+        except OSError as e:  # disk full, permissions: the message names the file
+            raise EvaluationError(f"cannot write the results into {str(out)!r}: {e}") from None
     except BaseException as e:
         stale = _mark_stale(out) if out.is_dir() else []
         if stale and isinstance(e, EvaluationError):
@@ -202,19 +232,6 @@ def evaluate_folder(mode: str, ref_dir: Union[str, Path], pred_dir: Union[str, P
                                   f"{', '.join(stale)}: they are not from this run)") from None
         raise
 
-    per_case = {case: metrics for case, (metrics, _) in zip(refs, results)}
-    warnings = [w for _, w in results if w is not None]
-    missing = [case for case, p in preds.items() if p is None]
-    resampled = [case for case, (_, w) in zip(refs, results) if w is not None]
-    summary = {"mode": mode, "label_convention": evaluation_mode.label_convention,
-               **evaluation_mode.summarize(per_case), "per_case": per_case,
-               "missing": missing, "unmatched_predictions": unmatched}
-    if evaluation_mode.resample_prediction:
-        summary["resampled"] = resampled
-
-    out.mkdir(parents=True, exist_ok=True)
-    _replace_atomically(out / "per_case.csv", lambda p: _write_per_case_csv(p, per_case, missing, resampled))
-    _replace_atomically(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
     if verbose:
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)

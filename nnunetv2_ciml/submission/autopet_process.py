@@ -17,7 +17,9 @@ they are paired whatever their names (the baseline does the same). A CT whose gr
 the PET's is resampled onto it (linear, -1024 HU outside) before prediction. The model's
 ``dataset.json`` tells which network channel is CT and which PET (channel names ``CT`` and
 ``PET``/``SUV``, as ``nnunetv2_ciml convert autopet`` writes them). Every foreground label of the
-model counts as lesion.
+model counts as lesion. Inputs are read through :mod:`nnunetv2_ciml.image_io` (:func:`read_input`), all of
+them before the model is loaded: an unreadable or truncated file, or one holding NaN/Inf voxels, stops the run
+with an error naming the case and the file, and nothing is written.
 
 Run in the container as ``python -m nnunetv2_ciml.submission.autopet_process`` (defaults: ``/input``,
 ``/output``, model in ``/opt/algorithm/model``); tests call :func:`process` with other roots.
@@ -32,14 +34,17 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
-__all__ = ["OUTPUT_SLUG", "SubmissionError", "pair_inputs", "channel_order", "ct_on_pet_grid", "process", "main"]
+from nnunetv2_ciml.errors import CIMLError
+
+__all__ = ["OUTPUT_SLUG", "SubmissionError", "pair_inputs", "read_input", "channel_order", "ct_on_pet_grid", "process",
+           "main"]
 
 OUTPUT_SLUG = "images/tumor-lesion-segmentation"
 CATEGORY_FILE = "data-centric-model.json"
 _CT_NAMES, _PET_NAMES = {"ct"}, {"pet", "suv"}
 
 
-class SubmissionError(RuntimeError):
+class SubmissionError(CIMLError, RuntimeError):
     """Bad container input or model: the message names the file and what is wrong."""
 
 
@@ -61,6 +66,17 @@ def pair_inputs(input_root: Path) -> List[Tuple[str, Path, Path]]:
     if unpaired:
         raise SubmissionError(f"{len(ct)} CT and {len(pet)} PET files: cannot pair {unpaired[:5]} by name")
     return [(p.name[:-len(".mha")], p, pet_by_name[p.name]) for p in ct]
+
+
+def read_input(path: Path, uid: str, modality: str) -> sitk.Image:
+    """The container input ``path`` (``modality`` "CT" or "PET" of case ``uid``), checked readable, complete and
+    finite by :func:`nnunetv2_ciml.image_io.read_image`; a :class:`SubmissionError` naming case and file otherwise."""
+    from nnunetv2_ciml.image_io import ImageFileError, read_image
+
+    try:
+        return read_image(path, uid, modality)
+    except ImageFileError as e:
+        raise SubmissionError(str(e)) from None
 
 
 def channel_order(dataset_json: Dict) -> Tuple[int, int]:
@@ -110,6 +126,9 @@ def process(input_root: Union[str, Path], output_root: Union[str, Path], model_f
     if not dataset_json_file.is_file():
         raise SubmissionError(f"'{dataset_json_file}' not found: not an nnU-Net model folder")
     ct_channel, pet_channel = channel_order(json.loads(dataset_json_file.read_text()))
+    for uid, ct_file, pet_file in cases:  # every input checked before the model loads and anything is written
+        read_input(ct_file, uid, "CT")
+        read_input(pet_file, uid, "PET")
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=use_mirroring,
@@ -123,8 +142,8 @@ def process(input_root: Union[str, Path], output_root: Union[str, Path], model_f
     written = []
     with tempfile.TemporaryDirectory() as tmp:
         for uid, ct_file, pet_file in cases:
-            pet = sitk.ReadImage(str(pet_file))
-            ct = ct_on_pet_grid(sitk.ReadImage(str(ct_file)), pet)
+            pet = read_input(pet_file, uid, "PET")
+            ct = ct_on_pet_grid(read_input(ct_file, uid, "CT"), pet)
             channels = [None, None]
             channels[ct_channel] = Path(tmp) / f"{uid}_ct.nii.gz"
             channels[pet_channel] = Path(tmp) / f"{uid}_pet.nii.gz"

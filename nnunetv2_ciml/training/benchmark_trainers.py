@@ -12,6 +12,7 @@ from nnunetv2.training.nnUNetTrainer.variants.benchmarking.nnUNetTrainerBenchmar
 from nnunetv2.training.nnUNetTrainer.variants.benchmarking.nnUNetTrainerBenchmark_5epochs_noDataLoading import \
     nnUNetTrainerBenchmark_5epochs_noDataLoading
 
+from nnunetv2_ciml.training.guards import GuardedTraining
 from nnunetv2_ciml.training.trainers import TrainingBudget, nnUNetTrainerCIML
 
 __all__ = ["nnUNetTrainerCIMLBenchmark_5epochs", "nnUNetTrainerCIMLBenchmark_5epochs_noDataLoading",
@@ -26,8 +27,9 @@ class nnUNetTrainerCIMLBenchmark_5epochs_noDataLoading(nnUNetTrainerCIML, nnUNet
     """nnU-Net's 5-epoch GPU benchmark on one synthetic batch (the network's share of the epoch) with CIML."""
 
 
-class nnUNetTrainer_EpochTime(TrainingBudget):
-    """3 epochs of 5 training and 1 validation iterations on any device; nnU-Net logs each epoch's time."""
+class nnUNetTrainer_EpochTime(GuardedTraining, TrainingBudget):
+    """3 epochs of 5 training and 1 validation iterations on any device; nnU-Net logs each epoch's time. With the
+    training guards, as ``nnUNetTrainerCIML_EpochTime``, so that both time the same per-step work."""
 
     budget_epochs, budget_iterations, budget_val_iterations = 3, 5, 1
 

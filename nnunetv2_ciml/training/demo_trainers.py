@@ -10,7 +10,9 @@ and the same three with ``Quick`` appended (``nnunetv2_ciml demo --quick``, the 
 budget, not results. Budget: 15 epochs of 40 iterations (600 iterations, batch size from the plans),
 no mirroring in augmentation or inference (the shapes are mirror-symmetric, and mirroring would
 multiply the inference time by 4 in 2D); everything else is nnU-Net's (SGD, poly learning rate,
-Dice + CE, deep supervision, augmentation). They work like any trainer::
+Dice + CE, deep supervision, augmentation). All of them have the package's training guards (non-finite
+training stops, atomic checkpoints, ``--c`` fallback; :mod:`nnunetv2_ciml.training.guards`). They work like
+any trainer::
 
     nnUNetv2_train DATASET 2d 0 -tr nnUNetTrainerCIML_ShapeCompositionDemo
 
@@ -29,6 +31,7 @@ from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoM
     nnUNetTrainerNoMirroring
 
 from nnunetv2_ciml.training.epoch_log import EPOCH_LOG_NAME, EpochLineLogger
+from nnunetv2_ciml.training.guards import GuardedTraining
 from nnunetv2_ciml.training.trainers import TrainingBudget, nnUNetTrainerCIML, nnUNetTrainerCIML_noMessages
 
 __all__ = ["nnUNetTrainer_ShapeCompositionDemo", "nnUNetTrainerCIML_ShapeCompositionDemo",
@@ -57,8 +60,9 @@ class _QuickDemoBudget(_DemoBudget):
     budget_epochs, budget_iterations, budget_val_iterations = 2, 5, 1
 
 
-class nnUNetTrainer_ShapeCompositionDemo(_DemoBudget):
-    """Plain nnU-Net (early fusion ``PlainConvUNet`` from the plans) on the demonstration's budget."""
+class nnUNetTrainer_ShapeCompositionDemo(GuardedTraining, _DemoBudget):
+    """Plain nnU-Net (early fusion ``PlainConvUNet`` from the plans) on the demonstration's budget, with the
+    package's training guards (:class:`~nnunetv2_ciml.training.guards.GuardedTraining`)."""
 
 
 class nnUNetTrainerCIML_ShapeCompositionDemo(nnUNetTrainerCIML, _DemoBudget):
@@ -84,8 +88,8 @@ class nnUNetTrainerCIML_noMessages_ShapeCompositionDemo(nnUNetTrainerCIML_noMess
     """``nnUNetTrainerCIML_noMessages`` on the demonstration's budget."""
 
 
-class nnUNetTrainer_ShapeCompositionDemoQuick(_QuickDemoBudget):
-    """Plain nnU-Net on the ``--quick`` budget."""
+class nnUNetTrainer_ShapeCompositionDemoQuick(GuardedTraining, _QuickDemoBudget):
+    """Plain nnU-Net on the ``--quick`` budget, with the training guards."""
 
 
 class nnUNetTrainerCIML_ShapeCompositionDemoQuick(nnUNetTrainerCIML, _QuickDemoBudget):

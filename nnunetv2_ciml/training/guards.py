@@ -1,11 +1,14 @@
 """Training that stops loudly instead of going on silently wrong, and checkpoints that are never torn.
 
-:class:`GuardedTraining` is a mixin for nnU-Net trainers (``class T(GuardedTraining, nnUNetTrainer)``);
-each hook it overrides calls nnU-Net's own and adds one thing:
+:class:`GuardedTraining` is a mixin for any nnU-Net trainer (``class T(GuardedTraining, nnUNetTrainer)``):
+every trainer the package ships has it, CIML or plain. Each hook it overrides calls nnU-Net's own and adds one
+thing:
 
-- ``train_step``: a non-finite loss (or mean message KL) stops training with :class:`TrainingStoppedError`,
-  naming the epoch, the iteration and the non-finite term. Single process: at once. DDP: at the end of
-  the epoch, where nnU-Net gathers the losses of all ranks anyway, so every rank stops together.
+- ``train_step``: a non-finite loss stops training with :class:`TrainingStoppedError`, naming the epoch, the
+  iteration and the non-finite term (the loss's ``last_terms`` if it records them, and whatever
+  :meth:`GuardedTraining.monitored_values` adds: ``nnUNetTrainerCIML`` adds the mean message KL). Single
+  process: at once. DDP: at the end of the epoch, where nnU-Net gathers the losses of all ranks anyway, so
+  every rank stops together.
 - ``save_checkpoint``: refuses weights holding NaN/Inf (``checkpoint_latest.pth``/``checkpoint_best.pth``
   keep the last good ones) and writes atomically: nnU-Net's ``torch.save`` goes to
   ``.<name>.partial`` in the same folder, which is fsynced and renamed onto ``<name>`` (then the folder
@@ -158,15 +161,19 @@ class GuardedTraining:
             self._stop(self._first_nonfinite or f"non-finite training loss in epoch {self.current_epoch} on "
                                                 f"another rank (the mean over ranks is not finite)")
 
+    def monitored_values(self) -> Dict[str, float]:
+        """Values of the step just taken that must be finite besides the loss (name -> value); none here.
+        Subclasses add their own (``nnUNetTrainerCIML``: the mean message KL)."""
+        return {}
+
     def _nonfinite_terms(self, loss) -> Optional[str]:
-        """None if the step's loss and the network's mean message KL are finite, else which terms are not."""
-        kl = getattr(unwrap(self.network), "kl", None)
-        kl = float(kl.detach()) if torch.is_tensor(kl) else None
-        if np.all(np.isfinite(loss)) and (kl is None or math.isfinite(kl)):
+        """None if the step's loss and :meth:`monitored_values` are finite, else which terms are not."""
+        monitored = self.monitored_values()
+        if np.all(np.isfinite(loss)) and all(math.isfinite(v) for v in monitored.values()):
             return None
         terms = {name: float(value) for name, value in getattr(self.loss, "last_terms", {}).items()}
-        if kl is not None:
-            terms.setdefault("mean message KL", kl)
+        for name, value in monitored.items():
+            terms.setdefault(name, value)
         bad = [n for n, v in terms.items() if not math.isfinite(v)]
         listing = ", ".join(f"{n} = {v:.6g}" for n, v in terms.items())
         what = f"{' and '.join(bad)} not finite" if bad else "loss not finite"

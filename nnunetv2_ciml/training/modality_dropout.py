@@ -24,6 +24,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunetv2_ciml.network import modalities_present, unwrap
 from nnunetv2_ciml.training.demo_trainers import _DemoBudget, _QuickDemoBudget
+from nnunetv2_ciml.training.guards import GuardedTraining
 from nnunetv2_ciml.training.trainers import _CPUTestBudget, nnUNetTrainerCIML
 
 __all__ = ["sample_present_modalities", "nnUNetTrainerCIML_modalityDropout", "nnUNetTrainer_modalityDropout",
@@ -61,9 +62,11 @@ def _zero_missing(data: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     return data * present.to(data.dtype).view(*present.shape, *[1] * (data.dim() - 2))
 
 
-class nnUNetTrainer_modalityDropout(nnUNetTrainer):
+class nnUNetTrainer_modalityDropout(GuardedTraining, nnUNetTrainer):
     """Plain nnU-Net trained with modality dropout: a removed modality's input channel is zeroed (the
-    baseline). ``modality_dropout_rate``: fraction of samples that lose modalities (see module docstring)."""
+    baseline). ``modality_dropout_rate``: fraction of samples that lose modalities (see module docstring).
+    With the package's training guards (:class:`~nnunetv2_ciml.training.guards.GuardedTraining`), as the CIML
+    variant."""
 
     modality_dropout_rate: float = 0.5
 

@@ -7,7 +7,7 @@ Use them exactly like nnU-Net's own trainers::
 """
 from functools import partial
 from os.path import isdir, join
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -118,6 +118,10 @@ class nnUNetTrainerCIML(GuardedTraining, nnUNetTrainer):
         if self.local_rank == 0:
             plot_ciml_progress(self.logger.local_logger.my_fantastic_logging, self.message_pair_names(),
                                join(self.output_folder, "ciml_progress.png"))
+
+    def monitored_values(self) -> Dict[str, float]:
+        """The mean message KL of the step just taken, which the guard requires finite with the loss."""
+        return {**super().monitored_values(), "mean message KL": float(unwrap(self.network).kl.detach())}
 
     def message_pair_names(self) -> List[str]:
         return [pair.name for pair in unwrap(self.network).message_pairs]
