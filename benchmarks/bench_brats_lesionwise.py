@@ -128,7 +128,9 @@ def main():
                          "ours_over_official": round(m / o, 3)}
     if args.json is not None:
         official_versions = versions.stdout.split()
-        record = {"command": "python benchmarks/bench_brats_lesionwise.py " + " ".join(sys.argv[1:]),
+        # the official environment's path is this machine's; its versions are recorded below
+        argv = ["OFFICIAL_VENV/bin/python" if a == args.official_python else a for a in sys.argv[1:]]
+        record = {"command": "python benchmarks/bench_brats_lesionwise.py " + " ".join(argv),
                   "date": time.strftime("%Y-%m-%d"),
                   "what": "median seconds per case, from the two files to the per-region values (reading "
                           "included), both in process, measured in the same run",

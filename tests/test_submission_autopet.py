@@ -46,13 +46,8 @@ def trained_model(tmp_path_factory):
 
 
 def write_like_patient(src: Path, dst: Path) -> sitk.Image:
-    image = sitk.ReadImage(str(src))
-    image.SetSpacing(SPACING)
-    image.SetOrigin(ORIGIN)
-    image.SetDirection(DIRECTION)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(image, str(dst), True)
-    return image
+    """``src``'s voxels, compressed, on the patient grid (spacing, origin, flipped direction); format from the suffix."""
+    return write_mha(dst, sitk.GetArrayFromImage(sitk.ReadImage(str(src))), compress=True)
 
 
 @pytest.mark.integration

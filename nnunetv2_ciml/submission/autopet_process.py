@@ -17,8 +17,8 @@ they are paired whatever their names (the baseline does the same). A CT whose gr
 the PET's is resampled onto it (linear, -1024 HU outside) before prediction. The model's
 ``dataset.json`` tells which network channel is CT and which PET (channel names ``CT`` and
 ``PET``/``SUV``, as ``nnunetv2_ciml convert autopet`` writes them). Every foreground label of the
-model counts as lesion. Inputs are read through :mod:`nnunetv2_ciml.image_io` (:func:`read_input`), all of
-them before the model is loaded: an unreadable or truncated file, or one holding NaN/Inf voxels, stops the run
+model counts as lesion. Inputs are read once, through :mod:`nnunetv2_ciml.image_io` (:func:`read_input`), all
+of them before the model is loaded: an unreadable or truncated file, or one holding NaN/Inf voxels, stops the run
 with an error naming the case and the file, and nothing is written.
 
 Run in the container as ``python -m nnunetv2_ciml.submission.autopet_process`` (defaults: ``/input``,
@@ -126,9 +126,10 @@ def process(input_root: Union[str, Path], output_root: Union[str, Path], model_f
     if not dataset_json_file.is_file():
         raise SubmissionError(f"'{dataset_json_file}' not found: not an nnU-Net model folder")
     ct_channel, pet_channel = channel_order(json.loads(dataset_json_file.read_text()))
-    for uid, ct_file, pet_file in cases:  # every input checked before the model loads and anything is written
-        read_input(ct_file, uid, "CT")
-        read_input(pet_file, uid, "PET")
+    # every input read (and checked) once, before the model loads and anything is written; the challenge
+    # runs the container on one case at a time, so holding them is cheap
+    images = [(uid, read_input(ct_file, uid, "CT"), read_input(pet_file, uid, "PET"))
+              for uid, ct_file, pet_file in cases]
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=use_mirroring,
@@ -141,9 +142,8 @@ def process(input_root: Union[str, Path], output_root: Union[str, Path], model_f
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     with tempfile.TemporaryDirectory() as tmp:
-        for uid, ct_file, pet_file in cases:
-            pet = read_input(pet_file, uid, "PET")
-            ct = ct_on_pet_grid(read_input(ct_file, uid, "CT"), pet)
+        for uid, ct, pet in images:
+            ct = ct_on_pet_grid(ct, pet)
             channels = [None, None]
             channels[ct_channel] = Path(tmp) / f"{uid}_ct.nii.gz"
             channels[pet_channel] = Path(tmp) / f"{uid}_pet.nii.gz"
