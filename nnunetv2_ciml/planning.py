@@ -3,92 +3,113 @@
 :func:`ciml_architecture` turns the ``architecture`` entry of a configuration (``PlainConvUNet`` or
 ``ResidualEncoderUNet``, as written by nnU-Net's default and ResEnc planners) into one for
 :class:`~nnunetv2_ciml.network.CIMLUNet`: the same stages, kernels, strides, normalisation and
-convolutions per stage, plus the decomposition, with narrower branches.
+convolutions per stage, plus the decomposition, the branch and decoder widths, and the stages whose
+activations are recomputed in the backward pass.
 
-Branch width rule: every branch (encoder or decoder) gets ``w * features_per_stage`` features, rounded
-to the nearest multiple of 8 (``round_channels``: other widths make CPU and tensor-core convolutions
-several times slower), where ``w`` is the largest factor for which the branches' convolution MACs on
-one patch (counted by ``torch.utils.flop_counter`` on the meta device) do not exceed the plain U-Net's
-from the same plans. The messages are not counted: they are a few percent of the arithmetic. The
-no-message ablation keeps the widths of the full CIML network so that it isolates the messages. Pass
-``width_factor`` to choose ``w`` yourself (trainers: ``branch_width_factor``): ``nnUNetTrainerCIML`` uses
-1.0, branches as wide as the plain U-Net's stages, and ``nnUNetTrainerCIML_MACmatched`` this rule.
+Widths. Each modality branch (encoder) of stage ``s`` gets ``w * e_s * f_s`` features and each subtask decoder
+``w * d_s * f_s``, where ``f_s`` is the plain U-Net's width, ``w`` the width factor, and ``e_s``, ``d_s`` the
+per-stage encoder and decoder factors (``encoder_stage_factors``, ``decoder_stage_factors``: full resolution
+first, 1 for the stages they do not list), rounded to the nearest multiple of 8 (``round_channels``: other
+widths make CPU and tensor-core convolutions several times slower). ``width_factor=None`` chooses ``w`` as the
+largest factor for which the branches' convolution MACs on one patch (``nnunetv2_ciml.costs``) do not exceed
+the plain U-Net's from the same plans, messages not counted (the MAC-matching rule). The no-message ablation
+takes the widths it is given.
+
+Recomputed stages (:func:`recomputed_stages`): the fewest highest-resolution stages whose encoder and decoder
+activations must be recomputed in the backward pass (activation checkpointing) so that one training forward
+keeps at most :data:`ACTIVATION_RATIO_LIMIT` times the plain U-Net's activations; none where CIML's
+activations for one batch stay below :data:`ACTIVATION_FLOOR_BYTES`.
 
 Messages go to the stages of :func:`~nnunetv2_ciml.network.ciml_unet.default_message_stages` (all but
 full resolution); edit ``message_stages`` in the saved plans to change that.
 """
-import pydoc
 from copy import deepcopy
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
-
+from nnunetv2_ciml.costs import conv_macs, network_cost
 from nnunetv2_ciml.decomposition import Decomposition
-from nnunetv2_ciml.network.ciml_unet import ENCODER_LAYOUT, MESSAGE_LATENT_FRACTION, default_message_stages, round_channels
+from nnunetv2_ciml.network.ciml_unet import MESSAGE_LATENT_FRACTION, default_message_stages, round_channels
 
 CIML_NETWORK = "nnunetv2_ciml.network.ciml_unet.CIMLUNet"
 SUPPORTED = {
     "dynamic_network_architectures.architectures.unet.PlainConvUNet",
     "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet",
 }
+# At most this multiple of plain nnU-Net's saved activations (the memory of a training step besides weights).
+ACTIVATION_RATIO_LIMIT = 1.3
+# Below this, no stage is recomputed: a CIML batch that keeps under 1 GiB of activations fits any GPU nnU-Net
+# plans for (its default planner targets 8 GB), and recomputation would cost time for memory nobody needs.
+ACTIVATION_FLOOR_BYTES = 2 ** 30
 
 
-def _resolved(architecture: dict) -> dict:
-    kwargs = deepcopy(architecture["arch_kwargs"])
-    for k in architecture.get("_kw_requires_import", ()):
-        if kwargs.get(k) is not None and isinstance(kwargs[k], str):
-            kwargs[k] = pydoc.locate(kwargs[k])
-    return kwargs
+def stage_widths(features: Sequence[int], width_factor: float, stage_factors: Sequence[float] = ()) -> List[int]:
+    """``round_channels(width_factor * stage_factors[s] * features[s])`` per stage; stages beyond
+    ``stage_factors`` get factor 1."""
+    return [round_channels(width_factor * (stage_factors[s] if s < len(stage_factors) else 1.0) * f)
+            for s, f in enumerate(features)]
 
 
-def conv_macs(architecture: dict, input_channels: int, num_classes: int, patch_size: Sequence[int]) -> int:
-    """Multiply-accumulates of all convolutions for one ``(1, input_channels, *patch_size)`` forward pass."""
-    cls = pydoc.locate(architecture["network_class_name"])
-    with torch.device("meta"):
-        network = cls(input_channels=input_channels, num_classes=num_classes, deep_supervision=False,
-                      **_resolved(architecture))
-        x = torch.empty(1, input_channels, *patch_size)
-    network.eval()
-    with FlopCounterMode(display=False) as counter:
-        network(x)
-    return counter.get_total_flops() // 2
+def _with_widths(ciml: dict, features: Sequence[int], width_factor: float, encoder_stage_factors: Sequence[float],
+                 decoder_stage_factors: Sequence[float]) -> dict:
+    arch = deepcopy(ciml)
+    arch["arch_kwargs"]["features_per_stage"] = stage_widths(features, width_factor, encoder_stage_factors)
+    arch["arch_kwargs"]["decoder_features_per_stage"] = stage_widths(features[:-1], width_factor,
+                                                                     decoder_stage_factors)
+    return arch
 
 
-def _branch_widths(features: Sequence[int], w: float) -> list:
-    return [round_channels(w * f) for f in features]
+def recomputed_stages(plain: dict, ciml: dict, input_channels: int, num_classes: int, patch_size: Sequence[int],
+                      batch_size: int) -> List[int]:
+    """The stages ``[0, ..., k - 1]`` to recompute in CIML's backward pass (see module docstring): the smallest
+    ``k`` whose counted activations are at most :data:`ACTIVATION_RATIO_LIMIT` x plain's (every stage if none
+    is), ``[]`` below :data:`ACTIVATION_FLOOR_BYTES`."""
+    def activations(stages: List[int]) -> int:
+        arch = deepcopy(ciml)
+        arch["arch_kwargs"]["recomputed_stages"] = stages
+        return network_cost(arch, input_channels, num_classes, patch_size, batch_size).activation_bytes
+
+    if activations([]) < ACTIVATION_FLOOR_BYTES:
+        return []
+    limit = ACTIVATION_RATIO_LIMIT * network_cost(plain, input_channels, num_classes, patch_size,
+                                                  batch_size).activation_bytes
+    n_stages = ciml["arch_kwargs"]["n_stages"]
+    for k in range(1, n_stages):
+        if activations(list(range(k))) <= limit:
+            return list(range(k))
+    return list(range(n_stages))
 
 
 def ciml_architecture(architecture: dict, decomposition: Decomposition, patch_size: Sequence[int],
-                      num_classes: int, messages: bool = True, width_factor: Optional[float] = None) -> dict:
-    """The CIML ``architecture`` plans entry for a plain one (see module docstring for the width rule)."""
+                      num_classes: int, messages: bool = True, width_factor: Optional[float] = None,
+                      encoder_stage_factors: Sequence[float] = (), decoder_stage_factors: Sequence[float] = (),
+                      recompute: bool = True, batch_size: int = 2) -> dict:
+    """The CIML ``architecture`` plans entry for a plain one (widths and recomputed stages: module docstring;
+    ``recompute=False`` recomputes nothing; ``batch_size`` is the plans' training batch)."""
     name = architecture["network_class_name"]
     if name not in SUPPORTED:
         raise ValueError(f"CIML builds on nnU-Net's PlainConvUNet and ResidualEncoderUNet plans; this "
                          f"configuration uses '{name}'")
     kwargs = deepcopy(architecture["arch_kwargs"])
     features = list(kwargs["features_per_stage"])
+    m = len(decomposition.modalities)
     # Every parameter-shaping choice is written out, so that later changes of defaults never change
     # the network that a saved model folder describes.
     ciml = {"network_class_name": CIML_NETWORK, "_kw_requires_import": list(architecture["_kw_requires_import"]),
             "arch_kwargs": {**kwargs, **decomposition.to_arch_kwargs(), "messages": messages,
                             "message_stages": default_message_stages(kwargs["n_stages"]),
-                            "message_latent_fraction": MESSAGE_LATENT_FRACTION, "encoder_layout": ENCODER_LAYOUT}}
-    m = len(decomposition.modalities)
-
-    def with_factor(w: float) -> dict:
-        arch = deepcopy(ciml)
-        arch["arch_kwargs"]["features_per_stage"] = _branch_widths(features, w)
-        arch["arch_kwargs"]["messages"] = False  # the budget is the branches' (module docstring)
-        return arch
-
+                            "message_latent_fraction": MESSAGE_LATENT_FRACTION, "recomputed_stages": []}}
     if width_factor is None:
+        branches_only = dict(ciml, arch_kwargs=dict(ciml["arch_kwargs"], messages=False))  # the rule's budget
         budget = conv_macs(architecture, m, num_classes, patch_size)
         lo, hi = 0.05, 1.0
         for _ in range(12):
             mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if conv_macs(with_factor(mid), m, num_classes, patch_size) <= budget else (lo, mid)
+            arch = _with_widths(branches_only, features, mid, encoder_stage_factors, decoder_stage_factors)
+            lo, hi = (mid, hi) if conv_macs(arch, m, num_classes, patch_size) <= budget else (lo, mid)
         width_factor = lo
-    ciml["arch_kwargs"]["features_per_stage"] = _branch_widths(features, width_factor)
+    ciml = _with_widths(ciml, features, width_factor, encoder_stage_factors, decoder_stage_factors)
+    if recompute:
+        ciml["arch_kwargs"]["recomputed_stages"] = recomputed_stages(architecture, ciml, m, num_classes, patch_size,
+                                                                     batch_size)
     ciml["branch_width_factor"] = round(width_factor, 4)  # informative; not a constructor argument
     return ciml

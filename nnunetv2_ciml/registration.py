@@ -34,3 +34,13 @@ def register_at_startup() -> None:
     """What ``nnunetv2_ciml.pth`` runs: :func:`register_ext_trainer_dir` unless ``NNUNETV2_CIML_NO_STARTUP=1``."""
     if os.environ.get(OPT_OUT_VAR, "") not in ("1", "true", "yes"):
         register_ext_trainer_dir()
+
+
+def trainer_class(name: str) -> type:
+    """The package's trainer class called ``name``: one of those the shim exports, which nnU-Net's lookup finds."""
+    from nnunetv2_ciml._nnunet_ext import nnunetv2_ciml_trainers
+
+    cls = getattr(nnunetv2_ciml_trainers, name, None)
+    if not isinstance(cls, type):
+        raise KeyError(f"nnunetv2_ciml has no trainer {name!r} (`nnunetv2_ciml info` lists them)")
+    return cls

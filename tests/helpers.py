@@ -141,9 +141,21 @@ def plain_architecture(dim: int, n_stages: int = 3, residual: bool = False, base
             "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
 
 
+def nnunet_brats_architecture(residual: bool = False) -> dict:
+    """The ``architecture`` nnU-Net's default planner writes for BraTS 3d_fullres (patch 128^3, 1 mm): 6 stages
+    of 32 to 320 features, 3^3 kernels, stride 2 below full resolution (ResEnc: its M preset's blocks)."""
+    arch = plain_architecture(3, n_stages=6, residual=residual, base=32)
+    kwargs = arch["arch_kwargs"]
+    kwargs["features_per_stage"] = [min(32 * 2 ** s, 320) for s in range(6)]
+    kwargs["n_conv_per_stage_decoder"] = [2] * 5
+    kwargs["n_blocks_per_stage" if residual else "n_conv_per_stage"] = [1, 3, 4, 6, 6, 6] if residual else [2] * 6
+    return arch
+
+
 def build_ciml_network(dataset_json: dict, dim: int = 3, residual: bool = False, deep_supervision: bool = True,
-                       messages: bool = True, patch=None, width: Optional[float] = 0.75):
-    """A tiny CIMLUNet built the way nnU-Net builds it (plans entry -> ``get_network_from_plans``)."""
+                       messages: bool = True, patch=None, width: Optional[float] = 0.75, **planning):
+    """A tiny CIMLUNet built the way nnU-Net builds it (plans entry -> ``get_network_from_plans``); ``planning``:
+    further arguments of :func:`~nnunetv2_ciml.planning.ciml_architecture`."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     from nnunetv2_ciml.decomposition import resolve_decomposition
@@ -153,7 +165,7 @@ def build_ciml_network(dataset_json: dict, dim: int = 3, residual: bool = False,
     num_classes = len(d.output_names)
     patch = patch or (16,) * dim
     arch = ciml_architecture(plain_architecture(dim, residual=residual), d, patch, num_classes, messages=messages,
-                             width_factor=width)
+                             width_factor=width, **planning)
     net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
                                  len(d.modalities), num_classes, allow_init=True, deep_supervision=deep_supervision)
     return net, arch

@@ -13,7 +13,7 @@ def test_softmax_targets_exclude_background_3d():
     network = CIMLUNet(2, 3, [4, 8, 16], nn.Conv3d, 3, [1, 2, 2], 3, 1, subtask_primaries=[0, 1],
                        subtask_outputs=[[0, 1], [2]], n_conv_per_stage=1, norm_op=nn.InstanceNorm3d,
                        norm_op_kwargs={"affine": True}, nonlin=nn.LeakyReLU, modality_names=["CT", "PET"],
-                       subtask_names=["GTVp", "GTVn"], encoder_layout="grouped").eval()
+                       subtask_names=["GTVp", "GTVn"]).eval()
     generator = torch.Generator().manual_seed(2)
     set_message_projections(network, message_slots(network), generator)
     x = torch.randn((1, 2, 16, 16, 16), generator=generator)

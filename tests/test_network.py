@@ -5,12 +5,12 @@ import torch.nn.functional as F
 from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
 from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-from torch.distributions import Normal, kl_divergence
 
 from helpers import LABELS, REGIONS, build_ciml_network as build, plain_architecture, randomize_messages
 from nnunetv2_ciml.decomposition import resolve_decomposition
 from nnunetv2_ciml.network import CIMLUNet, MessagePair, StageMessages
 from nnunetv2_ciml.network.message import GATE_INIT_LOGIT
+from nnunetv2_ciml.network.message_reference import messages_per_pair
 from nnunetv2_ciml.planning import ciml_architecture
 
 @pytest.mark.parametrize("dataset_json, dim, residual", [
@@ -51,9 +51,10 @@ def test_same_parameters_whatever_the_deep_supervision_flag():
 
 @pytest.mark.parametrize("dim", [2, 3])
 def test_stage_messages_match_the_per_pair_definition(dim):
-    """The method written out pair by pair (posterior and attention on concatenations of the two modalities'
-    features, m_j = a_j * W_j z_j, summed per subtask); KL against torch.distributions; RMS against the
-    materialised message. Fails if a grouped weight is sliced into the wrong pair, subtask or modality."""
+    """The fused module against the method written out pair by pair (``messages_per_pair``: posterior and
+    attention on concatenations of the two modalities' features, m_j = a_j * W_j z_j, summed per subtask; KL by
+    torch.distributions); the training-mode RMS against the materialised message. Fails if a grouped weight is
+    sliced into the wrong pair, subtask or modality."""
     torch.manual_seed(0)
     conv_op, conv = (torch.nn.Conv2d, F.conv2d) if dim == 2 else (torch.nn.Conv3d, F.conv3d)
     c, latent, primaries = 4, 3, [2, 0]  # 3 modalities, 2 subtasks
@@ -63,31 +64,15 @@ def test_stage_messages_match_the_per_pair_definition(dim):
         torch.nn.init.normal_(conv_module.weight)
     torch.nn.init.normal_(module.receiver_attention.bias)
     features = torch.randn(2, 3 * c, *(5,) * dim)
-    h = list(features.split(c, 1))
     module.eval()
     message, kl, rms = module(features)
     assert kl is None and rms is None
+    expected_message, expected_kl = messages_per_pair(module, features)
+    torch.testing.assert_close(message, expected_message)
     module.train()
     torch.manual_seed(1)
     _, kl, rms = module(features)
-
-    expected_message = [0, 0]
-    expected_kl = []
-    for p, pair in enumerate(pairs):
-        i, k = divmod(p, 2)
-        receiver = h[primaries[pair.subtask]]
-        both = torch.cat((h[pair.sender], receiver), 1)
-        weight = torch.cat((module.sender_posterior.weight[2 * latent * p:2 * latent * (p + 1)],
-                            module.receiver_posterior.weight[2 * latent * p:2 * latent * (p + 1)]), 1)
-        mu, logvar = conv(both, weight, module.receiver_posterior.bias[2 * latent * p:2 * latent * (p + 1)]).chunk(2, 1)
-        attention_weight = torch.cat((module.receiver_attention.weight[p:p + 1],
-                                      module.latent_attention.weight[p:p + 1]), 1)
-        attention = torch.sigmoid(conv(torch.cat((receiver, mu), 1), attention_weight,
-                                       module.receiver_attention.bias[p:p + 1], padding=1))
-        expected_message[i] = expected_message[i] + attention * conv(mu, module.projection(pair))
-        expected_kl.append(kl_divergence(Normal(mu, torch.exp(0.5 * logvar)), Normal(0.0, 1.0)).sum(1).mean())
-    torch.testing.assert_close(message, torch.cat(expected_message, 1))
-    torch.testing.assert_close(kl, torch.stack(expected_kl))
+    torch.testing.assert_close(kl, expected_kl)
     # The training-mode RMS is that of the sampled message: check it against the same sample.
     torch.manual_seed(1)
     seen = {}
@@ -152,7 +137,7 @@ def test_channel_count_mismatch_names_the_modalities():
         net(torch.randn(1, 2, 16, 16, 16))
 
 
-def test_group_norm_and_old_layouts_are_refused():
+def test_group_norm_is_refused():
     d, _ = resolve_decomposition(REGIONS)
     arch = plain_architecture(3)
     arch["arch_kwargs"]["norm_op"] = "torch.nn.GroupNorm"
@@ -160,9 +145,6 @@ def test_group_norm_and_old_layouts_are_refused():
     kwargs = dict(ciml["arch_kwargs"], norm_op="torch.nn.GroupNorm")
     with pytest.raises(ValueError, match="per-channel norm.*GroupNorm"):
         get_network_from_plans(ciml["network_class_name"], kwargs, ciml["_kw_requires_import"], 3, 2)
-    old = {k: v for k, v in ciml["arch_kwargs"].items() if k != "encoder_layout"}
-    with pytest.raises(ValueError, match="do not load: retrain"):
-        get_network_from_plans(ciml["network_class_name"], old, ciml["_kw_requires_import"], 3, 2)
 
 
 def test_message_pairs_are_named_and_kl_follows_their_order():
@@ -189,8 +171,11 @@ def test_message_pairs_are_named_and_kl_follows_their_order():
 @pytest.mark.slow  # torch.compile (dynamo tracing)
 @pytest.mark.parametrize("training", [True, False])
 def test_no_graph_breaks_under_torch_compile(training):
-    """torch.compile sees the whole network (grouped encoder, stage messages, checkpointing) as one graph."""
-    net, _ = build(LABELS, dim=2, deep_supervision=False)
+    """torch.compile sees the whole network (grouped encoder, stage messages, recomputed stages) as one graph."""
+    net, arch = build(LABELS, dim=2, deep_supervision=False)
+    arch["arch_kwargs"]["recomputed_stages"] = [0, 1]
+    net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], 2, 3,
+                                 allow_init=True, deep_supervision=False)
     net.train(training)
     explanation = torch._dynamo.explain(net)(torch.randn(2, 2, 16, 16))
     assert explanation.graph_break_count == 0, explanation.break_reasons
@@ -249,5 +234,40 @@ def test_unsupported_plans_and_inconsistent_kwargs_are_errors():
     with pytest.raises(ValueError, match="PlainConvUNet and ResidualEncoderUNet"):
         ciml_architecture({"network_class_name": "x.Primus", "arch_kwargs": {}, "_kw_requires_import": []}, d, (8,), 2)
     with pytest.raises(ValueError, match="exactly once"):
-        CIMLUNet(3, 2, 4, torch.nn.Conv2d, 3, [1, 2], 2, 1, [0, 1], [[0], [0]], n_conv_per_stage=1,
-                 encoder_layout="grouped")
+        CIMLUNet(3, 2, 4, torch.nn.Conv2d, 3, [1, 2], 2, 1, [0, 1], [[0], [0]], n_conv_per_stage=1)
+
+
+def test_subtask_decoder_at_the_skip_widths_is_dna_unet_decoder():
+    """With decoder widths equal to the skip widths the subtask decoder is dynamic-network-architectures'
+    ``UNetDecoder``: the same parameter names and shapes, and the same outputs from the same weights."""
+    from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
+
+    net, _ = build(REGIONS, dim=2, width=1.0)
+    ours = net.decoder[0]
+    spec = ours.encoder
+    dna = UNetDecoder(spec, ours.num_classes, [1, 1], deep_supervision=True)
+    assert {k: v.shape for k, v in dna.state_dict().items()} == {k: v.shape for k, v in ours.state_dict().items()}
+    dna.load_state_dict(ours.state_dict())
+    skips = [torch.randn(2, c, 16 // 2 ** s, 16 // 2 ** s) for s, c in enumerate(spec.skip_channels)]
+    ours.eval(), dna.eval()
+    for a, b in zip(ours(skips), dna(skips)):
+        torch.testing.assert_close(a, b)
+
+
+def test_encoder_and_decoder_widths_are_separate_profiles():
+    """``encoder_stage_factors`` narrow the modality branches of the stages they list and nothing else;
+    ``decoder_stage_factors`` the subtask decoders'. The full-resolution decoder stage takes its upsampled
+    features (decoder width) and the branch's skip (branch width) and outputs the segmentation from the decoder
+    width. Fails if the decoders follow the encoder's widths or a factor reaches other stages."""
+    net, arch = build(REGIONS, dim=2, width=1.0, encoder_stage_factors=(0.5,), decoder_stage_factors=(2.0, 0.5))
+    kwargs = arch["arch_kwargs"]
+    assert kwargs["features_per_stage"] == [2, 8, 16] and kwargs["decoder_features_per_stage"] == [8, 4]
+    assert net.encoder.stages[0][0].convs[0].conv.out_channels == 3 * 2  # M = 3 branches of 2
+    assert net.encoder.stages[1][0].convs[0].conv.out_channels == 3 * 8
+    decoder = net.decoder[0]  # stages from the bottleneck up: [stage 1, stage 0]
+    assert decoder.transpconvs[0].out_channels == 4 and decoder.stages[0].convs[0].conv.in_channels == 4 + 8
+    assert decoder.transpconvs[1].in_channels == 4 and decoder.transpconvs[1].out_channels == 8
+    assert decoder.stages[1].convs[0].conv.in_channels == 8 + 2 and decoder.stages[1].convs[-1].conv.out_channels == 8
+    assert decoder.seg_layers[1].in_channels == 8
+    out = net(torch.randn(2, 3, 16, 16))
+    assert [tuple(o.shape) for o in out] == [(2, 2, 16, 16), (2, 2, 8, 8)]

@@ -74,3 +74,38 @@ def test_torch_compile_traces_the_network_for_inference_and_training():
     assert torch.isfinite(loss) and network.kl > 0
     assert all(torch.isfinite(p.grad).all() for p in network.parameters() if p.grad is not None)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in network.parameters())
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_recomputed_stages_give_the_same_loss_and_gradients_and_keep_less(residual):
+    """A training step with the encoder and decoder stages 0 and 1 recomputed in the backward pass vs kept: the
+    same loss and gradients for every parameter, the stage-0 encoder convolution really runs twice, and
+    autograd keeps fewer bytes. Fails if recomputation is ignored (bytes), runs other inputs or draws other
+    latent noise (gradients), or if a recomputed decoder stage skips its transposed convolution or skip."""
+    from nnunetv2_ciml.costs import saved_activation_bytes
+
+    kept, arch = build_ciml_network(REGIONS, dim=3, residual=residual)
+    recomputed = _rebuilt(arch, recomputed_stages=[0, 1])
+    assert recomputed.recomputed_stages == [0, 1] and all(d.recomputed_stages == [0, 1] for d in recomputed.decoder)
+    _with_messages(kept)
+    recomputed.load_state_dict(kept.state_dict())
+    kept.train(), recomputed.train()
+    x = torch.randn(2, 3, 16, 16, 16)
+    results = []
+    for network in (kept, recomputed):
+        first = network.encoder.stem if residual else network.encoder.stages[0][0].convs[0]
+        calls = []
+        hook = first.register_forward_pre_hook(lambda *_: calls.append(1))
+        torch.manual_seed(1)
+        loss = sum(o.square().mean() for o in network(x)) + 0.1 * network.kl
+        loss.backward()
+        hook.remove()
+        torch.manual_seed(1)
+        stored = saved_activation_bytes(lambda: network(x), network.parameters())
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in network.named_parameters()}, len(calls), stored))
+    (loss_a, grads_a, calls_a, bytes_a), (loss_b, grads_b, calls_b, bytes_b) = results
+    assert (calls_a, calls_b) == (1, 2)
+    assert bytes_b < 0.8 * bytes_a
+    torch.testing.assert_close(loss_a, loss_b)
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], msg=name)

@@ -128,13 +128,10 @@ QUICK_SETTINGS = DemoSettings(
     figure_cases=2)
 
 
-def _trainer_class(name: str):
-    from nnunetv2_ciml.training import demo_trainers
-    return getattr(demo_trainers, name)
-
-
 def _training_record(trainer: str, model_folder: Path) -> dict:
-    cls = _trainer_class(trainer)
+    from nnunetv2_ciml.registration import trainer_class
+
+    cls = trainer_class(trainer)
     record = {"trainer": trainer, "epochs": cls.budget_epochs, "iterations_per_epoch": cls.budget_iterations,
               "model_folder": str(model_folder)}
     if hasattr(cls, "kl_weight"):  # without messages there is no KL, so no beta to record
@@ -426,6 +423,7 @@ def run_demo(out_dir: Union[str, Path], device: str = "auto", quick: bool = Fals
     from nnunetv2_ciml.demo import nnunet_steps
     from nnunetv2_ciml.demo.report import write_figures, write_report
     from nnunetv2_ciml.demo.shape_composition import generate_shape_composition, information_structure
+    from nnunetv2_ciml.registration import trainer_class
     from nnunetv2_ciml.training.epoch_log import EPOCH_LOG_NAME
 
     settings = settings or (QUICK_SETTINGS if quick else DEFAULT_SETTINGS)
@@ -468,7 +466,7 @@ def run_demo(out_dir: Union[str, Path], device: str = "auto", quick: bool = Fals
 
     model_folders = {m: out_dir / "nnUNet_results" / DATASET_NAME / f"{settings.trainers[m]}__{PLANS}__{CONFIGURATION}"
                      for m in MODELS}
-    budgets = {m: _trainer_class(settings.trainers[m]) for m in MODELS}
+    budgets = {m: trainer_class(settings.trainers[m]) for m in MODELS}
     training_seconds: Dict[str, float] = {}
 
     def train(model: str) -> None:

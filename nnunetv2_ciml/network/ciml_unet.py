@@ -1,28 +1,26 @@
 """CIMLUNet: one grouped encoder for the modality branches, one decoder per subtask, complementary messages."""
 from contextlib import contextmanager
-from types import SimpleNamespace
-from typing import Iterator, List, Optional, Sequence, Type, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Type, Union
 
+import numpy as np
 import torch
 from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
 from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
 from dynamic_network_architectures.building_blocks.residual import BasicBlockD, BottleneckD
 from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
-from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He, init_last_bn_before_add_to_0
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.dropout import _DropoutNd
 from torch.utils.checkpoint import checkpoint
 
+from nnunetv2_ciml.network.decoder import DecoderSpec, SubtaskDecoder, SubtaskDecoders
 from nnunetv2_ciml.network.grouped import check_channelwise_norm, grouped_conv
 from nnunetv2_ciml.network.message import MessagePair, StageMessages, pair_name
 
 IntOrSeq = Union[int, Sequence[int]]
 
 MESSAGE_LATENT_FRACTION = 0.25
-# The encoder layout of the saved weights; plans written before the grouped encoder have none.
-ENCODER_LAYOUT = "grouped"
 
 
 def round_channels(channels: float) -> int:
@@ -32,29 +30,22 @@ def round_channels(channels: float) -> int:
 
 
 def default_message_stages(n_stages: int) -> List[int]:
-    """Every stage below full resolution: on the ShapeComposition demo the full-resolution messages carried
-    8 % of the message Grad-CAM mass, and on a GPU about a quarter of the training step."""
+    """Every stage below full resolution (why: docs/design.md)."""
     return list(range(1, n_stages))
+
+
+def _per_stage(value, n: int) -> list:
+    """``value`` (one value for all, or one per stage) as a list of ``n``."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * n
+    if len(values) != n:
+        raise ValueError(f"expected {n} per-stage values, got {values}")
+    return [int(v) if isinstance(v, (int, np.integer)) else v for v in values]
 
 
 def unwrap(network: nn.Module) -> nn.Module:
     """The module behind DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
     network = getattr(network, "module", network)
     return getattr(network, "_orig_mod", network)
-
-
-class SubtaskDecoders(nn.ModuleList):
-    """One ``UNetDecoder`` per subtask. Setting ``deep_supervision`` sets it on all of them, which is
-    what nnU-Net's ``set_deep_supervision_enabled`` does to ``network.decoder``."""
-
-    @property
-    def deep_supervision(self) -> bool:
-        return all(d.deep_supervision for d in self)
-
-    @deep_supervision.setter
-    def deep_supervision(self, enabled: bool) -> None:
-        for d in self:
-            d.deep_supervision = enabled
 
 
 class CIMLUNet(nn.Module):
@@ -65,10 +56,10 @@ class CIMLUNet(nn.Module):
     ``n_blocks_per_stage`` is given as in ResEnc plans) with M x ``features_per_stage`` channels whose
     convolutions have M groups (:func:`~nnunetv2_ciml.network.grouped.grouped_conv`): with a per-channel norm,
     channel block ``c`` of every stage is exactly the encoder of modality ``c``, seeing channel ``c`` only.
-    Subtask ``i`` has a ``UNetDecoder`` fed by the block of ``subtask_primaries[i]``; at each stage ``s`` of
-    ``message_stages`` every other modality ``j`` adds a message to that skip,
-    ``skip_i^s = h_i^s + sum_j m_{j->i}^s`` (``messages[str(s)]``, one :class:`StageMessages` for all pairs of
-    the stage; ``message_pairs`` lists the :class:`MessagePair` s, subtask by subtask, senders in channel
+    Subtask ``i`` has a :class:`~nnunetv2_ciml.network.decoder.SubtaskDecoder` fed by the block of
+    ``subtask_primaries[i]``; at each stage ``s`` of ``message_stages`` every other modality ``j`` adds a message
+    to that skip, ``skip_i^s = h_i^s + sum_j m_{j->i}^s`` (``messages[str(s)]``, one :class:`StageMessages` for all
+    pairs of the stage; ``message_pairs`` lists the :class:`MessagePair` s, subtask by subtask, senders in channel
     order). The decoders' logits are assembled into nnU-Net's output channels (``subtask_outputs[i]`` lists the
     channels subtask ``i`` owns): ``(B, num_classes, *spatial)``, or with deep supervision a list of
     ``n_stages - 1`` such tensors, highest resolution first. The parameters do not depend on
@@ -78,12 +69,17 @@ class CIMLUNet(nn.Module):
     ``message_kl`` and ``message_magnitude`` (detached, ``(len(message_pairs),)``) the KL and root-mean-square
     message per pair, averaged over stages. Eval mode skips these statistics (``kl`` is 0).
 
-    ``features_per_stage`` are the widths of each branch (see ``nnunetv2_ciml.planning``); each latent ``z``
-    has ``message_latent_fraction`` of the stage's channels (rounded as :func:`round_channels`).
-    ``messages=False`` builds the unimodal-branch ablation; ``message_stages`` lists the encoder stages that
-    receive messages (default :func:`default_message_stages`). ``checkpoint_messages`` recomputes message
-    intermediates in the backward pass instead of storing them. ``encoder_layout`` must be
-    ``ENCODER_LAYOUT``: plans written by earlier versions (separate encoders) are refused with a clear error.
+    Widths (see ``nnunetv2_ciml.planning``): ``features_per_stage`` is each modality branch's width per stage,
+    ``decoder_features_per_stage`` each subtask decoder's per stage above the bottleneck (default: the branch
+    widths); each latent ``z`` has ``message_latent_fraction`` of the stage's branch channels (rounded as
+    :func:`round_channels`). ``messages=False`` builds the unimodal-branch ablation; ``message_stages`` lists the
+    encoder stages that receive messages (default :func:`default_message_stages`).
+
+    Memory: ``recomputed_stages`` lists resolution stages whose encoder stage and decoder stages are recomputed
+    in the backward pass instead of keeping their activations (non-reentrant activation checkpointing, in
+    training with gradients only; the same outputs and gradients); ``checkpoint_messages`` does the same for
+    every message module. :meth:`compute_conv_feature_map_size` counts what is kept, as nnU-Net's planners
+    expect of a dynamic-network-architectures network.
 
     Missing modalities: ``forward(x, present)``, or the attribute ``present_modalities`` when ``present`` is not
     given (how nnU-Net's predictor, which calls ``network(x)``, is told; see :func:`modalities_present`), takes a
@@ -118,19 +114,15 @@ class CIMLUNet(nn.Module):
                  block: Type[Union[BasicBlockD, BottleneckD]] = BasicBlockD,
                  bottleneck_channels: Optional[IntOrSeq] = None,
                  stem_channels: Optional[int] = None,
+                 decoder_features_per_stage: Optional[IntOrSeq] = None,
                  messages: bool = True,
                  message_stages: Optional[Sequence[int]] = None,
                  message_latent_fraction: float = MESSAGE_LATENT_FRACTION,
                  checkpoint_messages: bool = True,
+                 recomputed_stages: Sequence[int] = (),
                  modality_names: Optional[Sequence[str]] = None,
-                 subtask_names: Optional[Sequence[str]] = None,
-                 encoder_layout: Optional[str] = None):
+                 subtask_names: Optional[Sequence[str]] = None):
         super().__init__()
-        if encoder_layout != ENCODER_LAYOUT:
-            raise ValueError(f"These plans describe a CIML network of encoder layout {encoder_layout!r}; this "
-                             f"version of nnunetv2_ciml builds {ENCODER_LAYOUT!r} (all modality encoders as one "
-                             f"grouped encoder, arch_kwargs['encoder_layout']). Models saved by versions before "
-                             f"the grouped encoder do not load: retrain them with this version.")
         if (n_conv_per_stage is None) == (n_blocks_per_stage is None):
             raise ValueError("CIMLUNet needs exactly one of n_conv_per_stage (PlainConvUNet plans) or "
                              "n_blocks_per_stage (ResidualEncoderUNet plans)")
@@ -142,55 +134,30 @@ class CIMLUNet(nn.Module):
             raise ValueError(f"subtask_primaries {list(subtask_primaries)} must give one input channel in "
                              f"[0, {input_channels}) per subtask ({len(subtask_outputs)} subtasks)")
         check_channelwise_norm(norm_op)
-        m = input_channels
-        if isinstance(features_per_stage, int):
-            features_per_stage = [features_per_stage] * n_stages
-        if isinstance(kernel_sizes, int):
-            kernel_sizes = [kernel_sizes] * n_stages
-        dim = convert_conv_op_to_dim(conv_op)
-        kernel_sizes = [[k] * dim if isinstance(k, int) else list(k) for k in kernel_sizes]
-        features_per_stage = [int(f) for f in features_per_stage]
-
-        self.modality_names = list(modality_names) if modality_names else [f"channel{c}" for c in range(m)]
-        self.subtask_names = list(subtask_names) if subtask_names else [f"subtask{i}" for i in range(len(subtask_outputs))]
+        self.features_per_stage = _per_stage(features_per_stage, n_stages)
+        self.decoder_features_per_stage = (self.features_per_stage[:-1] if decoder_features_per_stage is None
+                                           else _per_stage(decoder_features_per_stage, n_stages - 1))
+        self.recomputed_stages = sorted(set(int(s) for s in recomputed_stages))
+        if any(not 0 <= s < n_stages for s in self.recomputed_stages):
+            raise ValueError(f"recomputed_stages {list(recomputed_stages)} must lie in [0, {n_stages})")
+        self.modality_names = (list(modality_names) if modality_names
+                               else [f"channel{c}" for c in range(input_channels)])
+        self.subtask_names = (list(subtask_names) if subtask_names
+                              else [f"subtask{i}" for i in range(len(subtask_outputs))])
         self.subtask_primaries = [int(p) for p in subtask_primaries]
         self.subtask_outputs = [[int(k) for k in outs] for outs in subtask_outputs]
-        self.features_per_stage = features_per_stage
         self.checkpoint_messages = checkpoint_messages
+        dim = convert_conv_op_to_dim(conv_op)
+        kernel_sizes = [[k] * dim if isinstance(k, int) else list(k) for k in _per_stage(kernel_sizes, n_stages)]
+        convolutions = dict(conv_bias=conv_bias, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, dropout_op=dropout_op,
+                            dropout_op_kwargs=dropout_op_kwargs, nonlin=nonlin, nonlin_kwargs=nonlin_kwargs)
 
-        common = dict(conv_bias=conv_bias, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, dropout_op=dropout_op,
-                      dropout_op_kwargs=dropout_op_kwargs, nonlin=nonlin, nonlin_kwargs=nonlin_kwargs,
-                      return_skips=True)
-        grouped = grouped_conv(conv_op, m)
-        times_m = (lambda v: None if v is None else [m * int(c) for c in v] if isinstance(v, (list, tuple)) else m * int(v))
-        if n_blocks_per_stage is not None:
-            self.encoder = ResidualEncoder(m, n_stages, times_m(features_per_stage), grouped, kernel_sizes, strides,
-                                           n_blocks_per_stage, block=block,
-                                           bottleneck_channels=times_m(bottleneck_channels),
-                                           disable_default_stem=False, stem_channels=times_m(stem_channels), **common)
-        else:
-            self.encoder = PlainConvEncoder(m, n_stages, times_m(features_per_stage), grouped, kernel_sizes, strides,
-                                            n_conv_per_stage, **common)
-        # The decoders see one modality's features through nnU-Net's plain convolution: their spec comes from
-        # the constructor arguments, not from the grouped encoder.
-        spec = SimpleNamespace(output_channels=features_per_stage, strides=self.encoder.strides, conv_op=conv_op,
-                               kernel_sizes=kernel_sizes, **{k: v for k, v in common.items() if k != "return_skips"})
-        self.decoder = SubtaskDecoders([UNetDecoder(spec, len(outs), n_conv_per_stage_decoder, deep_supervision)
-                                        for outs in self.subtask_outputs])
-
-        self.message_pairs: List[MessagePair] = [
-            MessagePair(j, i, pair_name(self.modality_names[j], self.subtask_names[i]))
-            for i, p in enumerate(self.subtask_primaries) for j in range(m) if j != p
-        ] if messages and m > 1 else []
-        stages = default_message_stages(n_stages) if message_stages is None else message_stages
-        self.message_stages = sorted(set(int(s) for s in stages)) if self.message_pairs else []
-        if any(not 0 <= s < n_stages for s in self.message_stages):
-            raise ValueError(f"message_stages {list(stages)} must lie in [0, {n_stages})")
-        self.messages = nn.ModuleDict({
-            str(s): StageMessages(conv_op, features_per_stage[s],
-                                  round_channels(message_latent_fraction * features_per_stage[s]), kernel_sizes[s],
-                                  self.subtask_primaries, self.message_pairs)
-            for s in self.message_stages})
+        self.encoder = self._build_encoder(conv_op, kernel_sizes, strides, n_conv_per_stage, n_blocks_per_stage, block,
+                                           bottleneck_channels, stem_channels, convolutions)
+        self.decoder = self._build_decoders(conv_op, kernel_sizes, n_conv_per_stage_decoder, deep_supervision,
+                                            convolutions)
+        self.message_pairs, self.message_stages, self.messages = self._build_messages(
+            conv_op, kernel_sizes, messages, message_stages, message_latent_fraction)
 
         order = [k for outs in self.subtask_outputs for k in outs]
         self.register_buffer("_output_order", torch.tensor([order.index(k) for k in range(num_classes)]),
@@ -201,6 +168,50 @@ class CIMLUNet(nn.Module):
         self.message_kl = torch.zeros(len(self.message_pairs))
         self.message_magnitude = torch.zeros(len(self.message_pairs))
 
+    def _build_encoder(self, conv_op, kernel_sizes, strides, n_conv_per_stage, n_blocks_per_stage, block,
+                       bottleneck_channels, stem_channels, convolutions: dict) -> nn.Module:
+        """The M modality branches as one DNA encoder with M-grouped convolutions and M times the widths."""
+        m, n_stages = self.num_modalities, len(self.features_per_stage)
+        grouped = grouped_conv(conv_op, m)
+
+        def times_m(v):
+            return None if v is None else [m * int(c) for c in v] if isinstance(v, (list, tuple)) else m * int(v)
+
+        if n_blocks_per_stage is not None:
+            return ResidualEncoder(m, n_stages, times_m(self.features_per_stage), grouped, kernel_sizes, strides,
+                                   n_blocks_per_stage, block=block, bottleneck_channels=times_m(bottleneck_channels),
+                                   disable_default_stem=False, stem_channels=times_m(stem_channels), return_skips=True,
+                                   **convolutions)
+        return PlainConvEncoder(m, n_stages, times_m(self.features_per_stage), grouped, kernel_sizes, strides,
+                                n_conv_per_stage, return_skips=True, **convolutions)
+
+    def _build_decoders(self, conv_op, kernel_sizes, n_conv_per_stage_decoder, deep_supervision: bool,
+                        convolutions: dict) -> SubtaskDecoders:
+        """One plain (ungrouped) decoder per subtask, on skips one branch wide."""
+        spec = DecoderSpec(output_channels=[*self.decoder_features_per_stage, self.features_per_stage[-1]],
+                           skip_channels=self.features_per_stage, strides=self.encoder.strides,
+                           kernel_sizes=kernel_sizes, conv_op=conv_op, **convolutions)
+        return SubtaskDecoders([SubtaskDecoder(spec, len(outs), n_conv_per_stage_decoder, deep_supervision,
+                                               self.recomputed_stages)
+                                for outs in self.subtask_outputs])
+
+    def _build_messages(self, conv_op, kernel_sizes, messages: bool, message_stages: Optional[Sequence[int]],
+                        latent_fraction: float) -> Tuple[List[MessagePair], List[int], nn.ModuleDict]:
+        """Every (sender, subtask) pair, subtask by subtask, and one :class:`StageMessages` per message stage."""
+        m, n_stages = self.num_modalities, len(self.features_per_stage)
+        pairs = [MessagePair(j, i, pair_name(self.modality_names[j], self.subtask_names[i]))
+                 for i, p in enumerate(self.subtask_primaries) for j in range(m) if j != p] if messages else []
+        stages = default_message_stages(n_stages) if message_stages is None else message_stages
+        stages = sorted(set(int(s) for s in stages)) if pairs else []
+        if any(not 0 <= s < n_stages for s in stages):
+            raise ValueError(f"message_stages {list(stages)} must lie in [0, {n_stages})")
+        modules = nn.ModuleDict({
+            str(s): StageMessages(conv_op, self.features_per_stage[s],
+                                  round_channels(latent_fraction * self.features_per_stage[s]), kernel_sizes[s],
+                                  self.subtask_primaries, pairs)
+            for s in stages})
+        return pairs, stages, modules
+
     @property
     def num_modalities(self) -> int:
         return len(self.modality_names)
@@ -209,6 +220,45 @@ class CIMLUNet(nn.Module):
         """Modality ``modality``'s block ``(B, C_s, *spatial)`` of the grouped encoder's stage output."""
         c = self.features_per_stage[stage]
         return features[:, modality * c:(modality + 1) * c]
+
+    def _encode(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """The grouped encoder's stage outputs ``(B, M * C_s, *spatial_s)``, as ``PlainConvEncoder`` and
+        ``ResidualEncoder`` compute them, with the stages of ``recomputed_stages`` checkpointed (the stem of a
+        residual encoder with stage 0)."""
+        recompute = self.training and torch.is_grad_enabled()
+        stem = getattr(self.encoder, "stem", None)
+        features = []
+        for s, stage in enumerate(self.encoder.stages):
+            run = (lambda t, stage=stage: stage(stem(t))) if s == 0 and stem is not None else stage
+            x = checkpoint(run, x, use_reentrant=False) if recompute and s in self.recomputed_stages else run(x)
+            features.append(x)
+        return features
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
+        """Feature-map elements kept for the backward pass of one sample on a patch ``input_size`` (spatial), in
+        the unit dynamic-network-architectures counts for ``PlainConvUNet`` (one per element of every convolution
+        output), so that nnU-Net's planners can size patch and batch for CIML: the grouped encoder and every
+        subtask decoder. A recomputed stage keeps only its output, which autograd holds once where it holds a
+        convolution's output twice (as the input of the normalisation and of the next convolution): half a unit
+        per element; a recomputed stage with messages also keeps each decoder's skip (its branch's features plus the
+        messages). Message modules keep nothing of their own (recomputed)."""
+        total = self.encoder.compute_conv_feature_map_size(input_size)
+        total += sum(d.compute_conv_feature_map_size(input_size) for d in self.decoder)
+        size, sizes = list(input_size), []
+        for stride in self.encoder.strides:
+            size = [i // j for i, j in zip(size, stride)]
+            sizes.append(size)
+        stem = getattr(self.encoder, "stem", None)
+        for s in self.recomputed_stages:
+            stage = self.encoder.stages[s]
+            block = stage[-1] if isinstance(stage, nn.Sequential) else stage
+            total -= block.compute_conv_feature_map_size(sizes[s - 1] if s else list(input_size))
+            if s == 0 and stem is not None:
+                total -= stem.compute_conv_feature_map_size(input_size)
+            total += np.prod([self.num_modalities * self.features_per_stage[s], *sizes[s]], dtype=np.int64) // 2
+            if s in self.message_stages:  # each decoder's skip with its messages added, kept as a stage input
+                total += np.prod([len(self.decoder) * self.features_per_stage[s], *sizes[s]], dtype=np.int64) // 2
+        return total
 
     def _stage_messages(self, stage: int, features: torch.Tensor, present: Optional[torch.Tensor]):
         module = self.messages[str(stage)]
@@ -232,7 +282,7 @@ class CIMLUNet(nn.Module):
                 f"({', '.join(self.modality_names)}), got {x.shape[1]}. If a sequence is missing, predict with "
                 f"`nnunetv2_ciml predict`, which accepts cases with missing modality files.")
         present = self.present_modalities if present is None else present
-        features = self.encoder(x)
+        features = self._encode(x)
         if present is not None:
             present = self.presence_mask(present, x)
             flags = present.view(*present.shape, *[1] * (x.dim() - 1))  # (B, M, 1, *1)

@@ -1,6 +1,6 @@
 """The complementary messages of one encoder stage: every (sender modality -> subtask) pair at once."""
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple, Type
+from typing import Dict, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import nn
@@ -153,6 +153,20 @@ class StageMessages(nn.Module):
         p, c = self.pairs.index(pair), self.channels
         i, k = divmod(p, self.senders_per_subtask)
         return self.project.weight[i * c:(i + 1) * c, k * self.latent_channels:(k + 1) * self.latent_channels]
+
+    def pair_weights(self, pair: MessagePair) -> Dict[str, torch.Tensor]:
+        """``pair``'s weights as the unfused method has them (views of the grouped weights): ``posterior``
+        ``(2L, 2C, 1, ...)`` over ``[h_sender, h_receiver]`` (``mu`` rows first) and ``posterior_bias`` ``(2L,)``;
+        ``attention`` ``(1, C + L, k, ...)`` over ``[h_receiver, z]`` and ``attention_bias`` ``(1,)``;
+        ``projection`` ``(C, L, 1, ...)`` (:meth:`projection`)."""
+        p, rows = self.pairs.index(pair), slice(2 * self.latent_channels * self.pairs.index(pair),
+                                                2 * self.latent_channels * (self.pairs.index(pair) + 1))
+        return {"posterior": torch.cat((self.sender_posterior.weight[rows], self.receiver_posterior.weight[rows]), 1),
+                "posterior_bias": self.receiver_posterior.bias[rows],
+                "attention": torch.cat((self.receiver_attention.weight[p:p + 1], self.latent_attention.weight[p:p + 1]),
+                                       1),
+                "attention_bias": self.receiver_attention.bias[p:p + 1],
+                "projection": self.projection(pair)}
 
     def forward(self, features: torch.Tensor, present: Optional[torch.Tensor] = None
                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:

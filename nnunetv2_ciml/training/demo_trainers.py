@@ -32,10 +32,14 @@ from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoM
 
 from nnunetv2_ciml.training.epoch_log import EPOCH_LOG_NAME, EpochLineLogger
 from nnunetv2_ciml.training.guards import GuardedTraining
-from nnunetv2_ciml.training.trainers import TrainingBudget, nnUNetTrainerCIML, nnUNetTrainerCIML_noMessages
+from nnunetv2_ciml.training.trainers import (TrainingBudget, nnUNetTrainerCIML,
+                                             nnUNetTrainerCIML_narrowFullResDecoders,
+                                             nnUNetTrainerCIML_narrowFullResEncoders, nnUNetTrainerCIML_noMessages)
 
 __all__ = ["nnUNetTrainer_ShapeCompositionDemo", "nnUNetTrainerCIML_ShapeCompositionDemo",
            "nnUNetTrainerCIML_MACmatched_ShapeCompositionDemo", "nnUNetTrainerCIML_width075_ShapeCompositionDemo",
+           "nnUNetTrainerCIML_narrowFullResEncoders_ShapeCompositionDemo",
+           "nnUNetTrainerCIML_narrowFullResDecoders_ShapeCompositionDemo",
            "nnUNetTrainerCIML_noMessages_ShapeCompositionDemo", "nnUNetTrainer_ShapeCompositionDemoQuick",
            "nnUNetTrainerCIML_ShapeCompositionDemoQuick", "nnUNetTrainerCIML_noMessages_ShapeCompositionDemoQuick"]
 
@@ -82,6 +86,18 @@ class nnUNetTrainerCIML_width075_ShapeCompositionDemo(nnUNetTrainerCIML_ShapeCom
     """Branches 0.75x as wide as the plain U-Net's (the width study, ``benchmarks/demo_width_study.py``)."""
 
     branch_width_factor = 0.75
+
+
+class nnUNetTrainerCIML_narrowFullResEncoders_ShapeCompositionDemo(nnUNetTrainerCIML_ShapeCompositionDemo):
+    """``nnUNetTrainerCIML_narrowFullResEncoders``'s widths (the width study)."""
+
+    encoder_stage_factors = nnUNetTrainerCIML_narrowFullResEncoders.encoder_stage_factors
+
+
+class nnUNetTrainerCIML_narrowFullResDecoders_ShapeCompositionDemo(nnUNetTrainerCIML_ShapeCompositionDemo):
+    """``nnUNetTrainerCIML_narrowFullResDecoders``'s widths (the width study)."""
+
+    decoder_stage_factors = nnUNetTrainerCIML_narrowFullResDecoders.decoder_stage_factors
 
 
 class nnUNetTrainerCIML_noMessages_ShapeCompositionDemo(nnUNetTrainerCIML_noMessages, _DemoBudget):

@@ -50,7 +50,8 @@ class CheckpointError(CIMLError, RuntimeError):
 
 def validate_ciml_attributes(trainer) -> None:
     """Raise CIMLError for a trainer whose CIML settings cannot train: ``kl_weight`` a finite number >= 0,
-    ``kl_warmup_fraction`` in [0, 1], ``messages`` a bool, ``branch_width_factor`` None or a finite number > 0."""
+    ``kl_warmup_fraction`` in [0, 1], ``messages`` and ``recompute_activations`` bools, ``branch_width_factor`` None
+    or a finite number > 0, ``encoder_stage_factors`` and ``decoder_stage_factors`` tuples of finite numbers > 0."""
     name = type(trainer).__name__
 
     def number(attr: str) -> float:
@@ -69,6 +70,14 @@ def validate_ciml_attributes(trainer) -> None:
     if getattr(trainer, "branch_width_factor", None) is not None and number("branch_width_factor") <= 0:
         raise CIMLError(f"{name}.branch_width_factor = {trainer.branch_width_factor!r}: must be > 0 (or None for "
                         "the MAC-matching rule)")
+    for attr in ("encoder_stage_factors", "decoder_stage_factors"):
+        factors = getattr(trainer, attr, ())
+        if not isinstance(factors, (tuple, list)) or not all(
+                isinstance(f, Real) and not isinstance(f, bool) and math.isfinite(f) and f > 0 for f in factors):
+            raise CIMLError(f"{name}.{attr} = {factors!r}: must be a tuple of finite numbers > 0, one per stage from "
+                            "full resolution (stages not listed keep factor 1)")
+    if not isinstance(getattr(trainer, "recompute_activations", True), bool):
+        raise CIMLError(f"{name}.recompute_activations = {trainer.recompute_activations!r}: must be True or False")
 
 
 def kl_beta(epoch: int, num_epochs: int, kl_weight: float, warmup_fraction: float) -> float:

@@ -7,7 +7,7 @@ Use them exactly like nnU-Net's own trainers::
 """
 from functools import partial
 from os.path import isdir, join
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoM
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunetv2_ciml.decomposition import count_label_voxels, resolve_decomposition
+from nnunetv2_ciml.decomposition import Decomposition, count_label_voxels, resolve_decomposition
 from nnunetv2_ciml.network import unwrap
 from nnunetv2_ciml.planning import CIML_NETWORK, ciml_architecture
 from nnunetv2_ciml.training.guards import GuardedTraining, kl_beta, validate_ciml_attributes
@@ -25,7 +25,8 @@ from nnunetv2_ciml.training.loss import KLRegularizedLoss
 from nnunetv2_ciml.training.progress import plot_ciml_progress
 
 __all__ = ["nnUNetTrainerCIML", "nnUNetTrainerCIML_beta1e2", "nnUNetTrainerCIML_beta1e4",
-           "nnUNetTrainerCIML_MACmatched", "nnUNetTrainerCIML_noMessages", "nnUNetTrainerCIML_CPUtest", "nnUNetTrainerCIML_noMessages_CPUtest"]
+           "nnUNetTrainerCIML_MACmatched", "nnUNetTrainerCIML_narrowFullResEncoders",
+           "nnUNetTrainerCIML_narrowFullResDecoders", "nnUNetTrainerCIML_width075", "nnUNetTrainerCIML_noMessages", "nnUNetTrainerCIML_CPUtest", "nnUNetTrainerCIML_noMessages_CPUtest"]
 
 LOG_KEYS = ("ciml_beta", "ciml_kl", "ciml_message_kl", "ciml_message_magnitude")
 
@@ -52,6 +53,9 @@ class nnUNetTrainerCIML(GuardedTraining, nnUNetTrainer):
     kl_warmup_fraction: float = 0.1
     messages: bool = True
     branch_width_factor: Optional[float] = 1.0  # None: the MAC-matching rule of nnunetv2_ciml.planning
+    encoder_stage_factors: Tuple[float, ...] = ()  # per-stage width factors, full resolution first
+    decoder_stage_factors: Tuple[float, ...] = ()
+    recompute_activations: bool = True  # the recomputed-stages rule of nnunetv2_ciml.planning
 
     def initialize(self):
         # The network must come from CIML plans before nnU-Net builds it from them.
@@ -78,16 +82,28 @@ class nnUNetTrainerCIML(GuardedTraining, nnUNetTrainer):
             self.dataset_json, determine_num_input_channels(self.plans_manager, self.configuration_manager,
                                                             self.dataset_json),
             counts, source=f"dataset.json of {self.plans_manager.dataset_name}")
-        ciml = ciml_architecture(architecture, decomposition, self.configuration_manager.patch_size,
-                                 self.label_manager.num_segmentation_heads, messages=self.messages,
-                                 width_factor=self.branch_width_factor)
+        ciml = self.network_architecture(architecture, decomposition, self.configuration_manager.patch_size,
+                                         self.label_manager.num_segmentation_heads,
+                                         self.configuration_manager.batch_size)
+        arch_kwargs = ciml["arch_kwargs"]
         plans["configurations"][self.configuration_name]["architecture"] = ciml
         self.plans_manager = PlansManager(plans)
         self.configuration_manager = self.plans_manager.get_configuration(self.configuration_name)
         self.print_to_log_file(f"{decomposition.describe()}\n  (from {origin})\n"
-                               f"  branch features per stage {ciml['arch_kwargs']['features_per_stage']} "
-                               f"(width factor {ciml['branch_width_factor']}), messages: {self.messages}, "
-                               f"beta {self.kl_weight}", also_print_to_console=True)
+                               f"  branch features per stage {arch_kwargs['features_per_stage']}, decoder features "
+                               f"{arch_kwargs['decoder_features_per_stage']} (width factor "
+                               f"{ciml['branch_width_factor']}), recomputed stages {arch_kwargs['recomputed_stages']}, "
+                               f"messages: {self.messages}, beta {self.kl_weight}", also_print_to_console=True)
+
+    @classmethod
+    def network_architecture(cls, architecture: dict, decomposition: Decomposition, patch_size: Sequence[int],
+                             num_classes: int, batch_size: int) -> dict:
+        """The CIML ``architecture`` plans entry this trainer writes for a plain one: its widths, messages and
+        recomputed stages (:func:`~nnunetv2_ciml.planning.ciml_architecture`)."""
+        return ciml_architecture(architecture, decomposition, patch_size, num_classes, messages=cls.messages,
+                                 width_factor=cls.branch_width_factor, encoder_stage_factors=cls.encoder_stage_factors,
+                                 decoder_stage_factors=cls.decoder_stage_factors, recompute=cls.recompute_activations,
+                                 batch_size=batch_size)
 
     def _build_loss(self):
         return KLRegularizedLoss(super()._build_loss(), lambda: unwrap(self.network).kl)
@@ -145,6 +161,24 @@ class nnUNetTrainerCIML_MACmatched(nnUNetTrainerCIML):
     5 seeds (docs/demo.md)."""
 
     branch_width_factor = None
+
+
+class nnUNetTrainerCIML_narrowFullResEncoders(nnUNetTrainerCIML):
+    """Full-resolution modality branches a quarter as wide; decoders and deeper stages at full width."""
+
+    encoder_stage_factors = (0.25,)
+
+
+class nnUNetTrainerCIML_narrowFullResDecoders(nnUNetTrainerCIML):
+    """Full-resolution subtask decoder stages a quarter as wide; branches and deeper stages at full width."""
+
+    decoder_stage_factors = (0.25,)
+
+
+class nnUNetTrainerCIML_width075(nnUNetTrainerCIML):
+    """Every branch and decoder 0.75 times as wide as the plain U-Net's stage."""
+
+    branch_width_factor = 0.75
 
 
 class nnUNetTrainerCIML_noMessages(nnUNetTrainerCIML):
