@@ -4,7 +4,7 @@ What a user feels is an epoch of the real training loop: data loading and augmen
 background workers, the training step, validation iterations, logging. This script writes a small
 BraTS-like dataset (4 modalities, BraTS 2023 labels trained as the regions WT/TC/ET), plans and
 preprocesses it with nnU-Net's own planner (3d_fullres, default plans: 32 features at full resolution),
-and trains a benchmark trainer pair on it (:mod:`nnunetv2_ciml.training.benchmark_trainers`):
+and trains a benchmark trainer pair on it (:mod:`nnunetv2_ciml.benchmarking`):
 
 - CUDA: nnU-Net's ``nnUNetTrainerBenchmark_5epochs`` and ``nnUNetTrainerCIMLBenchmark_5epochs`` (real data
   loading), then both ``_noDataLoading`` twins (the network alone);

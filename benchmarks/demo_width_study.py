@@ -35,37 +35,22 @@ TRAINERS = {"nnUNet": "nnUNetTrainer_ShapeCompositionDemo",
             "CIML_MACmatched": "nnUNetTrainerCIML_MACmatched_ShapeCompositionDemo"}
 
 
-def prepare_seed(out_dir: Path, seed: int) -> dict:
-    """Data and plans of one seed (kept when already there); returns what the models of this seed need."""
-    from nnunetv2_ciml.demo import nnunet_steps
-    from nnunetv2_ciml.demo.pipeline import (CONFIGURATION, DATASET_ID, DATASET_NAME, DEFAULT_SETTINGS, PLANS,
-                                             _test_cases, narrow_plans, nnunet_environment)
-    from nnunetv2_ciml.demo.shape_composition import generate_shape_composition, information_structure
+def prepare_seed(out_dir: Path, seed: int):
+    """Data and plans of one seed in ``out_dir/seed_<seed>`` (kept when already there): ``(run dir, nnU-Net
+    environment, DemoData)``."""
+    from nnunetv2_ciml.demo.dataset import DEFAULT_SETTINGS, nnunet_environment, prepare_dataset
 
-    settings = replace(DEFAULT_SETTINGS, seed=seed)
     run_dir = out_dir / f"seed_{seed}"  # the layout of benchmarks/missing_modalities.py
     env = nnunet_environment(run_dir, "cpu")
-    raw = run_dir / "nnUNet_raw" / DATASET_NAME
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    if not (raw / "dataset.json").exists():
-        generate_shape_composition(raw, num_train=settings.num_train, num_test=settings.num_test, size=settings.size,
-                                   radius=settings.radius, num_modalities=settings.num_modalities, seed=seed)
-    preprocessed = run_dir / "nnUNet_preprocessed" / DATASET_NAME
-    if not (preprocessed / f"{PLANS}.json").exists():
-        nnunet_steps.plan_and_preprocess(DATASET_ID, CONFIGURATION, env, run_dir / "logs" / "plan_and_preprocess.log",
-                                         False)
-        narrow_plans(preprocessed, CONFIGURATION, settings.base_features, settings.max_features, settings.batch_size)
-    file_ending = json.loads((raw / "dataset.json").read_text())["file_ending"]
-    return {"run_dir": run_dir, "env": env, "raw": raw, "file_ending": file_ending,
-            "objects": json.loads((raw / "objects.json").read_text()),
-            "complementary": list(information_structure(raw)["Ts"]["complementary_cases"]),
-            "cases": _test_cases(raw, file_ending, settings.num_modalities)}
+    data = prepare_dataset(run_dir, replace(DEFAULT_SETTINGS, seed=seed), env, run_dir / "logs", verbose=False)
+    return run_dir, env, data
 
 
 def counted_cost(model_folder: Path) -> dict:
     """FLOPs, activation bytes and parameters of the trained model's network on the demo's patch and batch."""
     from nnunetv2_ciml.costs import network_cost
-    from nnunetv2_ciml.demo.pipeline import CONFIGURATION
+    from nnunetv2_ciml.demo.dataset import CONFIGURATION
 
     plans = json.loads((model_folder / "plans.json").read_text())
     dataset = json.loads((model_folder / "dataset.json").read_text())
@@ -78,23 +63,25 @@ def counted_cost(model_folder: Path) -> dict:
             "decoder_features_per_stage": kwargs.get("decoder_features_per_stage")}
 
 
-def run_model(seed: int, model: str, data: dict, results: dict, results_file: Path, lock: threading.Lock) -> None:
+def run_model(seed: int, model: str, prepared, results: dict, results_file: Path, lock: threading.Lock) -> None:
     from nnunetv2_ciml.demo import nnunet_steps
-    from nnunetv2_ciml.demo.pipeline import CONFIGURATION, DATASET_ID, DATASET_NAME, FOLD, PLANS, _evaluate_model, _predict
+    from nnunetv2_ciml.demo.dataset import CONFIGURATION, DATASET_ID, FOLD, PLANS, model_folder
+    from nnunetv2_ciml.demo.evaluate import evaluate_model
+    from nnunetv2_ciml.demo.predict import predict_model
 
+    run_dir, env, data = prepared
     trainer = TRAINERS[model]
-    run_dir = data["run_dir"]
     start = time.perf_counter()
-    folder = run_dir / "nnUNet_results" / DATASET_NAME / f"{trainer}__{PLANS}__{CONFIGURATION}"
+    folder = model_folder(run_dir, trainer)
     if not (folder / f"fold_{FOLD}" / "checkpoint_final.pth").is_file():  # a model trained before is kept
-        nnunet_steps.train(DATASET_ID, CONFIGURATION, FOLD, trainer, PLANS, "cpu", 1, data["env"],
+        nnunet_steps.train(DATASET_ID, CONFIGURATION, FOLD, trainer, PLANS, "cpu", 1, env,
                            run_dir / "logs" / f"train_{model}.log", model, show_progress=False)
     trained = round(time.perf_counter() - start, 1)
     with lock:  # one in-process prediction at a time (torch's thread pool is the process's)
-        _predict(folder, data["cases"], run_dir / "predictions" / model, "cpu", run_dir / "logs" / f"predict_{model}.log",
-                 model, False)
-        evaluation = _evaluate_model(data["raw"], run_dir / "predictions" / model, run_dir / "evaluation" / model,
-                                     data["objects"], data["complementary"], data["file_ending"])
+        predict_model(folder, data.cases, run_dir / "predictions" / model, "cpu",
+                      run_dir / "logs" / f"predict_{model}.log", model, False)
+        evaluation = evaluate_model(data.raw, run_dir / "predictions" / model, run_dir / "evaluation" / model,
+                                    data.objects, data.complementary_cases, data.file_ending)
         results.setdefault(model, {})[str(seed)] = {
             "mean_dice": evaluation["mean_dice"],
             "complementary_mean_dice": evaluation["complementary_cases"]["mean_dice"],
@@ -136,13 +123,14 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "width_study.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
-    data = {seed: prepare_seed(out, seed) for seed in args.seeds}
+    prepared = {seed: prepare_seed(out, seed) for seed in args.seeds}
     jobs = [(seed, model) for model in args.models for seed in args.seeds if str(seed) not in results.get(model, {})]
     lock = threading.Lock()
     with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
-        for future in [pool.submit(run_model, seed, model, data[seed], results, results_file, lock)
-                       for seed, model in jobs]:
-            future.result()
+        futures = [pool.submit(run_model, seed, model, prepared[seed], results, results_file, lock)
+                   for seed, model in jobs]
+        for future in concurrent.futures.as_completed(futures):
+            future.result()  # the first failure stops the run (the trainings under way finish first)
     print("\n" + summary(results, args.seeds))
 
 

@@ -26,8 +26,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import SimpleITK as sitk
 
+from nnunetv2_ciml.image_io import check_label_values
+
 from .common import (FILE_ENDING, CaseCandidate, ConversionError, ConversionReport, DatasetSpec, ExportReport,
-                     SourceCase, check_label_values, check_same_grid, check_sources, convert_dataset, copy_image,
+                     SourceCase, check_same_grid, check_sources, convert_dataset, copy_image,
                      export_predictions, image_file, read_image, rglob_files,
                      sanitize_identifier)
 from .grid import header_grid, resample_to_grid
@@ -75,8 +77,8 @@ def convert_case(case: SourceCase, out: Path) -> List[str]:
     for c in range(len(IMAGE_FILES)):
         copy_image(files[c], images[c], image_file(out / sub, case.case_id, c))
     if case.label is not None:
-        check_label_values(case.case_id, case.label, sitk.GetArrayViewFromImage(images[-1]), (0, 1),
-                           "0 background, 1 lesion")
+        check_label_values(sitk.GetArrayViewFromImage(images[-1]), (0, 1), case.case_id, case.label,
+                           meaning="0 background, 1 lesion", error=ConversionError)
         copy_image(case.label, images[-1], out / "labelsTr" / f"{case.case_id}{FILE_ENDING}")
     return []
 
@@ -95,7 +97,8 @@ def convert_autopet(sources: Sequence[Path], dataset_id: int, name: Optional[str
 def _export_case(job: tuple, dst: Path) -> List[str]:
     case_id, pred_file, suv_grid = job
     pred = read_image(pred_file, case_id, "prediction")
-    check_label_values(case_id, pred_file, sitk.GetArrayViewFromImage(pred), (0, 1), "0 background, 1 lesion")
+    check_label_values(sitk.GetArrayViewFromImage(pred), (0, 1), case_id, pred_file, meaning="0 background, 1 lesion",
+                       error=ConversionError)
     mask = resample_to_grid(sitk.Cast(pred, sitk.sitkUInt8), suv_grid, sitk.sitkNearestNeighbor, 0)
     dst.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(mask, str(dst), True)

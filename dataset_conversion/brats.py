@@ -49,10 +49,10 @@ import SimpleITK as sitk
 from nnunetv2.dataset_conversion.Dataset137_BraTS21 import (convert_labels_back_to_BraTS,
                                                             copy_BraTS_segmentation_and_convert_labels_to_nnUNet)
 
-from nnunetv2_ciml.image_io import geometry_mismatch, header_info
+from nnunetv2_ciml.image_io import check_label_values, geometry_mismatch, header_info
 
 from .common import (FILE_ENDING, CaseCandidate, ConversionError, ConversionReport, DatasetSpec, ExportReport,
-                     SourceCase, check_label_values, check_same_grid, check_sources, convert_dataset, copy_image,
+                     SourceCase, check_same_grid, check_sources, convert_dataset, copy_image,
                      export_predictions, image_file, read_image, resolve_candidates, rglob_files)
 
 BRATS2020, BRATS2023, BRATS2024 = "brats2020", "brats2023", "brats2024"
@@ -137,7 +137,8 @@ def convert_case(case: SourceCase, out: Path, labels: str = "auto") -> List[str]
         dst = out / "labelsTr" / f"{case.case_id}{FILE_ENDING}"
         if labels == BRATS2024:
             convention = BRATS2020 if case.convention == BRATS2020 else BRATS2024
-            check_label_values(case.case_id, case.label, array, _BRATS_LABELS[convention], _LABEL_MEANING[convention])
+            check_label_values(array, _BRATS_LABELS[convention], case.case_id, case.label,
+                               meaning=_LABEL_MEANING[convention], error=ConversionError)
             values = np.asarray(array).astype(np.uint8)
             if convention == BRATS2020:
                 values = np.where(values == 4, 3, values).astype(np.uint8)
@@ -149,8 +150,8 @@ def convert_case(case: SourceCase, out: Path, labels: str = "auto") -> List[str]
             raise ConversionError(f"case '{case.case_id}': label file '{case.label}' contains 4, the BraTS 2024 "
                                   "post-treatment resection cavity; convert post-treatment data with --labels "
                                   "brats2024 (labels=\"brats2024\")")
-        check_label_values(case.case_id, case.label, array, _BRATS_LABELS[case.convention],
-                           _LABEL_MEANING[case.convention])
+        check_label_values(array, _BRATS_LABELS[case.convention], case.case_id, case.label,
+                           meaning=_LABEL_MEANING[case.convention], error=ConversionError)
         if case.convention == BRATS2020:
             copy_BraTS_segmentation_and_convert_labels_to_nnUNet(str(case.label), str(dst))
         else:
@@ -215,11 +216,13 @@ def _export_case(job: tuple, dst: Path) -> List[str]:
                                   f"({problem})")
     array = sitk.GetArrayFromImage(pred)
     if convention == BRATS2024:  # a post-treatment dataset predicts BraTS 2024 labels directly
-        check_label_values(case_id, pred_file, array, _BRATS_LABELS[BRATS2024], _LABEL_MEANING[BRATS2024])
+        check_label_values(array, _BRATS_LABELS[BRATS2024], case_id, pred_file, meaning=_LABEL_MEANING[BRATS2024],
+                           error=ConversionError)
         brats = array.astype(np.uint8)
     else:
-        check_label_values(case_id, pred_file, array, (0, 1, 2, 3), "nnU-Net BraTS labels: 1 edema, 2 NCR, 3 ET; "
-                           "predictions of a post-treatment dataset need --labels brats2024")
+        check_label_values(array, (0, 1, 2, 3), case_id, pred_file,
+                           meaning="nnU-Net BraTS labels: 1 edema, 2 NCR, 3 ET; predictions of a post-treatment "
+                                   "dataset need --labels brats2024", error=ConversionError)
         brats = nnunet_to_brats_labels(array, convention)
     out = sitk.GetImageFromArray(brats)
     out.CopyInformation(pred)

@@ -32,7 +32,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 import numpy as np
 import SimpleITK as sitk
 
-from nnunetv2_ciml.progress import Progress
+from nnunetv2_ciml.console_progress import Progress
 
 from nnunetv2_ciml.errors import CIMLError
 from nnunetv2_ciml.image_io import geometry_mismatch
@@ -143,17 +143,6 @@ def check_same_grid(case_id: str, files: Sequence[Path], images: Sequence[sitk.I
             raise ConversionError(f"case '{case_id}': '{path}' is not on the voxel grid of '{files[ref]}' "
                                   f"({problem}); the channels of a case must be co-registered and resampled to one "
                                   "grid")
-
-
-def check_label_values(case_id: str, path: Path, array: np.ndarray, allowed: Iterable[int],
-                       meaning: str = "") -> None:
-    """Raise if ``array`` holds values other than ``allowed``."""
-    allowed = sorted(set(allowed))
-    values = np.unique(array)
-    bad = [v for v in values.tolist() if v not in allowed]
-    if bad:
-        raise ConversionError(f"case '{case_id}': label file '{path}' contains values {bad[:10]}; expected only "
-                              f"{allowed}{' (' + meaning + ')' if meaning else ''}")
 
 
 def copy_image(src: Path, image: sitk.Image, dst: Path) -> None:

@@ -34,8 +34,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import SimpleITK as sitk
 
+from nnunetv2_ciml.image_io import check_label_values
+
 from .common import (FILE_ENDING, CaseCandidate, ConversionError, ConversionReport, DatasetSpec, ExportReport,
-                     SourceCase, check_label_values, check_sources, convert_dataset, export_predictions, image_file,
+                     SourceCase, check_sources, convert_dataset, export_predictions, image_file,
                      read_image, rglob_files, write_image)
 from .grid import Grid, common_fov_grid, header_grid, resample_to_grid, voxels_outside
 
@@ -111,8 +113,8 @@ def convert_case(case: SourceCase, out: Path, spacing: Optional[Tuple[float, flo
     warnings = []
     if case.label is not None:
         label = read_image(case.label, case.case_id)
-        check_label_values(case.case_id, case.label, sitk.GetArrayViewFromImage(label), (0, 1, 2),
-                           "0 background, 1 GTVp, 2 GTVn")
+        check_label_values(sitk.GetArrayViewFromImage(label), (0, 1, 2), case.case_id, case.label,
+                           meaning="0 background, 1 GTVp, 2 GTVn", error=ConversionError)
         label = sitk.Cast(label, sitk.sitkUInt8)
         dropped = voxels_outside(label, grid)
         if dropped:
@@ -145,7 +147,8 @@ def convert_hecktor(sources: Sequence[Path], dataset_id: int, name: Optional[str
 def _export_case(job: tuple, dst: Path) -> List[str]:
     case_id, pred_file, ct_grid = job
     pred = read_image(pred_file, case_id, "prediction")
-    check_label_values(case_id, pred_file, sitk.GetArrayViewFromImage(pred), (0, 1, 2), "0 background, 1 GTVp, 2 GTVn")
+    check_label_values(sitk.GetArrayViewFromImage(pred), (0, 1, 2), case_id, pred_file,
+                       meaning="0 background, 1 GTVp, 2 GTVn", error=ConversionError)
     pred = sitk.Cast(pred, sitk.sitkUInt8)
     warnings = []
     dropped = voxels_outside(pred, ct_grid)

@@ -6,7 +6,7 @@ it messages. The decomposition is read from a ``"ciml"`` block in ``dataset.json
 
     "ciml": {
         "subtasks": {
-            "whole tumor": {"primary": "FLAIR", "outputs": ["whole tumor"]},
+            "whole tumor": {"primary": "FLAIR", "outputs": ["whole tumor"], "fallbacks": ["T2", "T1ce", "T1"]},
             "tumor core":  {"primary": "T1ce",  "outputs": ["tumor core", "enhancing tumor"]}
         }
     }
@@ -15,7 +15,9 @@ it messages. The decomposition is read from a ``"ciml"`` block in ``dataset.json
 softmax training, region names for region training). For softmax training, ``"background"`` may
 be listed in one subtask's outputs; if it is not, it goes to the subtask owning the foreground label
 with the most voxels in the training labels (or, without counts, to the first subtask).
-Names are matched case-insensitively.
+``fallbacks`` (optional) lists, in order, the modalities whose branch takes the primary's place when the
+primary is missing (``nnunetv2_ciml predict``, modality dropout); without it, every other modality, ordered
+by :func:`default_fallbacks`. Names are matched case-insensitively.
 
 Without a block, :func:`default_subtasks` assigns outputs by name (FLAIR owns whole
 tumor/edema, T1ce owns tumor core, enhancing tumor and necrosis, PET owns lesions and GTVn, CT owns
@@ -27,7 +29,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 import os
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from nnunetv2_ciml.errors import CIMLError
 
@@ -40,11 +42,13 @@ class DecompositionError(CIMLError, ValueError):
 
 @dataclass(frozen=True)
 class Subtask:
-    """One subtask: a name, its primary input channel and the output channels it owns."""
+    """One subtask: a name, its primary input channel, the output channels it owns, and the channels that take
+    the primary's place, in order, when it is missing."""
 
     name: str
     primary: int
     outputs: Tuple[int, ...]
+    fallbacks: Tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class Decomposition:
             "subtask_names": [s.name for s in self.subtasks],
             "subtask_primaries": [s.primary for s in self.subtasks],
             "subtask_outputs": [list(s.outputs) for s in self.subtasks],
+            "subtask_fallbacks": [list(s.fallbacks) for s in self.subtasks],
         }
 
     def describe(self) -> str:
@@ -78,8 +83,10 @@ class Decomposition:
         for s in self.subtasks:
             outs = ", ".join(self.output_names[k] for k in s.outputs)
             send = ", ".join(self.modalities[c] for c in self.senders(s)) or "none"
+            order = " -> ".join(self.modalities[c] for c in s.fallbacks) or "none"
             lines.append(f"  subtask '{s.name}': primary {self.modalities[s.primary]} (channel {s.primary}) "
-                         f"-> outputs [{outs}]; messages from [{send}]")
+                         f"-> outputs [{outs}]; messages from [{send}]; if {self.modalities[s.primary]} is missing: "
+                         f"{order}")
         return "\n".join(lines)
 
 
@@ -87,22 +94,28 @@ def _norm(name: str) -> str:
     return re.sub(r"[\s_\-+]", "", str(name)).casefold()
 
 
-def output_names(dataset_json: Mapping) -> Tuple[str, ...]:
-    """Names of the network's output channels: nnU-Net's ``LabelManager`` heads (every label value for
-    softmax training, the foreground regions for region training), named by ``labels``."""
+def named_heads(labels: Mapping, regions_class_order=None, error: type = DecompositionError
+                ) -> Tuple[object, Dict[str, Union[int, Tuple[int, ...]]]]:
+    """nnU-Net's ``LabelManager`` of dataset.json's ``labels`` and the network's output heads by name, in head
+    order: every label value for softmax training, the foreground regions for region training. An invalid
+    ``labels`` raises ``error``."""
     from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
     def key(value) -> Tuple[int, ...]:
         return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),)
 
-    labels: Mapping = dataset_json["labels"]
     try:
-        manager = LabelManager(labels, dataset_json.get("regions_class_order"))
-    except (AssertionError, TypeError, ValueError) as e:
-        raise DecompositionError(f"dataset.json 'labels' is invalid for nnU-Net: {e}") from None
+        manager = LabelManager(labels, regions_class_order)
+    except (AssertionError, RuntimeError, TypeError, ValueError) as e:
+        raise error(f"dataset.json 'labels' is invalid for nnU-Net: {e}") from None
     heads = manager.foreground_regions if manager.has_regions else manager.all_labels
     name_of = {key(value): name for name, value in labels.items() if name != "ignore"}
-    return tuple(name_of[key(head)] for head in heads)
+    return manager, {name_of[key(h)]: (key(h) if isinstance(h, (list, tuple)) else int(h)) for h in heads}
+
+
+def output_names(dataset_json: Mapping) -> Tuple[str, ...]:
+    """Names of the network's output channels (:func:`named_heads`)."""
+    return tuple(named_heads(dataset_json["labels"], dataset_json.get("regions_class_order"))[1])
 
 
 def modality_names(dataset_json: Mapping) -> Tuple[str, ...]:
@@ -116,9 +129,14 @@ def modality_names(dataset_json: Mapping) -> Tuple[str, ...]:
 _MODALITY_KINDS = {
     "flair": {"flair", "t2flair", "t2f", "fla"},
     "t1ce": {"t1ce", "t1c", "t1gd", "t1post", "t1contrast", "t1wce"},
+    "t1": {"t1", "t1n", "t1w", "t1native", "t1pre"},
+    "t2": {"t2", "t2w"},
     "pet": {"pet", "pt", "suv", "fdg", "psma"},
     "ct": {"ct", "ctres"},
 }
+# What a reader turns to when the primary is missing: FLAIR's oedema shows on T2, T1ce's tumour core on T1
+# (without contrast); PET's lesions and CT's anatomy are read from the other.
+_FALLBACK_KINDS = {"flair": ("t2", "t1ce", "t1"), "t1ce": ("t1", "t2", "flair"), "pet": ("ct",), "ct": ("pet",)}
 _OUTPUT_RULES: Sequence[Tuple[set, str]] = (
     ({"wholetumor", "wt", "whole", "edema", "ed", "snfh", "peritumoraledema"}, "flair"),
     ({"tumorcore", "tc", "core", "enhancingtumor", "et", "enhancing", "ncr", "net", "ncrnet", "netc",
@@ -131,6 +149,16 @@ _OUTPUT_RULES: Sequence[Tuple[set, str]] = (
 def _modality_kind(name: str) -> Optional[str]:
     n = _norm(name)
     return next((kind for kind, names in _MODALITY_KINDS.items() if n in names), None)
+
+
+def default_fallbacks(modalities: Sequence[str], primary: int) -> Tuple[int, ...]:
+    """Every channel but ``primary``: first those a reader turns to for the primary's kind (FLAIR -> T2, T1ce,
+    T1; T1ce -> T1, T2, FLAIR; PET -> CT; CT -> PET), then the rest in channel order."""
+    kinds = [_modality_kind(m) for m in modalities]
+    order = [c for kind in _FALLBACK_KINDS.get(kinds[primary], ()) for c, k in enumerate(kinds)
+             if k == kind and c != primary]
+    order = list(dict.fromkeys(order))
+    return tuple(order + [c for c in range(len(modalities)) if c != primary and c not in order])
 
 
 def default_subtasks(dataset_json: Mapping) -> Tuple[Dict[str, dict], str]:
@@ -209,7 +237,8 @@ def resolve_decomposition(dataset_json: Mapping, num_input_channels: Optional[in
                                          f"'{owner[k]}' and '{name}'; every output needs exactly one owner")
             owner[k] = str(name)
             idx.append(k)
-        subtasks.append(Subtask(str(name), primary, tuple(idx)))
+        subtasks.append(Subtask(str(name), primary, tuple(idx),
+                                _fallbacks(spec, name, primary, mods, mod_index, source)))
 
     background = out_index.get(BACKGROUND)
     if background is not None and background not in owner:
@@ -219,13 +248,37 @@ def resolve_decomposition(dataset_json: Mapping, num_input_channels: Optional[in
             largest = max((k for k in owner if k != background), key=lambda k: counts.get(k, 0))
             bg_owner = next(i for i, s in enumerate(subtasks) if largest in s.outputs)
         s = subtasks[bg_owner]
-        subtasks[bg_owner] = Subtask(s.name, s.primary, (background,) + s.outputs)
+        subtasks[bg_owner] = Subtask(s.name, s.primary, (background,) + s.outputs, s.fallbacks)
         owner[background] = s.name
     missing = [outs[k] for k in range(len(outs)) if k not in owner]
     if missing:
         raise DecompositionError(f"{source}: outputs {missing} are owned by no ciml subtask; every output of "
                                  f"{list(outs)} needs exactly one owner")
     return Decomposition(mods, outs, tuple(subtasks)), origin
+
+
+def _fallbacks(spec: Mapping, name: str, primary: int, mods: Sequence[str], mod_index: Mapping[str, int],
+               source: str) -> Tuple[int, ...]:
+    """The subtask's ``fallbacks`` as channels (:func:`default_fallbacks` when absent), validated."""
+    if "fallbacks" not in spec:
+        return default_fallbacks(mods, primary)
+    listed = spec["fallbacks"]
+    if isinstance(listed, str) or not isinstance(listed, Sequence):
+        raise DecompositionError(f"{source}: ciml subtask '{name}': 'fallbacks' must be a list of modalities from "
+                                 f"{list(mods)} (possibly empty); got {listed!r}")
+    channels = []
+    for f in listed:
+        c = mod_index.get(_norm(f))
+        if c is None:
+            raise DecompositionError(f"{source}: ciml subtask '{name}': unknown fallback modality '{f}'; valid "
+                                     f"choices (channel_names): {[m for i, m in enumerate(mods) if i != primary]}")
+        if c == primary:
+            raise DecompositionError(f"{source}: ciml subtask '{name}': its primary '{mods[primary]}' cannot be its "
+                                     f"own fallback; list the modalities that take its place when it is missing")
+        if c in channels:
+            raise DecompositionError(f"{source}: ciml subtask '{name}': fallback '{mods[c]}' is listed twice")
+        channels.append(c)
+    return tuple(channels)
 
 
 def count_label_voxels(label_folder: str, file_ending: str, reader_writer, max_files: int = 50) -> Dict[int, int]:

@@ -18,13 +18,14 @@ Other formats (``.mha``, ``.nrrd``, ``.png``, ...) are read by SimpleITK and the
 a truncated MetaImage (``.mha``) but explains it with a stale system error ("No such file or directory"), so
 for a MetaImage it cannot read, the header is compared with the file's size to say that the file is truncated.
 :func:`verify_image_file` does steps 1-3 without building an image, for files that another reader
-(nnU-Net's) reads afterwards. Arrays are in SimpleITK order, ``(Z, Y, X)``.
+(nnU-Net's) reads afterwards. Arrays are in SimpleITK order, ``(Z, Y, X)``. :func:`check_label_values` is the
+one check of a label image's values (conversion, export and evaluation).
 """
 import io
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Iterable, Optional, Tuple, Type, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -37,7 +38,7 @@ except ImportError:  # pragma: no cover - zlib-ng is a dependency; the standard 
     import gzip as _gzip
 
 __all__ = ["ImageFileError", "ImageInfo", "read_image", "read_image_array", "verify_image_file", "file_label",
-           "geometry_mismatch", "header_info"]
+           "geometry_mismatch", "header_info", "check_label_values"]
 
 PathLike = Union[str, Path]
 NIFTI_ENDINGS = (".nii", ".nii.gz")
@@ -290,3 +291,22 @@ def _check_finite(array: np.ndarray, path: Path, case: Optional[str], role: str)
     raise _fail(path, case, role, f"holds non-finite voxel values ({nan} NaN, {inf} infinite of {array.size} "
                                   f"voxels; the first at index (x, y, z) {first}); SimpleITK would read them as 0: "
                                   "repair or replace the file")
+
+
+def _label_values(array: np.ndarray) -> np.ndarray:
+    """The distinct values of a label array (counted, not sorted, for small non-negative integers)."""
+    if array.dtype.kind in "ub" or (array.dtype.kind == "i" and array.size and array.min() >= 0):
+        if array.size and int(array.max()) < 65536:
+            return np.flatnonzero(np.bincount(array.ravel().astype(np.intp, copy=False)))
+    return np.unique(array)
+
+
+def check_label_values(array: np.ndarray, allowed: Iterable[int], case: str, path: PathLike, role: str = "label",
+                       meaning: str = "", error: Type[Exception] = ValueError) -> None:
+    """Raise ``error`` naming the case, the file (``role``: "label", "prediction", ...), the unexpected values and
+    the expected ones (with their ``meaning``) if ``array`` holds values outside ``allowed``."""
+    allowed = sorted({int(v) for v in allowed})
+    bad = np.setdiff1d(_label_values(np.asarray(array)), np.asarray(allowed))
+    if bad.size:
+        raise error(f"case '{case}': {role} file '{path}' contains values {bad[:10].tolist()}; expected only "
+                    f"{allowed}{' (' + meaning + ')' if meaning else ''}")

@@ -137,7 +137,15 @@ def predict_case(predictor, image: np.ndarray, properties: dict, present: np.nda
                                   predictor.dataset_json, output_file_truncated, save_probabilities)
 
 
-def missing_summary(present: np.ndarray, modality_names: List[str]) -> dict:
-    """What ``modalities.json`` records for one case."""
-    return {"present": [n for n, p in zip(modality_names, present) if p],
-            "missing": [n for n, p in zip(modality_names, present) if not p]}
+def missing_summary(present: np.ndarray, modality_names: List[str], network: Optional[torch.nn.Module] = None) -> dict:
+    """What ``modalities.json`` records for one case: the modalities present and missing, and for a CIML
+    ``network`` which modalities' branches each subtask read (``reads``: its primary, or the fallback that took
+    a missing primary's place)."""
+    from nnunetv2_ciml.network import unwrap
+
+    summary = {"present": [n for n, p in zip(modality_names, present) if p],
+               "missing": [n for n, p in zip(modality_names, present) if not p]}
+    if network is not None and is_ciml(network):
+        network = unwrap(network)
+        summary["reads"] = dict(zip(network.subtask_names, network.acting_primaries([bool(p) for p in present])))
+    return summary

@@ -119,6 +119,11 @@ def conv_macs_by_hooks(network: nn.Module, x: torch.Tensor, exclude: Sequence[nn
     return total[0] * x.shape[0]
 
 
+# the modules whose trainers nnU-Net finds (nnunetv2_ciml/_nnunet_ext/nnunetv2_ciml_trainers.py re-exports them)
+TRAINER_MODULES = ("nnunetv2_ciml.training.trainers", "nnunetv2_ciml.training.modality_dropout",
+                   "nnunetv2_ciml.demo.trainers", "nnunetv2_ciml.benchmarking", "nnunetv2_ciml.cpu_test_trainers")
+
+
 # ------------------------------------------------------------------- dataset.json and plain U-Net plans
 
 REGIONS = {"channel_names": {"0": "T1ce", "1": "T2", "2": "FLAIR"},

@@ -127,3 +127,38 @@ def test_count_label_voxels_counts_values_over_an_even_sample_of_files(tmp_path)
     assert count_label_voxels(str(tmp_path), ".nii.gz", reader) == expected(range(5))
     assert count_label_voxels(str(tmp_path), ".nii.gz", reader, max_files=2) == expected([0, 3])  # every 3rd file
     assert count_label_voxels(str(tmp_path), ".nii.gz", reader, max_files=3) == expected([0, 2, 4])
+
+
+@pytest.mark.parametrize("dataset_json, expected", [
+    (BRATS, {"FLAIR": ["T2", "T1ce", "T1"], "T1ce": ["T1", "T2", "FLAIR"]}),
+    (dict(BRATS, channel_names={"0": "t2f", "1": "t1n", "2": "t1c", "3": "t2w"}),
+     {"t2f": ["t2w", "t1c", "t1n"], "t1c": ["t1n", "t2w", "t2f"]}),
+    (AUTOPET, {"PET": ["CT"]}),
+    (HECKTOR, {"CT": ["PT"], "PT": ["CT"]}),
+])
+def test_default_fallbacks_follow_what_a_reader_turns_to(dataset_json, expected):
+    d, _ = resolve_decomposition(dataset_json, len(dataset_json["channel_names"]))
+    assert {s.name: [d.modalities[c] for c in s.fallbacks] for s in d.subtasks} == expected
+    assert d.to_arch_kwargs()["subtask_fallbacks"] == [list(s.fallbacks) for s in d.subtasks]
+    assert "is missing: " in d.describe()
+
+
+def test_fallbacks_of_the_block_are_used_as_listed():
+    block = {"subtasks": {"wt": {"primary": "flair", "outputs": ["whole tumor"], "fallbacks": ["t1ce"]},
+                          "core": {"primary": "T1ce", "outputs": ["tumor core", "enhancing tumor"],
+                                   "fallbacks": []}}}
+    d, _ = resolve_decomposition(dict(BRATS, ciml=block), 4)
+    assert [s.fallbacks for s in d.subtasks] == [(1,), ()]
+
+
+@pytest.mark.parametrize("fallbacks, message", [
+    (["T9"], r"unknown fallback modality 'T9'.*\['T1', 'T1ce', 'T2'\]"),
+    (["FLAIR"], r"its primary 'FLAIR' cannot be its own fallback"),
+    (["T2", "t2"], r"fallback 'T2' is listed twice"),
+    ("T2", r"'fallbacks' must be a list"),
+])
+def test_fallback_errors_name_the_problem(fallbacks, message):
+    block = {"subtasks": {"wt": {"primary": "FLAIR", "outputs": ["whole tumor"], "fallbacks": fallbacks},
+                          "core": {"primary": "T1ce", "outputs": ["tumor core", "enhancing tumor"]}}}
+    with pytest.raises(DecompositionError, match=message):
+        resolve_decomposition(dict(BRATS, ciml=block), 4)

@@ -94,7 +94,7 @@ def test_cli_reports_bad_input_with_the_case_name(folders, tmp_path):
     (dict(origin=(0.0, 5.0, 0.0)), r"origin \(mm, x, y, z\)"),
     (dict(direction=(-1, 0, 0, 0, 1, 0, 0, 0, 1)), "direction"),
     (dict(array=brats_labels()[0]), "dimension 2D vs reference 3D"),
-    (dict(array=np.where(brats_labels() == 4, 3, brats_labels())), r"label values \[3\] outside \[0, 1, 2, 4\]"),
+    (dict(array=np.where(brats_labels() == 4, 3, brats_labels())), r"contains values \[3\]; expected only \[0, 1, 2, 4\]"),
     (dict(array=brats_labels() * 0.5, dtype=np.float32), "non-integer values"),
 ])
 def test_prediction_errors_name_case_and_file(folders, tmp_path, change, message):

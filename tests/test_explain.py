@@ -334,9 +334,10 @@ def test_default_mirroring_targets_are_nnunets_mirrored_prediction(trained, tmp_
 
 def test_a_missing_modality_file_sends_nothing(trained, predictor):
     """Subtask "T1ce" receives random non-zero messages from T2 and FLAIR. With both files FLAIR has a map;
-    without the FLAIR file (``None``) the case is explained with FLAIR told missing: its map is exactly zero,
-    T2 holds the whole share, and subtask "FLAIR" (whose primary is missing) is still predicted. Fails if a
-    missing file is an error, or if it is read as a zero image that still sends messages."""
+    without the FLAIR file (``None``) the case is explained with FLAIR told missing: its map is exactly zero, its
+    share is None (it sent nothing: not "present, contributed nothing"), T2 holds the whole share, the case
+    records FLAIR as missing, and subtask "FLAIR" (whose primary is missing) is still predicted, reading T2.
+    Fails if a missing file is an error, or if it is read as a zero image that still sends messages."""
     from nnunetv2_ciml.interpretability import ciml_network, explain_case
 
     _, raw, _ = trained
@@ -355,7 +356,10 @@ def test_a_missing_modality_file_sends_nothing(trained, predictor):
 
     result = explain_case(predictor, [files[0], files[1], None], case="case_005")
     assert not result.maps[("FLAIR", "T1ce")].any() and result.maps[("T2", "T1ce")].max() > 0
-    assert result.shares["T1ce"] == {"T2": 1.0, "FLAIR": 0.0}
+    assert result.shares["T1ce"] == {"T2": 1.0, "FLAIR": None}
+    assert (result.present, result.missing) == (["T1ce", "T2"], ["FLAIR"])
+    assert result.reads == {"FLAIR": ["T2"], "T1ce": ["T1ce"]}
+    assert result.shares["FLAIR"]["T2"] is None  # read in FLAIR's place, so it sends FLAIR's subtask nothing
     assert set(result.predicted) == {"FLAIR", "T1ce"} and result.segmentation.shape == (1, 32, 32)
 
 
@@ -426,16 +430,17 @@ def test_the_demo_prediction_names_case_and_files(trained, predictor, tmp_path):
     """Our own prediction path (the demo's): a case with one channel file too few reaches nnU-Net's predictor
     and the network; the error names the case and its files instead of a bare convolution traceback. A NaN
     channel is refused before nnU-Net reads it (nnU-Net's SimpleITK reader would see zeros)."""
-    from nnunetv2_ciml.demo.pipeline import DemoError, _predict_case
+    from nnunetv2_ciml.demo import DemoError
+    from nnunetv2_ciml.demo.predict import predict_case
     from nnunetv2_ciml.image_io import ImageFileError
 
     _, raw, _ = trained
     files = [str(f) for f in _case_files(raw)]
     with pytest.raises(DemoError, match=rf"case 'case_005' \({re.escape(files[0])}, {re.escape(files[1])}\): "
                                         r"nnU-Net's prediction failed"):
-        _predict_case(predictor, "case_005", files[:2], tmp_path)
+        predict_case(predictor, "case_005", files[:2], tmp_path)
     inputs = tmp_path / "in"
     bad = _bad_second_case(inputs, _case_files(raw), "nan")
     with pytest.raises(ImageFileError, match=rf"case 'case_b': channel 1 file '{re.escape(str(bad))}' holds non-finite"):
-        _predict_case(predictor, "case_b", [str(inputs / f"case_b_{c:04d}.nii.gz") for c in range(3)], tmp_path)
+        predict_case(predictor, "case_b", [str(inputs / f"case_b_{c:04d}.nii.gz") for c in range(3)], tmp_path)
     assert not list(tmp_path.glob("case_*.nii.gz"))

@@ -18,10 +18,13 @@ def test_shim_names_are_the_trainers_modules_export():
     function as a trainer, which ``info --check`` then reports as NOT FOUND)."""
     import inspect
 
-    from nnunetv2_ciml.training import benchmark_trainers, demo_trainers, modality_dropout, trainers
+    import importlib
+
+    from helpers import TRAINER_MODULES
+    from nnunetv2_ciml.training import modality_dropout
 
     expected = {}
-    for module in (trainers, demo_trainers, benchmark_trainers, modality_dropout):
+    for module in map(importlib.import_module, TRAINER_MODULES):
         expected.update({n: module.__name__ for n in module.__all__ if inspect.isclass(getattr(module, n))})
     assert "sample_present_modalities" in modality_dropout.__all__ and "sample_present_modalities" not in expected
     assert info.shim_trainer_names(EXT_TRAINER_DIR) == expected

@@ -4,6 +4,7 @@ import itertools
 import pytest
 import torch
 
+from nnunetv2_ciml.decomposition import default_subtasks
 from nnunetv2_ciml.network import StageMessages, modalities_present
 from nnunetv2_ciml.network.message import ABSENT_PRIMARY_LOGIT
 from nnunetv2_ciml.training.modality_dropout import sample_present_modalities
@@ -63,11 +64,18 @@ def test_missing_sender_sends_exactly_zero_and_its_encoder_reaches_nothing():
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_missing_primary_keeps_nnunet_output_format_and_learns_its_gates():
-    """A subtask without its primary still decodes (messages only): deep-supervision outputs of the full
-    shapes, finite, not the full-modality outputs; the absent-primary bias gets gradient only then. Fails if
-    the mask is ignored, or if the receiver side has no learnable term for an absent primary."""
-    net, _ = build(REGIONS)
+def without_fallbacks(dataset_json: dict) -> dict:
+    """``dataset_json`` with its default decomposition written out and no fallback for any subtask."""
+    subtasks, _ = default_subtasks(dataset_json)
+    return dict(dataset_json, ciml={"subtasks": {n: dict(s, fallbacks=[]) for n, s in subtasks.items()}})
+
+
+def test_subtask_without_a_branch_to_read_decodes_from_messages_and_learns_its_gates():
+    """A subtask whose primary is missing and which lists no fallback still decodes (messages only):
+    deep-supervision outputs of the full shapes, finite, not the full-modality outputs; the absent-primary bias
+    gets gradient only then. Fails if the mask is ignored, or if the receiver side has no learnable term for a
+    subtask that reads nothing."""
+    net, _ = build(without_fallbacks(REGIONS))
     randomize_messages(net)
     net.train()
     x = torch.randn(2, 3, 16, 16, 16)
@@ -140,3 +148,134 @@ def test_dropout_never_removes_every_modality_and_keeps_what_must_stay():
     assert kept[:, [0, 2]].all() and not kept[:, 1].any()  # the only proper subset containing 0 and 2
     assert sample_present_modalities(50, 3, 0.0, generator=g).all()
     assert sample_present_modalities(50, 1, 1.0, generator=g).all()  # one modality: nothing removable
+
+
+def _fallback_network(mode: str = "first", affine: bool = False, messages: bool = True, dim: int = 2):
+    """REGIONS (T1ce, T2, FLAIR): subtask 0 "FLAIR" reads FLAIR, else T2, else T1ce; subtask 1 "T1ce" reads T1ce,
+    else FLAIR, else T2 (an order of our own, so that a default order cannot pass for it)."""
+    block = {"subtasks": {"FLAIR": {"primary": "FLAIR", "outputs": ["whole tumor"], "fallbacks": ["T2", "T1ce"]},
+                          "T1ce": {"primary": "T1ce", "outputs": ["tumor core"], "fallbacks": ["FLAIR", "T2"]}}}
+    net, arch = build(dict(REGIONS, ciml=block), dim=dim, messages=messages, deep_supervision=False,
+                      fallback_mode=mode, fallback_affine=affine)
+    randomize_messages(net)
+    return net, arch
+
+
+def _decoder_skips(net, x, present):
+    """The skips each subtask decoder receives ``[subtask][stage]`` in one eval forward."""
+    seen = {}
+    hooks = [d.register_forward_pre_hook(lambda mod, args, i=i: seen.__setitem__(i, [t.clone() for t in args[0]]))
+             for i, d in enumerate(net.decoder)]
+    with torch.no_grad():
+        net(x, present)
+    for h in hooks:
+        h.remove()
+    return [seen[i] for i in range(len(net.decoder))]
+
+
+@pytest.mark.parametrize("present, reads", [
+    ([1, 1, 1], [FLAIR, T1CE]), ([1, 1, 0], [T2, T1CE]), ([1, 0, 0], [T1CE, T1CE]), ([0, 1, 0], [T2, T2]),
+    ([0, 1, 1], [FLAIR, FLAIR]), ([0, 0, 1], [FLAIR, FLAIR])])
+def test_missing_primary_is_replaced_by_its_first_present_fallback(present, reads):
+    """Without messages the skips a decoder receives are exactly the branch it reads: the primary if present,
+    else the first present fallback in the subtask's order. Fails if a missing primary is decoded from messages
+    only (zero skips), if the mask selects another branch (e.g. channel order instead of fallback order), or if
+    a fallback is read while missing."""
+    net, _ = _fallback_network(messages=False)
+    net.eval()
+    x = torch.randn(1, 3, 16, 16)
+    skips = _decoder_skips(net, x, torch.tensor([float(p) for p in present]))
+    with torch.no_grad():
+        features = net.encoder(x)
+    for subtask, modality in enumerate(reads):
+        for s, skip in enumerate(skips[subtask]):
+            assert torch.equal(skip, net.modality_features(features[s], s, modality)), (subtask, s)
+    assert net.acting_primaries(present) == [[net.modality_names[m]] for m in reads]
+
+
+def test_fallback_reads_per_sample_and_sends_nothing_to_the_subtask_it_serves():
+    """A batch whose samples miss different modalities gives each sample the outputs it gets alone; the acting
+    fallback sends no message to the subtask it serves, the other present modality still does; the content of
+    every missing channel (primary or fallback) changes nothing. Fails on batch-level selection, on a fallback
+    that also messages its own subtask, or on a mask that lets a missing channel reach the outputs."""
+    net, _ = _fallback_network()
+    net.eval()
+    x = torch.randn(3, 3, 16, 16)
+    present = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0], [0.0, 1.0, 1.0]])
+    with torch.no_grad():
+        together = net(x, present)
+        for b in range(3):
+            torch.testing.assert_close(together[b:b + 1], net(x[b:b + 1], present[b]))
+        garbage = x.clone()
+        garbage[1, FLAIR] = torch.randn_like(x[1, FLAIR]) * 100
+        garbage[2, T1CE] = torch.randn_like(x[2, T1CE]) * 100
+        assert torch.equal(net(garbage, present), together)
+    latents = {}
+    hooks = [m.message.register_forward_hook(lambda mod, i, o, s=s: latents.__setitem__(s, o))
+             for s, m in net.messages.items()]
+    with torch.no_grad():
+        net(x[1:2], present[1])  # FLAIR missing: subtask "FLAIR" reads T2, T1ce still sends to it
+    for h in hooks:
+        h.remove()
+    for s, u in latents.items():
+        module = net.messages[s]
+        for pair in module.pairs:
+            block = u[:, module.latent_slice(pair)]
+            silent = pair.sender == FLAIR or (pair.subtask == 0 and pair.sender == T2)
+            assert (torch.count_nonzero(block) == 0) == silent, pair.name
+
+
+@pytest.mark.parametrize("mode, affine", [("first", True), ("mean", False)])
+def test_with_every_modality_present_fallbacks_change_nothing(mode, affine):
+    """All modalities present: outputs bit-identical to the same weights in a network without fallbacks, with
+    the mask given as all ones or not given, in eval and in training (same noise)."""
+    net, arch = _fallback_network(mode, affine)
+    if affine:
+        for p in [*net.fallback_scale.values(), *net.fallback_shift.values()]:
+            torch.nn.init.normal_(p)
+    plain_kwargs = dict(arch["arch_kwargs"], subtask_fallbacks=None, fallback_affine=False, fallback_mode="first")
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    plain = get_network_from_plans(arch["network_class_name"], plain_kwargs, arch["_kw_requires_import"], 3, 2,
+                                   allow_init=False, deep_supervision=False)
+    missing, unexpected = plain.load_state_dict(net.state_dict(), strict=False)
+    assert not missing and all(k.startswith("fallback_") for k in unexpected) and (bool(unexpected) == affine)
+    x = torch.randn(2, 3, 16, 16)
+    for training in (False, True):
+        net.train(training), plain.train(training)
+        outputs = []
+        for network, mask in ((plain, None), (net, None), (net, torch.ones(3))):
+            torch.manual_seed(3)
+            with torch.no_grad():
+                outputs.append(network(x, mask))
+        assert torch.equal(outputs[0], outputs[1]) and torch.equal(outputs[0], outputs[2])
+
+
+def test_mean_fallback_reads_the_mean_of_the_present_fallbacks():
+    net, _ = _fallback_network(mode="mean", messages=False)
+    net.eval()
+    x = torch.randn(1, 3, 16, 16)
+    skips = _decoder_skips(net, x, torch.tensor([1.0, 1.0, 0.0]))  # FLAIR missing: mean of T2 and T1ce
+    with torch.no_grad():
+        features = net.encoder(x)
+    for s, skip in enumerate(skips[0]):
+        expected = (net.modality_features(features[s], s, T2) + net.modality_features(features[s], s, T1CE)) / 2
+        torch.testing.assert_close(skip, expected)
+    torch.testing.assert_close(skips[1][0], net.modality_features(features[0], 0, T1CE))
+
+
+def test_fallback_affine_learns_only_where_its_fallback_acts():
+    """The scale and shift of (subtask, fallback) get gradient exactly when that fallback is read, start as the
+    identity, and are in every step's graph (DDP), also without a mask."""
+    net, _ = _fallback_network(affine=True)
+    assert all(torch.all(p == 1) for p in net.fallback_scale.values())
+    assert all(torch.all(p == 0) for p in net.fallback_shift.values())
+    net.train()
+    x = torch.randn(2, 3, 16, 16)
+    net.zero_grad()
+    net(x, torch.tensor([1.0, 1.0, 0.0])).square().mean().backward()  # subtask 0 reads T2
+    acting = net.fallback_pairs.index((0, T2))
+    for s, p in net.fallback_shift.items():
+        assert [bool(g.abs().sum() > 0) for g in p.grad] == [k == acting for k in range(len(net.fallback_pairs))], s
+    net.zero_grad()
+    net(x).square().mean().backward()
+    assert all(p.grad is not None for p in [*net.fallback_scale.values(), *net.fallback_shift.values()])

@@ -39,10 +39,11 @@ def predict(*args: str) -> int:
 
 
 def test_missing_files_bad_cases_and_modalities_json(trained, tmp_path, capsys):
-    """case_005: T2 deleted; case_006: all three deleted (listed with --cases); case_000: FLAIR of another
+    """case_005: FLAIR deleted; case_006: all three deleted (listed with --cases); case_000: FLAIR of another
     spacing; case_001: an unreadable T1ce; case_002: complete. The good cases are predicted in their input's
     geometry, the bad ones named with their file, the exit status is 1. Fails if a missing file aborts the
-    run, if errors stop the other cases, or if modalities.json does not say what each case used."""
+    run, if errors stop the other cases, or if modalities.json does not say what each case used and which
+    branch each subtask read (FLAIR's subtask reads T2, its default fallback, in case_005)."""
     raw, models = trained
     inp = tmp_path / "in"
     shutil.copytree(raw / "imagesTs", inp)
@@ -53,22 +54,25 @@ def test_missing_files_bad_cases_and_modalities_json(trained, tmp_path, capsys):
     flair = sitk.ReadImage(str(inp / "case_000_0002.nii.gz"))
     flair.SetSpacing((2.0, 1.0, 1.0))
     sitk.WriteImage(flair, str(inp / "case_000_0002.nii.gz"))
-    (inp / "case_005_0001.nii.gz").unlink()
+    (inp / "case_005_0002.nii.gz").unlink()
     for c in range(3):
         (inp / f"case_006_000{c}.nii.gz").unlink()
 
     out = tmp_path / "out"
     code = predict("-i", str(inp), "-o", str(out), "-m", str(models[CIML_TRAINER]),
                    "--cases", "case_000", "case_001", "case_002", "case_005", "case_006")
-    err = capsys.readouterr().err
+    printed = capsys.readouterr()
+    err = printed.err
+    assert "case_005: without FLAIR (FLAIR reads T2)" in printed.out
     assert code == 1
     assert "case 'case_000'" in err and "case_000_0002.nii.gz" in err and "spacing" in err
     assert "case 'case_001': channel 0 (T1ce) file" in err and "case_001_0000.nii.gz" in err
     assert "case 'case_006' has no modality file" in err
     record = json.loads((out / "modalities.json").read_text())
     assert record["network_told"] is True and record["modalities"] == ["T1ce", "T2", "FLAIR"]
-    assert record["cases"] == {"case_002": {"present": ["T1ce", "T2", "FLAIR"], "missing": []},
-                               "case_005": {"present": ["T1ce", "FLAIR"], "missing": ["T2"]}}
+    assert record["cases"] == {
+        "case_002": {"present": ["T1ce", "T2", "FLAIR"], "missing": [], "reads": {"FLAIR": ["FLAIR"], "T1ce": ["T1ce"]}},
+        "case_005": {"present": ["T1ce", "T2"], "missing": ["FLAIR"], "reads": {"FLAIR": ["T2"], "T1ce": ["T1ce"]}}}
     assert set(record["errors"]) == {"case_000", "case_001", "case_006"}
     assert sorted(p.name for p in out.glob("*.nii.gz")) == ["case_002.nii.gz", "case_005.nii.gz"]
     for case, source in (("case_002", raw / "imagesTr" / "case_002_0000.nii.gz"),
@@ -142,7 +146,8 @@ def test_truncated_and_nan_channels_are_named_and_the_other_cases_predicted(trai
     record = json.loads((out / "modalities.json").read_text())
     assert record["errors"]["case_005"].startswith(truncated)
     assert record["errors"]["case_006"].startswith(non_finite)
-    assert record["cases"] == {"case_002": {"present": ["T1ce", "T2", "FLAIR"], "missing": []}}
+    assert record["cases"] == {"case_002": {"present": ["T1ce", "T2", "FLAIR"], "missing": [],
+                                            "reads": {"FLAIR": ["FLAIR"], "T1ce": ["T1ce"]}}}
     assert sorted(p.name for p in out.iterdir()) == ["case_002.nii.gz", "modalities.json"]
 
 

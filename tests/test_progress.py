@@ -5,9 +5,9 @@ import sys
 import pytest
 
 from nnunetv2_ciml.demo.nnunet_steps import StepError, format_epoch, run_step
-from nnunetv2_ciml.progress import Progress, format_duration
-from nnunetv2_ciml.training.epoch_log import EpochLineLogger, read_epoch_lines
-from nnunetv2_ciml.training.progress import plot_ciml_progress
+from nnunetv2_ciml.console_progress import Progress, format_duration
+from nnunetv2_ciml.demo.epoch_log import EpochLineLogger, read_epoch_lines
+from nnunetv2_ciml.training.progress_plot import plot_ciml_progress
 
 
 def log_epoch(meta, epoch: int, start: float, dice: list) -> None:

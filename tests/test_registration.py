@@ -9,17 +9,20 @@ import zipfile
 import pytest
 from pathlib import Path
 
+from helpers import TRAINER_MODULES
 from nnunetv2_ciml.registration import ENV_VAR, EXT_TRAINER_DIR, register_ext_trainer_dir
 
-LOOKUP = """
-import json, os, pickle
+LOOKUP = f"""
+import importlib, inspect, json, os, pickle
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as find
-from nnunetv2_ciml.training import demo_trainers, trainers
-ours = {n: getattr(m, n) for m in (trainers, demo_trainers) for n in m.__all__}
-found = {n: find(n) for n in ours}
-print(json.dumps({"env": os.environ.get("nnUNet_extTrainer"),
-                  "same_class": all(c is ours[n] for n, c in found.items()),
-                  "picklable": all(pickle.loads(pickle.dumps(c)) is c for c in found.values())}))
+modules = [importlib.import_module(m) for m in {list(TRAINER_MODULES)!r}]
+ours = {{n: getattr(m, n) for m in modules for n in m.__all__
+         if inspect.isclass(getattr(m, n)) and issubclass(getattr(m, n), nnUNetTrainer)}}
+found = {{n: find(n) for n in ours}}
+print(json.dumps({{"env": os.environ.get("nnUNet_extTrainer"), "names": sorted(ours),
+                   "same_class": all(c is ours[n] for n, c in found.items()),
+                   "picklable": all(pickle.loads(pickle.dumps(c)) is c for c in found.values())}}))
 """
 
 
@@ -39,8 +42,12 @@ def run_lookup(tmp_path, **extra) -> dict:
 
 @pytest.mark.slow  # a fresh Python process that imports torch and nnU-Net
 def test_fresh_process_finds_every_trainer_without_exports(tmp_path):
+    """Every trainer class of every trainer module (method, demo and study, benchmark, CPU-test trainers) is found
+    by name through nnU-Net's lookup in a fresh interpreter, as the identical, picklable class."""
     result = run_lookup(tmp_path)
     assert result["env"] == EXT_TRAINER_DIR
+    assert {"nnUNetTrainerCIML", "nnUNetTrainerCIML_modalityDropout", "nnUNetTrainerCIML_ShapeCompositionDemo",
+            "nnUNetTrainerCIMLBenchmark_5epochs", "nnUNetTrainerCIML_CPUtest"} <= set(result["names"])
     assert result["same_class"] and result["picklable"]
 
 

@@ -23,11 +23,11 @@ import torch
 
 from nnunetv2_ciml.errors import CIMLError
 from nnunetv2_ciml.planning import CIML_NETWORK
-from nnunetv2_ciml.training.demo_trainers import nnUNetTrainer_ShapeCompositionDemoQuick
-from nnunetv2_ciml.training.guards import (CheckpointError, GuardedTraining, TrainingStoppedError, kl_beta,
-                                           save_atomically, validate_ciml_attributes)
-from nnunetv2_ciml.training.trainers import nnUNetTrainerCIML, nnUNetTrainerCIML_CPUtest
-from helpers import hand_made_trainer, make_dataset, shrink_plans
+from nnunetv2_ciml.cpu_test_trainers import nnUNetTrainerCIML_CPUtest
+from nnunetv2_ciml.demo.trainers import nnUNetTrainer_ShapeCompositionDemoQuick
+from nnunetv2_ciml.training.guards import CheckpointError, GuardedTraining, TrainingStoppedError, save_atomically
+from nnunetv2_ciml.training.trainers import kl_beta, nnUNetTrainerCIML, validate_ciml_attributes
+from helpers import TRAINER_MODULES, hand_made_trainer, make_dataset, shrink_plans
 
 DATASET_ID = 963
 CONFIGURATION = "2d"
@@ -73,11 +73,6 @@ def test_invalid_trainer_settings_stop_before_anything_is_written(nnunet_env, tm
     assert trainer.configuration_manager.network_arch_class_name != CIML_NETWORK  # plans not rewritten
     # nnU-Net's __init__ wrote its citation to the training log; nothing else was written
     assert [p.suffix for p in (tmp_path / "nnUNet_results").rglob("*") if p.is_file()] == [".txt"]
-
-
-# the modules whose trainers nnU-Net finds (nnunetv2_ciml/_nnunet_ext/nnunetv2_ciml_trainers.py re-exports them)
-TRAINER_MODULES = ("nnunetv2_ciml.training.trainers", "nnunetv2_ciml.training.demo_trainers",
-                   "nnunetv2_ciml.training.benchmark_trainers", "nnunetv2_ciml.training.modality_dropout")
 
 
 def exported_trainers():

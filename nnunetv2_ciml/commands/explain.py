@@ -5,6 +5,8 @@ documented in :mod:`nnunetv2_ciml.interpretability.explain`.
 """
 import argparse
 
+from nnunetv2_ciml.devices import DEVICE_CHOICES
+
 HELP = ("Grad-CAM maps of what each modality's messages contributed to each subtask of a CIML model: "
         "NIfTI maps in the input's geometry, overlay PNGs, explain.json with each sender's share.")
 
@@ -24,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "always among all senders of a subtask")
     parser.add_argument("-chk", default="checkpoint_final.pth", metavar="CHECKPOINT",
                         help="checkpoint file in fold_FOLD (default checkpoint_final.pth)")
-    parser.add_argument("-device", "--device", dest="device", choices=["cpu", "cuda"], default=None,
-                        help="default: cuda when available, else cpu")
+    parser.add_argument("-device", "--device", dest="device", choices=DEVICE_CHOICES, default="auto",
+                        help="default auto: CUDA when torch sees a device, else the CPU")
     parser.add_argument("-step_size", type=float, default=0.5,
                         help="sliding-window step as a fraction of the patch size (nnU-Net's default 0.5)")
     parser.add_argument("--disable_tta", action="store_true",

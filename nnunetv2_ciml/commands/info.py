@@ -11,7 +11,7 @@ HELP = ("Show versions, the nnU-Net folders, whether nnU-Net finds the CIML trai
         "(--check: run nnU-Net's own trainer lookup).")
 
 DISTRIBUTIONS = ("nnunetv2-ciml", "nnunetv2", "torch", "dynamic-network-architectures", "batchgenerators",
-                 "SimpleITK", "numpy", "grad-cam")
+                 "SimpleITK", "numpy")
 NNUNET_FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 
 

@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from nnunetv2_ciml.devices import DEVICE_CHOICES
+
 HELP = ("Predict with a CIML model when some cases lack modality files (CASE_XXXX missing): nnU-Net's predictor, "
         "the network told which modalities exist; OUT/modalities.json records what each case used.")
 
@@ -28,8 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--disable_tta", action="store_true", help="no mirroring at test time")
     parser.add_argument("--save_probabilities", action="store_true",
                         help="also write the softmax/sigmoid probabilities (.npz) as nnUNetv2_predict does")
-    parser.add_argument("-device", "--device", dest="device", choices=["cuda", "cpu", "mps"], default="cuda",
-                        help="as nnUNetv2_predict (default cuda)")
+    parser.add_argument("-device", "--device", dest="device", choices=DEVICE_CHOICES, default="auto",
+                        help="default auto: CUDA when torch sees a device, else the CPU")
     parser.add_argument("--cases", nargs="+", metavar="CASE",
                         help="predict these cases only (default: every case with at least one file); a listed case "
                              "without any file is reported as an error")
@@ -39,10 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import torch
-
     from nnunetv2_ciml.missing_modalities import (CaseError, find_case_files, is_ciml, missing_summary,
                                                   predict_case, read_case)
+    from nnunetv2_ciml.devices import DeviceError, resolve_device
+    from nnunetv2_ciml.network import unwrap
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     def fail(message: str) -> int:
@@ -55,11 +57,13 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.o)
     if out.resolve() == Path(args.i).resolve():
         return fail(f"the output folder must differ from the input folder {args.i!r}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        return fail("-device cuda, but torch sees no CUDA device (use -device cpu)")
+    try:
+        device = resolve_device(args.device)
+    except DeviceError as e:
+        return fail(str(e))
     folds = [f if f == "all" else int(f) for f in args.f]
     predictor = nnUNetPredictor(tile_step_size=args.step_size, use_gaussian=True, use_mirroring=not args.disable_tta,
-                                perform_everything_on_device=args.device == "cuda", device=torch.device(args.device),
+                                perform_everything_on_device=device.type == "cuda", device=device,
                                 verbose=False, verbose_preprocessing=False, allow_tqdm=False)
     try:
         predictor.initialize_from_trained_model_folder(str(model), use_folds=folds, checkpoint_name=args.chk)
@@ -78,6 +82,7 @@ def main(args: argparse.Namespace) -> int:
         return fail(str(e))
     out.mkdir(parents=True, exist_ok=True)
     reader = predictor.plans_manager.image_reader_writer_class()
+    primaries = [names[p] for p in unwrap(predictor.network).subtask_primaries] if ciml else []
     record = {"model_folder": str(model.resolve()), "folds": [str(f) for f in folds], "checkpoint": args.chk,
               "modalities": names, "network_told": ciml, "cases": {}, "errors": {}}
     for case, files in cases.items():
@@ -88,9 +93,13 @@ def main(args: argparse.Namespace) -> int:
             record["errors"][case] = str(e)
             print(f"nnunetv2_ciml predict: error: {e}", file=sys.stderr)
             continue
-        record["cases"][case] = missing_summary(present, names)
+        record["cases"][case] = missing_summary(present, names, predictor.network)
         missing = record["cases"][case]["missing"]
-        print(f"{case}: {'all modalities' if not missing else 'without ' + ', '.join(missing)}")
+        replaced = [f"{subtask} reads {'+'.join(read) or 'messages only'}"
+                    for (subtask, read), primary in zip(record["cases"][case].get("reads", {}).items(), primaries)
+                    if read != [primary]]
+        print(f"{case}: {'all modalities' if not missing else 'without ' + ', '.join(missing)}"
+              + (f" ({'; '.join(replaced)})" if replaced else ""))
     (out / "modalities.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"Predicted {len(record['cases'])} of {len(cases)} case(s) into {out}; modalities.json lists what each "
           f"used" + (f"; {len(record['errors'])} case(s) failed (see above)" if record["errors"] else ""))

@@ -9,7 +9,7 @@
   the median, 25x at worst). On CUDA the threads are nnU-Net's (1).
 
 Progress: the demo's trainers append one JSON line per epoch to ``fold_0/epochs.jsonl`` through
-nnU-Net's own logger (:mod:`nnunetv2_ciml.training.epoch_log`); :func:`run_step` follows that file and
+nnU-Net's own logger (:mod:`nnunetv2_ciml.demo.epoch_log`); :func:`run_step` follows that file and
 prints one line per epoch (loss, pseudo Dice, time left), and a "still running" line whenever nothing
 was printed for ``heartbeat`` seconds (nnU-Net's set-up, its final validation, planning).
 
@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Optional, Sequence, TextIO
+from typing import Callable, Dict, Optional, Sequence, TextIO
 
 from nnunetv2_ciml.errors import CIMLError
 
@@ -40,13 +40,16 @@ def _tail(path: Path, lines: int = 40) -> str:
         return ""
 
 
-def format_epoch(line: dict, first_start: float) -> str:
-    """One console line for an ``epochs.jsonl`` record: epoch i/N, losses, pseudo Dice, epoch time, time left."""
-    from nnunetv2_ciml.progress import format_duration
+def format_epoch(line: dict, first_start: float, dice_names: Sequence[str] = ()) -> str:
+    """One console line for an ``epochs.jsonl`` record: epoch i/N, losses, pseudo Dice (nnU-Net's validation Dice
+    per label or region, named by ``dice_names``), epoch time, time left."""
+    from nnunetv2_ciml.console_progress import format_duration
 
     done, total = line["epoch"] + 1, line["num_epochs"]
     width = len(str(total))
-    dice = " ".join(f"{d:.3f}" for d in line.get("pseudo_dice") or [] if d is not None)
+    values = line.get("pseudo_dice") or []
+    names = list(dice_names) if len(dice_names) == len(values) else [""] * len(values)
+    dice = " ".join(f"{n + ' ' if n else ''}{d:.3f}" for n, d in zip(names, values) if d is not None)
     per_epoch = (line["end"] - first_start) / done
     text = (f"epoch {done:>{width}}/{total}  loss {line.get('train_loss', float('nan')):+.3f} "
             f"(val {line.get('val_loss', float('nan')):+.3f})  pseudo Dice {dice or 'n/a'}  "
@@ -58,14 +61,16 @@ def format_epoch(line: dict, first_start: float) -> str:
 
 def run_step(command: Sequence[str], env: Dict[str, str], log_file: Path, description: str,
              epoch_log: Optional[Path] = None, show_progress: bool = True,
-             heartbeat: float = HEARTBEAT_SECONDS, stream: Optional[TextIO] = None) -> None:
+             heartbeat: float = HEARTBEAT_SECONDS, stream: Optional[TextIO] = None,
+             on_epoch: Optional[Callable[[dict, float], str]] = None, dice_names: Sequence[str] = ()) -> None:
     """Run ``command`` with ``env``, its stdout and stderr going to ``log_file``.
 
-    With ``epoch_log`` (a trainer's ``epochs.jsonl``) one line per finished epoch is printed; without, and
-    between epochs, a line every ``heartbeat`` seconds says the step is still running.
+    With ``epoch_log`` (a trainer's ``epochs.jsonl``) one line per finished epoch is printed, followed by what
+    ``on_epoch(line, first epoch's start)`` returns (the demo: the whole run's time left); without, and between
+    epochs, a line every ``heartbeat`` seconds says the step is still running.
     """
-    from nnunetv2_ciml.progress import format_duration
-    from nnunetv2_ciml.training.epoch_log import read_epoch_lines
+    from nnunetv2_ciml.console_progress import format_duration
+    from nnunetv2_ciml.demo.epoch_log import read_epoch_lines
 
     stream = stream if stream is not None else sys.stdout
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -91,7 +96,7 @@ def run_step(command: Sequence[str], env: Dict[str, str], log_file: Path, descri
                 for line in lines:
                     first_start = line["start"] if first_start is None else first_start
                     epochs_done, num_epochs = line["epoch"] + 1, line["num_epochs"]
-                    say(format_epoch(line, first_start))
+                    say(format_epoch(line, first_start, dice_names) + (on_epoch(line, first_start) if on_epoch else ""))
             if code is not None:
                 break
             if time.monotonic() - last_print >= heartbeat:
@@ -111,23 +116,25 @@ def run_step(command: Sequence[str], env: Dict[str, str], log_file: Path, descri
 
 
 def plan_and_preprocess(dataset_id: int, configuration: str, env: Dict[str, str], log_file: Path,
-                        show_progress: bool = True) -> None:
+                        show_progress: bool = True, stream: Optional[TextIO] = None) -> None:
     """``nnUNetv2_plan_and_preprocess -d ID -c CONFIGURATION -np 1 -npfp 1``."""
     if int(env.get("nnUNet_n_proc_DA", "1")) < 1:  # nnU-Net's planner sets that many torch threads: 0 fails
         env = dict(env, nnUNet_n_proc_DA="1")
     command = [sys.executable, "-m", "nnunetv2.experiment_planning.plan_and_preprocess_entrypoints",
                "-d", str(dataset_id), "-c", configuration, "-np", "1", "-npfp", "1"]
-    run_step(command, env, log_file, "plan and preprocess", show_progress=show_progress)
+    run_step(command, env, log_file, "plan and preprocess", show_progress=show_progress, stream=stream)
 
 
 def train(dataset_id: int, configuration: str, fold: str, trainer: str, plans: str, device: str, threads: int,
           env: Dict[str, str], log_file: Path, description: str, epoch_log: Optional[Path] = None,
-          show_progress: bool = True) -> None:
+          show_progress: bool = True, stream: Optional[TextIO] = None,
+          on_epoch: Optional[Callable[[dict, float], str]] = None, dice_names: Sequence[str] = ()) -> None:
     """``nnUNetv2_train ID CONFIGURATION FOLD -tr TRAINER -p PLANS -device DEVICE`` with ``threads`` torch
-    threads on CPU; ``epoch_log``: the trainer's ``epochs.jsonl``, followed for progress."""
+    threads on CPU; ``epoch_log``: the trainer's ``epochs.jsonl``, followed for progress (:func:`run_step`)."""
     command = [sys.executable, "-m", "nnunetv2_ciml.demo.nnunet_steps", "train", str(dataset_id), configuration,
                str(fold), trainer, plans, device, str(threads)]
-    run_step(command, env, log_file, description, epoch_log=epoch_log, show_progress=show_progress)
+    run_step(command, env, log_file, description, epoch_log=epoch_log, show_progress=show_progress, stream=stream,
+             on_epoch=on_epoch, dice_names=dice_names)
 
 
 def _train_entry(argv: Sequence[str]) -> None:

@@ -349,8 +349,11 @@ def generate_shape_composition(out_dir: Union[str, Path], num_train: int = 60, n
     (out_dir / "objects.json").write_text(json.dumps(objects_record, indent=1))
 
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
-    subtasks = {"circle": {"primary": "A", "outputs": ["background", "circle"]},
-                "square": {"primary": "B", "outputs": ["square"]}}
+    # Without its primary, a subtask reads C first (weak copies of the true objects only), then the other primary
+    # (weak copies of every object of the subtask, decoys included).
+    others = {"A": [m for m in ("C", "B") if m in spec.modalities], "B": [m for m in ("C", "A") if m in spec.modalities]}
+    subtasks = {"circle": {"primary": "A", "outputs": ["background", "circle"], "fallbacks": others["A"]},
+                "square": {"primary": "B", "outputs": ["square"], "fallbacks": others["B"]}}
     generate_dataset_json(
         str(out_dir), channel_names=dict(enumerate(spec.modalities)), labels=dict(LABELS),
         num_training_cases=num_train, file_ending=FILE_ENDING, dataset_name="ShapeComposition",

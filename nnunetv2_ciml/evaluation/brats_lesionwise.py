@@ -91,7 +91,7 @@ from scipy.ndimage import find_objects, label
 from scipy.optimize import linear_sum_assignment
 
 from nnunetv2_ciml.evaluation.base import EvaluationError, case_statistics, format_grouped_table
-from nnunetv2_ciml.evaluation.surface_distance import directed_surface_distances
+from nnunetv2_ciml.evaluation.surface_distance import bounding_box, directed_surface_distances
 
 __all__ = ["LESIONWISE_CONFIGS", "LESIONWISE_HD95_PENALTY", "to_brats2023_labels", "match_lesions",
            "lesionwise_region_metrics", "brats_lesionwise_metrics", "missing_prediction_metrics",
@@ -121,17 +121,6 @@ def to_brats2023_labels(seg: np.ndarray, labels: str) -> np.ndarray:
         raise EvaluationError(f"unknown BraTS label convention {labels!r}; choose one of {sorted(_TO_BRATS2023)}")
     table = _TO_BRATS2023[labels]
     return seg if table is None else table[seg]
-
-
-def _bounding_box(mask: np.ndarray, margin: int = 1) -> Tuple[slice, ...]:
-    """Bounding box of ``mask`` plus ``margin`` voxels, clipped to the array; the whole array if empty."""
-    box = []
-    for axis in range(mask.ndim):
-        hits = np.flatnonzero(np.any(mask, axis=tuple(i for i in range(mask.ndim) if i != axis)))
-        if hits.size == 0:
-            return tuple(slice(None) for _ in range(mask.ndim))
-        box.append(slice(max(hits[0] - margin, 0), min(hits[-1] + 1 + margin, mask.shape[axis])))
-    return tuple(box)
 
 
 def _components(mask: np.ndarray) -> Tuple[np.ndarray, int]:
@@ -208,7 +197,7 @@ def lesionwise_region_metrics(ref_mask: np.ndarray, pred_mask: np.ndarray, spaci
         overlap_threshold: Dice a matched lesion needs to count as detected, with ``size_split``.
         size_split: add the metastasis configuration's large/small lesion values.
     """
-    box = _bounding_box(ref_mask | pred_mask)
+    box = bounding_box(ref_mask | pred_mask)
     ref_mask, pred_mask = ref_mask[box], pred_mask[box]
     ref_lesions, n_ref = _components(ref_mask)
     pred_lesions, n_pred = _components(pred_mask)
@@ -338,7 +327,7 @@ def brats_lesionwise_metrics(ref: np.ndarray, pred: np.ndarray, spacing: Sequenc
                         zero_tp_hd95=zero_tp_hd95, volume_threshold=volume_threshold,
                         overlap_threshold=overlap_threshold, size_split=config == "mets")
     # one box for all regions: everything outside the union of all labels is background in every region
-    box = _bounding_box((ref > 0) | (pred > 0))
+    box = bounding_box((ref > 0) | (pred > 0))
     ref, pred = ref[box], pred[box]
     return {name: region_fn(np.isin(ref, region), np.isin(pred, region))
             for name, region in LESIONWISE_CONFIGS[config].items()}

@@ -51,26 +51,18 @@ def _load_dataset_json(dataset_json: Union[str, Path, dict]) -> dict:
         raise EvaluationError(f"cannot read dataset.json {path}: {e}") from None
 
 
-def _as_target(value) -> LabelOrRegion:
-    return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else int(value)
-
-
 def labels_or_regions_from_dataset_json(dataset_json: Union[str, Path, dict]
                                         ) -> Tuple[Dict[str, LabelOrRegion], Tuple[int, ...], Union[int, None]]:
-    """What to score, per name: ``({name: label or region}, valid label values, ignore label or None)``."""
-    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+    """What to score, per name: ``({name: label or region}, valid label values, ignore label or None)``: the
+    network's foreground heads (:func:`nnunetv2_ciml.decomposition.named_heads`)."""
+    from nnunetv2_ciml.decomposition import named_heads
 
     dj = _load_dataset_json(dataset_json)
     if not isinstance(dj.get("labels"), dict):
         raise EvaluationError("dataset.json has no 'labels' dictionary")
-    try:
-        manager = LabelManager(dj["labels"], dj.get("regions_class_order"))
-    except (AssertionError, RuntimeError, TypeError, ValueError) as e:
-        raise EvaluationError(f"dataset.json 'labels' is invalid for nnU-Net: {e}") from None
+    manager, heads = named_heads(dj["labels"], dj.get("regions_class_order"), EvaluationError)
     scored = manager.foreground_regions if manager.has_regions else manager.foreground_labels
-    # nnU-Net's LabelManager says what is scored; dataset.json gives the names, in its order
-    targets = {name: target for name, target in ((n, _as_target(v)) for n, v in dj["labels"].items() if n != "ignore")
-               if target in scored}
+    targets = {name: target for name, target in heads.items() if target in scored}
     if not targets:
         raise EvaluationError("dataset.json 'labels' names no foreground label or region")
     valid = tuple(int(v) for v in manager.all_labels)

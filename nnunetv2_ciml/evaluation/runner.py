@@ -9,7 +9,7 @@
   ``unmatched_predictions``. If no prediction matches any reference, that is an error (most
   likely a wrong folder or file ending), not a set of empty predictions.
 - Files are read with SimpleITK. Reference and prediction must share size, spacing, origin and
-  direction (tolerances in :mod:`nnunetv2_ciml.evaluation.image_io`), except in modes that resample
+  direction (tolerances in :mod:`nnunetv2_ciml.evaluation.label_images`), except in modes that resample
   (HECKTOR: nearest neighbour onto the reference grid). Label values outside the mode's
   convention, unreadable files and geometry mismatches stop the evaluation with an
   :class:`~nnunetv2_ciml.evaluation.base.EvaluationError` naming the case and the file.
@@ -35,7 +35,7 @@ import numpy as np
 
 from nnunetv2_ciml.evaluation.autopet import make_autopet_mode
 from nnunetv2_ciml.evaluation.base import EvaluationError, EvaluationMode
-from nnunetv2_ciml.progress import Progress
+from nnunetv2_ciml.console_progress import Progress
 from nnunetv2_ciml.evaluation.brats import make_brats_mode
 from nnunetv2_ciml.evaluation.hecktor import make_hecktor_mode
 from nnunetv2_ciml.evaluation.nnunet_mode import make_nnunet_mode
@@ -86,12 +86,11 @@ def evaluate_case_files(mode: EvaluationMode, case: str, ref_file: Path, pred_fi
                         ) -> Tuple[dict, Optional[str]]:
     """Metrics of one case and a warning (or None); a missing ``pred_file`` is scored by the mode's
     ``missing_case_metrics`` if it has one, else as an empty prediction."""
-    from nnunetv2_ciml.evaluation.image_io import (array_spacing, check_label_values, read_label_image,
-                                                   resample_nearest_to)
-    from nnunetv2_ciml.image_io import geometry_mismatch
+    from nnunetv2_ciml.evaluation.label_images import array_spacing, read_label_image, resample_nearest_to
+    from nnunetv2_ciml.image_io import check_label_values, geometry_mismatch
 
     ref_image, ref = read_label_image(ref_file, case, "reference")
-    check_label_values(ref, mode.valid_labels, case, "reference", ref_file, mode.label_convention)
+    check_label_values(ref, mode.valid_labels, case, ref_file, "reference", mode.label_convention, EvaluationError)
     warning = None
     if pred_file is None:
         if mode.missing_case_metrics is not None:
@@ -99,8 +98,8 @@ def evaluate_case_files(mode: EvaluationMode, case: str, ref_file: Path, pred_fi
         pred = np.zeros_like(ref)
     else:
         pred_image, pred = read_label_image(pred_file, case, "prediction")
-        check_label_values(pred, mode.valid_prediction_labels or mode.valid_labels, case, "prediction", pred_file,
-                           mode.label_convention)
+        check_label_values(pred, mode.valid_prediction_labels or mode.valid_labels, case, pred_file, "prediction",
+                           mode.label_convention, EvaluationError)
         mismatch = geometry_mismatch(pred_image, ref_image)
         if mismatch is not None:
             if not mode.resample_prediction or pred_image.GetDimension() != ref_image.GetDimension():

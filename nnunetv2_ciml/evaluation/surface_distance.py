@@ -37,10 +37,19 @@ transforms of the box (``benchmarks/bench_hd95.py`` times both).
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
-from scipy.ndimage import binary_erosion, generate_binary_structure
+from scipy.ndimage import binary_erosion, find_objects, generate_binary_structure
 from scipy.spatial import cKDTree
 
-__all__ = ["surface_mask", "directed_surface_distances", "hd95"]
+__all__ = ["bounding_box", "surface_mask", "directed_surface_distances", "hd95"]
+
+
+def bounding_box(mask: np.ndarray, margin: int = 1) -> Tuple[slice, ...]:
+    """Bounding box of the non-zero voxels of ``mask`` plus ``margin`` voxels, clipped to the array; the whole
+    array if ``mask`` is empty."""
+    box = find_objects(np.asarray(mask, dtype=bool).astype(np.uint8), max_label=1)[0]
+    if box is None:
+        return tuple(slice(None) for _ in range(np.ndim(mask)))
+    return tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(box, np.shape(mask)))
 
 
 def _as_pair(mask_a: np.ndarray, mask_b: np.ndarray, spacing: Optional[Sequence[float]]
@@ -57,14 +66,7 @@ def _as_pair(mask_a: np.ndarray, mask_b: np.ndarray, spacing: Optional[Sequence[
     shape = tuple(a.shape[i] for i in keep)
     a, b, sp = a.reshape(shape), b.reshape(shape), sp[keep]
 
-    union = a | b
-    box = []
-    for axis in range(union.ndim):
-        hits = np.flatnonzero(np.any(union, axis=tuple(i for i in range(union.ndim) if i != axis)))
-        if hits.size == 0:
-            return a, b, sp  # both empty: nothing to crop to
-        box.append(slice(max(hits[0] - 1, 0), min(hits[-1] + 2, union.shape[axis])))
-    box = tuple(box)
+    box = bounding_box(a | b)
     return a[box], b[box], sp
 
 

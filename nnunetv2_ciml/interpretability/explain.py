@@ -55,6 +55,9 @@ class CaseExplanation:
     subtask. ``target_voxels[subtask]``: predicted voxels of the subtask on nnU-Net's preprocessed grid
     (0: nothing to explain). ``segmentation``: nnU-Net's prediction ``(*input_spatial)``;
     ``predicted[subtask]``: its voxels of the subtask's outputs (bool). ``image``: ``(M, *input_spatial)``.
+    ``present``/``missing``: the modalities the case has and lacks; ``reads[subtask]``: the modalities whose
+    branch the subtask's decoder read (its primary, or the fallback that took a missing primary's place). A
+    sender that sent nothing (missing, or read as the subtask's fallback) has share ``None`` and mass 0.
     """
 
     case: str
@@ -69,6 +72,9 @@ class CaseExplanation:
     modalities: List[str]
     primaries: Dict[str, str]
     senders: Dict[str, List[str]] = field(default_factory=dict)
+    present: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    reads: Dict[str, List[str]] = field(default_factory=dict)
 
 
 def _target_channels(network: CIMLUNet, has_regions: bool) -> Dict[int, List[int]]:
@@ -148,20 +154,26 @@ def _explain_image(predictor: nnUNetPredictor, network: CIMLUNet, image: np.ndar
     segmentation = np.asarray(segmentation)
 
     modalities, subtask_names = network.modality_names, network.subtask_names
+    exists = [True] * len(modalities) if present is None else [bool(p) for p in present]
+    reads = network.acting_primaries(exists)
     result = CaseExplanation(case=case, maps={}, shares={}, masses={}, target_voxels={},
                              segmentation=segmentation, predicted={}, image=image, properties=props,
-                             modalities=list(modalities), primaries={})
+                             modalities=list(modalities), primaries={},
+                             present=[m for m, e in zip(modalities, exists) if e],
+                             missing=[m for m, e in zip(modalities, exists) if not e])
     for i in chosen:
         subtask = subtask_names[i]
         result.primaries[subtask] = modalities[network.subtask_primaries[i]]
+        result.reads[subtask] = reads[i]
         result.predicted[subtask] = _predicted_outputs(segmentation, target_channels[i], label_manager)
         result.target_voxels[subtask] = int(targets[target_channels[i]].amax(0).sum()) if target_channels[i] else 0
         pairs = [p for p in computed if p.subtask == i]
         masses = {modalities[p.sender]: float(maps[computed.index(p)].sum(dtype=np.float64))
                   for p in pairs}
-        total = sum(masses.values())
+        sending = {modalities[p.sender] for p in pairs if exists[p.sender] and modalities[p.sender] not in reads[i]}
+        total = sum(m for s, m in masses.items() if s in sending)
         result.masses[subtask] = masses
-        result.shares[subtask] = {s: (m / total if total > 0 else None) for s, m in masses.items()}
+        result.shares[subtask] = {s: (m / total if total > 0 and s in sending else None) for s, m in masses.items()}
         result.senders[subtask] = [modalities[p.sender] for p in pairs if p in shown]
         for p in pairs:
             if p in shown:

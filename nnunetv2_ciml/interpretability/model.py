@@ -7,6 +7,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+from nnunetv2_ciml.devices import resolve_device
 from nnunetv2_ciml.errors import CIMLError
 from nnunetv2_ciml.network import CIMLUNet, MessagePair, unwrap
 
@@ -17,16 +18,13 @@ class ExplainError(CIMLError, ValueError):
     """The model folder, the inputs or the requested subtasks/senders cannot be explained."""
 
 
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def load_predictor(model_folder: Union[str, Path], fold: Union[int, str] = 0,
                    device: Union[str, torch.device, None] = None, checkpoint_name: str = "checkpoint_final.pth",
                    tile_step_size: float = 0.5, use_mirroring: bool = True,
                    allow_tqdm: bool = True) -> nnUNetPredictor:
     """An ``nnUNetPredictor`` initialised from a CIML model folder (one fold), checked to hold a CIML network
-    with messages. ``device``: default CUDA when available, else CPU."""
+    with messages. ``device``: :func:`nnunetv2_ciml.devices.resolve_device` (default auto: CUDA when available,
+    else CPU)."""
     model_folder = Path(model_folder)
     if not model_folder.is_dir():
         raise ExplainError(f"model folder {str(model_folder)!r} does not exist")
@@ -45,7 +43,7 @@ def load_predictor(model_folder: Union[str, Path], fold: Union[int, str] = 0,
         if others:
             hint += f"; fold_{fold} holds {', '.join(others)} (choose one with -chk)"
         raise ExplainError(f"missing checkpoint {str(checkpoint)!r} ({hint})")
-    device = _default_device() if device is None else torch.device(device)
+    device = resolve_device(device)
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its device choice and trainer search
             predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True,

@@ -6,7 +6,7 @@ first array axis, i.e. axial slices of a SimpleITK-read volume) with the most ma
 the senders shown. All senders share one colour scale, so a weak sender looks weak.
 """
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import matplotlib
 import numpy as np
@@ -42,25 +42,29 @@ def _window(image: np.ndarray) -> tuple:
 
 def render_subtask_overlay(path: Path, case: str, subtask: str, primary: str, images: Dict[str, np.ndarray],
                            maps: Dict[str, np.ndarray], shares: Dict[str, Optional[float]],
-                           prediction: np.ndarray, pixel_aspect: float = 1.0, n_slices: int = 3) -> List[int]:
+                           prediction: np.ndarray, pixel_aspect: float = 1.0, n_slices: int = 3,
+                           read: Optional[str] = None) -> List[int]:
     """Write the overlay PNG; returns the slice indices shown.
 
     ``images``: modality name -> ``(S, Y, X)`` image; ``maps``: sender -> ``(S, Y, X)`` map;
     ``prediction``: ``(S, Y, X)`` bool, the subtask's predicted outputs; ``pixel_aspect``: row spacing /
-    column spacing.
+    column spacing; ``read``: the modality whose branch the subtask read (default its ``primary``; a fallback
+    when the primary is missing), shown in the first row; ``outline``: ``(what, (S, Y, X) bool)``, a region
+    drawn in white on every panel and named in the title (the demo: its decoy/twin pairs).
     """
     # matplotlib's own defaults, whatever styles others set globally (nnU-Net's progress plot calls seaborn.set)
     defaults = {k: v for k, v in matplotlib.rcParamsDefault.items() if k != "backend"}
     with matplotlib.rc_context(defaults):
-        return _render(path, case, subtask, primary, images, maps, shares, prediction, pixel_aspect, n_slices)
+        return _render(path, case, subtask, primary, read or primary, images, maps, shares, prediction, pixel_aspect,
+                       n_slices, outline)
 
 
-def _render(path: Path, case: str, subtask: str, primary: str, images: Dict[str, np.ndarray],
+def _render(path: Path, case: str, subtask: str, primary: str, read: str, images: Dict[str, np.ndarray],
             maps: Dict[str, np.ndarray], shares: Dict[str, Optional[float]], prediction: np.ndarray,
-            pixel_aspect: float, n_slices: int) -> List[int]:
+            pixel_aspect: float, n_slices: int, outline: Optional[Tuple[str, np.ndarray]]) -> List[int]:
     slices = informative_slices(list(maps.values()), prediction, n_slices)
     vmax = max([float(m.max()) for m in maps.values()] + [0.0]) or 1.0
-    rows = [primary, *maps]
+    rows = [read, *maps]
     fig = Figure(figsize=(max(2.4 * len(slices) + 1.6, 5.0), 2.4 * len(rows) + 0.6), dpi=100, layout="constrained")
     axes = fig.subplots(len(rows), len(slices), squeeze=False)
     mappable = None
@@ -76,17 +80,22 @@ def _render(path: Path, case: str, subtask: str, primary: str, images: Dict[str,
                                      interpolation="nearest")
             if prediction[z].any() and not prediction[z].all():
                 ax.contour(prediction[z].astype(np.float32), levels=[0.5], colors="cyan", linewidths=0.8)
+            if outline is not None and outline[1][z].any():
+                ax.contour(outline[1][z].astype(np.float32), levels=[0.5], colors="white", linewidths=0.8,
+                           linestyles="dashed")
             ax.set_xticks([])
             ax.set_yticks([])
-            if r == 0:
+            if r == 0 and prediction.shape[0] > 1:  # 2D images are one slice
                 ax.set_title(f"slice {z}", fontsize=8)
             if c == 0:
                 share = shares.get(name)
-                label = f"{name} (primary)" if r == 0 else \
+                first = f"{name} (primary)" if name == primary else f"{name} (read for missing {primary})"
+                label = first if r == 0 else \
                     f"{pair_name(name, subtask)}\nshare {share:.2f}" if share is not None else pair_name(name, subtask)
                 ax.set_ylabel(label, fontsize=8)
     if mappable is not None:
         fig.colorbar(mappable, ax=axes.ravel().tolist(), shrink=0.6, label="message Grad-CAM")
-    fig.suptitle(f"{case}: messages to subtask '{subtask}'\ncyan: its predicted outputs", fontsize=9)
+    legend = "cyan: its predicted outputs" + (f"; dashed white: {outline[0]}" if outline is not None else "")
+    fig.suptitle(f"{case}: messages to subtask '{subtask}'\n{legend}", fontsize=9)
     fig.savefig(str(path))
     return slices

@@ -1,7 +1,7 @@
 """Writing one explained case: NIfTI maps and the prediction in the input's geometry, overlay PNGs."""
 import re
 from pathlib import Path
-from typing import Union
+from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 
@@ -21,10 +21,12 @@ def map_file_name(sender: str, subtask: str) -> str:
     return f"{_file_name(sender)}_to_{_file_name(subtask)}.nii.gz"
 
 
-def write_case_explanation(explanation: CaseExplanation, out_dir: Union[str, Path]) -> dict:
+def write_case_explanation(explanation: CaseExplanation, out_dir: Union[str, Path],
+                           outlines: Optional[Dict[str, Tuple[str, np.ndarray]]] = None) -> dict:
     """Write ``out_dir/<case>/``: one NIfTI map per (sender, subtask) ``<sender>_to_<subtask>.nii.gz``,
     ``prediction.nii.gz`` (nnU-Net's segmentation) and ``messages_to_<subtask>.png``, all in the input's
-    geometry. Returns the case's summary (shares, masses, file names relative to ``out_dir``).
+    geometry; ``outlines[subtask]``: ``(what, mask)`` outlined in that subtask's overlay. Returns the case's summary
+    (shares, masses, file names relative to ``out_dir``).
     """
     out_dir = Path(out_dir)
     case_dir = out_dir / explanation.case
@@ -36,10 +38,11 @@ def write_case_explanation(explanation: CaseExplanation, out_dir: Union[str, Pat
     spacing = props["spacing"]
     aspect = float(spacing[-2]) / float(spacing[-1]) if len(spacing) >= 2 else 1.0
     images = {m: explanation.image[c] for c, m in enumerate(explanation.modalities)}
-    summary = {"prediction": prediction.relative_to(out_dir).as_posix(), "subtasks": {}}
+    summary = {"prediction": prediction.relative_to(out_dir).as_posix(), "present": explanation.present,
+               "missing": explanation.missing, "subtasks": {}}
     for subtask, shares in explanation.shares.items():
-        entry = {"primary": explanation.primaries[subtask], "target_voxels": explanation.target_voxels[subtask],
-                 "senders": {}}
+        entry = {"primary": explanation.primaries[subtask], "reads": explanation.reads[subtask],
+                 "target_voxels": explanation.target_voxels[subtask], "senders": {}}
         for sender, share in shares.items():
             entry["senders"][sender] = {"share": share, "mass": explanation.masses[subtask][sender]}
             if (sender, subtask) in explanation.maps:
@@ -49,8 +52,11 @@ def write_case_explanation(explanation: CaseExplanation, out_dir: Union[str, Pat
         shown = {s: explanation.maps[(s, subtask)] for s in explanation.senders[subtask]}
         if shown:
             png = case_dir / f"messages_to_{_file_name(subtask)}.png"
+            reads = explanation.reads.get(subtask)
             entry["slices"] = render_subtask_overlay(png, explanation.case, subtask, explanation.primaries[subtask],
-                                                     images, shown, shares, explanation.predicted[subtask], aspect)
+                                                     images, shown, shares, explanation.predicted[subtask], aspect,
+                                                     read=reads[0] if reads else None,
+                                                     outline=(outlines or {}).get(subtask))
             entry["overlay"] = png.relative_to(out_dir).as_posix()
         summary["subtasks"][subtask] = entry
     return summary

@@ -83,11 +83,16 @@ class CIMLUNet(nn.Module):
 
     Missing modalities: ``forward(x, present)``, or the attribute ``present_modalities`` when ``present`` is not
     given (how nnU-Net's predictor, which calls ``network(x)``, is told; see :func:`modalities_present`), takes a
-    mask ``(B, M)`` or ``(M,)``, 1 where a modality exists. A missing modality's features are multiplied by 0 at
-    every stage (its input channel is ignored, whatever it holds, and its encoder block gets no gradient), it
-    sends no messages (exactly zero, :class:`StageMessages`), and a subtask whose primary is missing decodes from
-    the messages alone, with gates that open (``StageMessages.absent_primary_logit``). The mask is multiplied in,
-    no per-sample branching, so torch.compile sees one graph. ``None`` (the default) is the full-modality path.
+    mask ``(B, M)`` or ``(M,)``, 1 where a modality exists. Each subtask's decoder then reads, per sample, the
+    branch of its primary if present, else of the first present modality of ``subtask_fallbacks[i]``
+    (``fallback_mode="first"``) or the mean of the present ones (``"mean"``) (:meth:`reading_weights`); with
+    ``fallback_affine``, a fallback's skip features pass a learnt per-(subtask, fallback, stage) channel scale and
+    shift first, so the decoder can tell which branch it reads. The messages come from the other present
+    modalities. A missing modality is read with weight 0 and sends nothing (exactly zero, :class:`StageMessages`):
+    its input channel is ignored, whatever it holds, and its encoder block gets no gradient. A subtask with
+    nothing to read decodes from the messages alone, with gates that open (``StageMessages.absent_primary_logit``).
+    The mask is multiplied in, no per-sample branching, so torch.compile sees one graph. ``None`` (the default)
+    is the full-modality path; an all-ones mask gives the same outputs.
     """
 
     def __init__(self,
@@ -120,6 +125,9 @@ class CIMLUNet(nn.Module):
                  message_latent_fraction: float = MESSAGE_LATENT_FRACTION,
                  checkpoint_messages: bool = True,
                  recomputed_stages: Sequence[int] = (),
+                 subtask_fallbacks: Optional[Sequence[Sequence[int]]] = None,
+                 fallback_mode: str = "first",
+                 fallback_affine: bool = False,
                  modality_names: Optional[Sequence[str]] = None,
                  subtask_names: Optional[Sequence[str]] = None):
         super().__init__()
@@ -146,6 +154,8 @@ class CIMLUNet(nn.Module):
                               else [f"subtask{i}" for i in range(len(subtask_outputs))])
         self.subtask_primaries = [int(p) for p in subtask_primaries]
         self.subtask_outputs = [[int(k) for k in outs] for outs in subtask_outputs]
+        self.subtask_fallbacks = self._checked_fallbacks(subtask_fallbacks, fallback_mode)
+        self.fallback_mode = fallback_mode
         self.checkpoint_messages = checkpoint_messages
         dim = convert_conv_op_to_dim(conv_op)
         kernel_sizes = [[k] * dim if isinstance(k, int) else list(k) for k in _per_stage(kernel_sizes, n_stages)]
@@ -158,6 +168,7 @@ class CIMLUNet(nn.Module):
                                             convolutions)
         self.message_pairs, self.message_stages, self.messages = self._build_messages(
             conv_op, kernel_sizes, messages, message_stages, message_latent_fraction)
+        self.fallback_scale, self.fallback_shift = self._build_fallback_affines(fallback_affine)
 
         order = [k for outs in self.subtask_outputs for k in outs]
         self.register_buffer("_output_order", torch.tensor([order.index(k) for k in range(num_classes)]),
@@ -212,6 +223,34 @@ class CIMLUNet(nn.Module):
             for s in stages})
         return pairs, stages, modules
 
+    def _checked_fallbacks(self, fallbacks: Optional[Sequence[Sequence[int]]], mode: str) -> List[List[int]]:
+        if mode not in ("first", "mean"):
+            raise ValueError(f"fallback_mode must be 'first' or 'mean', not {mode!r}")
+        if fallbacks is None:
+            return [[] for _ in self.subtask_primaries]
+        fallbacks = [[int(c) for c in f] for f in fallbacks]
+        if len(fallbacks) != len(self.subtask_primaries) or any(
+                p in f or len(set(f)) != len(f) or not all(0 <= c < self.num_modalities for c in f)
+                for p, f in zip(self.subtask_primaries, fallbacks)):
+            raise ValueError(f"subtask_fallbacks {fallbacks} must list, per subtask, distinct channels in "
+                             f"[0, {self.num_modalities}) other than its primary {self.subtask_primaries}")
+        return fallbacks
+
+    def _build_fallback_affines(self, affine: bool) -> Tuple[nn.ParameterDict, nn.ParameterDict]:
+        """Per stage, a scale and shift ``(F, C_s)`` of the skip features for each (subtask, fallback) of
+        ``fallback_pairs``, so that a decoder can tell which branch it reads; identity at start."""
+        pairs = self.fallback_pairs if affine else []
+        scale = nn.ParameterDict({str(s): nn.Parameter(torch.ones(len(pairs), c))
+                                  for s, c in enumerate(self.features_per_stage)} if pairs else {})
+        shift = nn.ParameterDict({str(s): nn.Parameter(torch.zeros(len(pairs), c))
+                                  for s, c in enumerate(self.features_per_stage)} if pairs else {})
+        return scale, shift
+
+    @property
+    def fallback_pairs(self) -> List[Tuple[int, int]]:
+        """``(subtask, channel)`` for every fallback of every subtask, subtask by subtask, in fallback order."""
+        return [(i, c) for i, fallbacks in enumerate(self.subtask_fallbacks) for c in fallbacks]
+
     @property
     def num_modalities(self) -> int:
         return len(self.modality_names)
@@ -260,12 +299,12 @@ class CIMLUNet(nn.Module):
                 total += np.prod([len(self.decoder) * self.features_per_stage[s], *sizes[s]], dtype=np.int64) // 2
         return total
 
-    def _stage_messages(self, stage: int, features: torch.Tensor, present: Optional[torch.Tensor]):
+    def _stage_messages(self, stage: int, features: torch.Tensor, *routing: torch.Tensor):
         module = self.messages[str(stage)]
         if self.checkpoint_messages and self.training and torch.is_grad_enabled():
             # Message intermediates (posterior, z, attention) would dominate activation memory; recompute them.
-            return checkpoint(module, features, present, use_reentrant=False)
-        return module(features, present)
+            return checkpoint(module, features, *routing, use_reentrant=False)
+        return module(features, *routing)
 
     def presence_mask(self, present: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``present`` ``(M,)`` or ``(B, M)`` (bool or 0/1) as ``(B, M)`` in ``x``'s dtype and device."""
@@ -273,6 +312,57 @@ class CIMLUNet(nn.Module):
             raise ValueError(f"present_modalities must have shape (M,) or (B, M) with M = {self.num_modalities} "
                              f"({', '.join(self.modality_names)}); got {tuple(present.shape)}")
         return present.to(device=x.device, dtype=x.dtype).expand(x.shape[0], self.num_modalities)
+
+    def reading_weights(self, present: torch.Tensor) -> torch.Tensor:
+        """``(B, S, M)``: how much subtask ``i``'s decoder reads modality ``m``'s branch, from ``present``
+        ``(B, M)`` (1 = exists). The primary if present; else, with ``fallback_mode`` ``"first"``, the first
+        present fallback, with ``"mean"`` the mean of the present fallbacks; all zero where none is present.
+        Computed from the mask alone (no per-sample branching: one graph for torch.compile)."""
+        zero = torch.zeros_like(present[:, 0])
+        rows = []
+        for primary, fallbacks in zip(self.subtask_primaries, self.subtask_fallbacks):
+            weights = [zero] * self.num_modalities
+            weights[primary] = present[:, primary]
+            unread = 1 - present[:, primary]
+            if self.fallback_mode == "first":
+                for c in fallbacks:
+                    weights[c] = unread * present[:, c]
+                    unread = unread * (1 - present[:, c])
+            elif fallbacks:
+                count = present[:, fallbacks].sum(1).clamp_min(1)
+                for c in fallbacks:
+                    weights[c] = unread * present[:, c] / count
+            rows.append(torch.stack(weights, 1))
+        return torch.stack(rows, 1)
+
+    def acting_primaries(self, present: Sequence[bool]) -> List[List[str]]:
+        """Per subtask, the modalities whose branch its decoder reads when the modalities flagged in ``present``
+        ``(M,)`` exist (``[primary]`` when it exists; ``[]`` when nothing it may read does)."""
+        weights = self.reading_weights(torch.as_tensor(list(present), dtype=torch.float32)[None])[0]
+        return [[self.modality_names[c] for c in range(self.num_modalities) if row[c] > 0] for row in weights]
+
+    def _read(self, features: torch.Tensor, stage: int, weights: torch.Tensor) -> torch.Tensor:
+        """Each subtask's skip features ``(B, S * C, *spatial)`` before messages: the branches it reads
+        (``weights`` from :meth:`reading_weights`), a fallback's through its scale and shift if the network
+        has them."""
+        c = self.features_per_stage[stage]
+        branches = features.unflatten(1, (self.num_modalities, c))  # (B, M, C, *spatial)
+        extra = [1] * (features.dim() - 2)
+        weights = weights.to(features.dtype)
+        scale, shift = self.fallback_scale.get(str(stage)), self.fallback_shift.get(str(stage))
+        affine = {pair: k for k, pair in enumerate(self.fallback_pairs)} if scale is not None else {}
+        skips = []
+        for i in range(len(self.subtask_primaries)):
+            skip = 0
+            for m in range(self.num_modalities):
+                w = weights[:, i, m].view(-1, 1, *extra)
+                if (i, m) in affine:
+                    k = affine[(i, m)]
+                    skip = skip + w * (scale[k].view(1, c, *extra) * branches[:, m] + shift[k].view(1, c, *extra))
+                else:
+                    skip = skip + w * branches[:, m]
+            skips.append(skip)
+        return torch.cat(skips, 1)
 
     def forward(self, x: torch.Tensor, present: Optional[torch.Tensor] = None
                 ) -> Union[torch.Tensor, List[torch.Tensor]]:
@@ -283,24 +373,36 @@ class CIMLUNet(nn.Module):
                 f"`nnunetv2_ciml predict`, which accepts cases with missing modality files.")
         present = self.present_modalities if present is None else present
         features = self._encode(x)
-        if present is not None:
+        n_subtasks = len(self.subtask_primaries)
+        if present is None:
+            # every modality exists: each subtask reads its primary's block
+            skips = [[self.modality_features(f, s, p) for s, f in enumerate(features)] for p in self.subtask_primaries]
+            routing = [()] * len(features)
+            if len(self.fallback_scale):  # DDP needs every parameter in every step's graph
+                unused = sum(v.sum() for v in [*self.fallback_scale.values(), *self.fallback_shift.values()])
+                skips[0][-1] = skips[0][-1] + 0 * unused.to(skips[0][-1].dtype)
+        else:
+            # A missing modality's branch is read with weight 0 and sends nothing: whatever its input channel holds
+            # reaches no output, and its encoder block gets no gradient.
             present = self.presence_mask(present, x)
-            flags = present.view(*present.shape, *[1] * (x.dim() - 1))  # (B, M, 1, *1)
-            # in the features' dtype: under autocast they are half precision, and a float32 factor would promote them
-            features = [(f.unflatten(1, (self.num_modalities, -1)) * flags.to(f.dtype)).flatten(1, 2)
-                        for f in features]
+            weights = self.reading_weights(present)  # (B, S, M)
+            read = [self._read(f, s, weights) for s, f in enumerate(features)]  # (B, S * C_s, *spatial_s)
+            skips = [[self.modality_features(r, s, i) for s, r in enumerate(read)] for i in range(n_subtasks)]
+            # a pair sends if its sender exists and is not a branch its subtask reads
+            sender_present = (torch.stack([present[:, p.sender] * (weights[:, p.subtask, p.sender] == 0).to(x.dtype)
+                                           for p in self.message_pairs], 1) if self.message_pairs else None)
+            routing = [(r, sender_present, 1 - weights.sum(-1)) for r in read]
         messages, kls, rms = {}, [], []
         for s in self.message_stages:
-            messages[s], kl, magnitude = self._stage_messages(s, features[s], present)
+            messages[s], kl, magnitude = self._stage_messages(s, features[s], *routing[s])
             if self.training:
                 kls.append(kl)
                 rms.append(magnitude)
         logits = []
-        for i, (primary, decoder) in enumerate(zip(self.subtask_primaries, self.decoder)):
-            skips = [self.modality_features(f, s, primary) for s, f in enumerate(features)]
+        for i, decoder in enumerate(self.decoder):
             for s, message in messages.items():
-                skips[s] = skips[s] + self.modality_features(message, s, i)
-            logits.append(decoder(skips))
+                skips[i][s] = skips[i][s] + self.modality_features(message, s, i)
+            logits.append(decoder(skips[i]))
         if kls:
             kl = torch.stack(kls).mean(0)  # (P,): per pair, mean over stages
             self.kl, self.message_kl, self.message_magnitude = kl.mean(), kl.detach(), torch.stack(rms).mean(0)

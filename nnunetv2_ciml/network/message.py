@@ -82,14 +82,14 @@ class StageMessages(nn.Module):
     channels and voxels (exact, from the latents' Gram matrix), both float32 (safe under AMP). Eval mode skips
     them: sliding-window inference pays for the messages alone.
 
-    Missing modalities: ``forward(features, present)`` with ``present`` ``(B, M)`` (1 = the modality exists, 0 =
-    it does not) multiplies each pair's ``mu``, ``logvar`` and gated latent by its sender's flag, so a missing
-    sender's message is exactly zero, its KL exactly 0 and no gradient flows through it. A missing primary makes
-    the receiver features zero (the caller zeroes them); the attention logit of each of its subtask's pairs then
-    gets ``absent_primary_logit`` ``(P,)`` added (a learnt bias per pair, initialised to
-    :data:`ABSENT_PRIMARY_LOGIT`): the gates open when the subtask has nothing but messages, without guessing
-    absence from zeros, and modality-dropout training can tune how far. ``present=None`` is the full-modality
-    path, unchanged.
+    Missing modalities (:meth:`forward`): the caller says which features each subtask reads (``receivers``: its
+    primary's, or a fallback's), which pairs may send (``sender_present``) and which subtasks read nothing
+    (``receiver_absent``). Each pair's ``mu``, ``logvar`` and gated latent are multiplied by its sender flag, so
+    a silent sender's message is exactly zero, its KL exactly 0 and no gradient flows through it. The attention
+    logit of each pair of a subtask that reads nothing gets ``absent_primary_logit`` ``(P,)`` added (a learnt
+    bias per pair, initialised to :data:`ABSENT_PRIMARY_LOGIT`): the gates open when the subtask has nothing but
+    messages, without guessing absence from zeros, and modality-dropout training can tune how far. Without these
+    arguments, the full-modality path, unchanged.
 
     Args:
         conv_op: ``nn.Conv2d`` or ``nn.Conv3d``.
@@ -120,9 +120,7 @@ class StageMessages(nn.Module):
         self.project = conv_op(n_pairs * latent, n_subtasks * channels, 1, groups=n_subtasks, bias=False)
         self.absent_primary_logit = nn.Parameter(torch.empty(n_pairs))
         self.message = nn.Identity()
-        self.register_buffer("_pair_senders", torch.tensor([p.sender for p in self.pairs]), persistent=False)
-        self.register_buffer("_pair_primaries", torch.tensor([self.subtask_primaries[p.subtask] for p in self.pairs]),
-                             persistent=False)
+        self.register_buffer("_pair_subtasks", torch.tensor([p.subtask for p in self.pairs]), persistent=False)
         self.register_buffer("_sender_channels", self._channel_index([p.sender for p in self.pairs]), persistent=False)
         self.register_buffer("_receiver_channels", self._channel_index(self.subtask_primaries), persistent=False)
         self.reset_parameters()
@@ -168,26 +166,32 @@ class StageMessages(nn.Module):
                 "attention_bias": self.receiver_attention.bias[p:p + 1],
                 "projection": self.projection(pair)}
 
-    def forward(self, features: torch.Tensor, present: Optional[torch.Tensor] = None
+    def forward(self, features: torch.Tensor, receivers: Optional[torch.Tensor] = None,
+                sender_present: Optional[torch.Tensor] = None, receiver_absent: Optional[torch.Tensor] = None
                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """``features`` ``(B, M * C, *spatial)``, the grouped encoder's output at this stage; ``present``
-        ``(B, M)`` in ``features``' dtype, 1 where a modality exists (``None``: all do).
+        """``features`` ``(B, M * C, *spatial)``, the grouped encoder's output at this stage. With missing
+        modalities (all three given, in ``features``' dtype, or none): ``receivers`` ``(B, S * C, *spatial)`` the
+        features each subtask's decoder reads (its primary's block, or a fallback's when the primary is missing),
+        ``sender_present`` ``(B, P)`` 1 where a pair's sender may send (it exists and is not the branch its subtask
+        reads), ``receiver_absent`` ``(B, S)`` 1 where a subtask has no branch to read. ``None``: every modality
+        exists and each subtask reads its primary.
 
         Returns the summed messages of every subtask ``(B, S * C, *spatial)`` (block ``i`` for subtask ``i``),
         and per pair the KL and the message RMS (``(P,)`` float32 each; ``None`` in eval mode)."""
         n_pairs, n_subtasks, latent = len(self.pairs), len(self.subtask_primaries), self.latent_channels
         b, spatial = features.shape[0], features.shape[2:]
         senders = features.index_select(1, self._sender_channels)  # (B, P * C, *spatial)
-        receivers = features.index_select(1, self._receiver_channels)  # (B, S * C, *spatial)
+        if receivers is None:
+            receivers = features.index_select(1, self._receiver_channels)  # (B, S * C, *spatial)
         posterior = (grouped_pointwise(self.sender_posterior.weight, None, senders, n_pairs)
                      + grouped_pointwise(self.receiver_posterior.weight, self.receiver_posterior.bias, receivers,
                                          n_subtasks))
         mu, logvar = posterior.unflatten(1, (n_pairs, 2 * latent)).chunk(2, dim=2)  # (B, P, L, *spatial)
         logvar = logvar.clamp(-10.0, 10.0)
-        if present is not None:
-            present = present.to(posterior.dtype)  # a float32 mask would promote half-precision activations
-            # (B, P, 1, ...): a missing sender's posterior becomes N(0, I), whose KL is exactly 0
-            sender_present = present.index_select(1, self._pair_senders).view(b, n_pairs, 1, *[1] * len(spatial))
+        if sender_present is not None:
+            # (B, P, 1, ...) in the posterior's dtype (a float32 mask would promote half-precision activations):
+            # a silent sender's posterior becomes N(0, I), whose KL is exactly 0
+            sender_present = sender_present.to(posterior.dtype).view(b, n_pairs, 1, *[1] * len(spatial))
             mu, logvar = mu * sender_present, logvar * sender_present
         if self.training:
             std = torch.exp(0.5 * logvar)
@@ -202,10 +206,11 @@ class StageMessages(nn.Module):
         logits = (receiver._conv_forward(attention_inputs[0], receiver.weight, bias)
                   + self.latent_attention(attention_inputs[1]))
         gated = z.unflatten(1, (n_pairs, latent))  # (B, P, L, *spatial)
-        if present is not None:
-            primary_absent = 1 - present.index_select(1, self._pair_primaries)  # (B, P)
-            bias = (primary_absent * self.absent_primary_logit).to(logits.dtype)
+        if receiver_absent is not None:
+            absent = receiver_absent.index_select(1, self._pair_subtasks)  # (B, P)
+            bias = (absent * self.absent_primary_logit).to(logits.dtype)
             logits = logits + bias.view(b, n_pairs, *[1] * len(spatial))
+        if sender_present is not None:
             gated = gated * sender_present
         attention = torch.sigmoid(logits).contiguous()  # (B, P, *spatial)
         u = self.message((attention.unsqueeze(2) * gated).flatten(1, 2))

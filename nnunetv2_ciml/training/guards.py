@@ -33,8 +33,8 @@ import torch
 from nnunetv2_ciml.errors import CIMLError
 from nnunetv2_ciml.network import unwrap
 
-__all__ = ["TrainingStoppedError", "CheckpointError", "GuardedTraining", "validate_ciml_attributes", "kl_beta",
-           "save_atomically", "nonfinite_tensors", "checkpoint_problem", "CHECKPOINT_NAMES"]
+__all__ = ["TrainingStoppedError", "CheckpointError", "GuardedTraining", "save_atomically", "nonfinite_tensors",
+           "checkpoint_problem", "CHECKPOINT_NAMES"]
 
 # nnU-Net's checkpoints in the order run_training's --c looks for them (also the tie-break order).
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
@@ -46,47 +46,6 @@ class TrainingStoppedError(CIMLError, RuntimeError):
 
 class CheckpointError(CIMLError, RuntimeError):
     """No usable checkpoint to continue from, or a checkpoint that cannot be read."""
-
-
-def validate_ciml_attributes(trainer) -> None:
-    """Raise CIMLError for a trainer whose CIML settings cannot train: ``kl_weight`` a finite number >= 0,
-    ``kl_warmup_fraction`` in [0, 1], ``messages`` and ``recompute_activations`` bools, ``branch_width_factor`` None
-    or a finite number > 0, ``encoder_stage_factors`` and ``decoder_stage_factors`` tuples of finite numbers > 0."""
-    name = type(trainer).__name__
-
-    def number(attr: str) -> float:
-        value = getattr(trainer, attr)
-        if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
-            raise CIMLError(f"{name}.{attr} = {value!r}: must be a finite number")
-        return float(value)
-
-    if number("kl_weight") < 0:
-        raise CIMLError(f"{name}.kl_weight = {trainer.kl_weight!r}: the KL weight (beta) must be >= 0")
-    if not 0 <= number("kl_warmup_fraction") <= 1:
-        raise CIMLError(f"{name}.kl_warmup_fraction = {trainer.kl_warmup_fraction!r}: must lie in [0, 1] (the "
-                        "fraction of the epochs over which beta rises to kl_weight; 0: full beta from epoch 0)")
-    if not isinstance(getattr(trainer, "messages", True), bool):
-        raise CIMLError(f"{name}.messages = {trainer.messages!r}: must be True or False")
-    if getattr(trainer, "branch_width_factor", None) is not None and number("branch_width_factor") <= 0:
-        raise CIMLError(f"{name}.branch_width_factor = {trainer.branch_width_factor!r}: must be > 0 (or None for "
-                        "the MAC-matching rule)")
-    for attr in ("encoder_stage_factors", "decoder_stage_factors"):
-        factors = getattr(trainer, attr, ())
-        if not isinstance(factors, (tuple, list)) or not all(
-                isinstance(f, Real) and not isinstance(f, bool) and math.isfinite(f) and f > 0 for f in factors):
-            raise CIMLError(f"{name}.{attr} = {factors!r}: must be a tuple of finite numbers > 0, one per stage from "
-                            "full resolution (stages not listed keep factor 1)")
-    if not isinstance(getattr(trainer, "recompute_activations", True), bool):
-        raise CIMLError(f"{name}.recompute_activations = {trainer.recompute_activations!r}: must be True or False")
-
-
-def kl_beta(epoch: int, num_epochs: int, kl_weight: float, warmup_fraction: float) -> float:
-    """beta of ``epoch``: rises linearly from 0 to ``kl_weight`` over ``warmup_fraction * num_epochs`` epochs
-    (at least one epoch when the fraction is > 0); ``warmup_fraction == 0`` gives ``kl_weight`` from epoch 0."""
-    warmup_epochs = warmup_fraction * num_epochs
-    if warmup_epochs <= 0:
-        return float(kl_weight)
-    return float(kl_weight) * min(1.0, epoch / max(1.0, warmup_epochs))
 
 
 def save_atomically(save: Callable[[str], None], filename: str) -> bool:

@@ -17,25 +17,18 @@ dropout, rate 0.5 has the best mean Dice over the modality subsets (0.846; rate 
 its primary untrained (0.652).
 """
 from itertools import product
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunetv2_ciml.network import modalities_present, unwrap
-from nnunetv2_ciml.training.demo_trainers import _DemoBudget, _QuickDemoBudget
 from nnunetv2_ciml.training.guards import GuardedTraining
-from nnunetv2_ciml.training.trainers import _CPUTestBudget, nnUNetTrainerCIML
+from nnunetv2_ciml.training.trainers import nnUNetTrainerCIML
 
-__all__ = ["sample_present_modalities", "nnUNetTrainerCIML_modalityDropout", "nnUNetTrainer_modalityDropout",
-           "nnUNetTrainerCIML_modalityDropout_CPUtest", "nnUNetTrainer_modalityDropout_CPUtest",
-           "nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemo",
-           "nnUNetTrainerCIML_modalityDropout_rate025_ShapeCompositionDemo",
-           "nnUNetTrainerCIML_modalityDropout_rate075_ShapeCompositionDemo",
-           "nnUNetTrainerCIML_modalityDropout_keepPrimaries_ShapeCompositionDemo",
-           "nnUNetTrainer_modalityDropout_ShapeCompositionDemo",
-           "nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemoQuick",
-           "nnUNetTrainer_modalityDropout_ShapeCompositionDemoQuick"]
+READING_LOG_KEY = "ciml_reading"
+
+__all__ = ["sample_present_modalities", "nnUNetTrainerCIML_modalityDropout", "nnUNetTrainer_modalityDropout"]
 
 
 def sample_present_modalities(batch_size: int, num_modalities: int, rate: float,
@@ -78,68 +71,44 @@ class nnUNetTrainer_modalityDropout(GuardedTraining, nnUNetTrainer):
 
 class nnUNetTrainerCIML_modalityDropout(nnUNetTrainerCIML):
     """CIML trained with modality dropout: removed modalities are zeroed AND masked in the network (no
-    messages from them; a subtask without its primary decodes from messages through gates that open).
+    messages from them; a subtask without its primary reads its first present fallback, see
+    :class:`~nnunetv2_ciml.network.CIMLUNet`), so that the fallbacks learn to act as primaries.
 
     ``modality_dropout_rate``: fraction of samples that lose modalities; ``primaries_droppable``: whether a
-    subtask's primary may be removed (False: only modalities that are nobody's primary are, and a case missing
-    a primary at prediction time gets gates that were never trained open)."""
+    subtask's primary may be removed (False: only modalities that are nobody's primary are, and fallbacks never
+    act in training). Each epoch the training log says, per subtask, on which share of the samples each
+    modality's branch was read (``ciml_reading`` in the logger)."""
 
     modality_dropout_rate: float = 0.5
     primaries_droppable: bool = True
+    fallback_affine = True
+
+    def initialize(self):
+        super().initialize()
+        self.logger.local_logger.my_fantastic_logging.setdefault(READING_LOG_KEY, [])
+
+    def on_train_epoch_start(self):
+        network = unwrap(self.network)
+        self._reading = torch.zeros(len(network.subtask_primaries), network.num_modalities + 1)
+        super().on_train_epoch_start()
 
     def train_step(self, batch: dict) -> dict:
         data = batch["data"]
-        kept = () if self.primaries_droppable else tuple(unwrap(self.network).subtask_primaries)
+        network = unwrap(self.network)
+        kept = () if self.primaries_droppable else tuple(network.subtask_primaries)
         present = sample_present_modalities(data.shape[0], data.shape[1], self.modality_dropout_rate, kept)
+        read = network.reading_weights(present.float()) > 0  # (B, S, M)
+        self._reading[:, :-1] += read.sum(0)
+        self._reading[:, -1] += (~read.any(2)).sum(0)
         with modalities_present(self.network, present.to(self.device)):
             return super().train_step(dict(batch, data=_zero_missing(data, present)))
 
-
-class nnUNetTrainerCIML_modalityDropout_CPUtest(nnUNetTrainerCIML_modalityDropout, _CPUTestBudget):
-    """``nnUNetTrainerCIML_modalityDropout`` on the CPU-test budget."""
-
-
-class nnUNetTrainer_modalityDropout_CPUtest(nnUNetTrainer_modalityDropout, _CPUTestBudget):
-    """``nnUNetTrainer_modalityDropout`` on the CPU-test budget."""
-
-
-class nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemo(nnUNetTrainerCIML_modalityDropout, _DemoBudget):
-    """CIML with modality dropout on the demonstration's budget, beta 0.1 as the demo's CIML."""
-
-    kl_weight = 1e-1
-
-
-class nnUNetTrainerCIML_modalityDropout_rate025_ShapeCompositionDemo(
-        nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemo):
-    """The dropout study (``benchmarks/missing_modalities.py``): a quarter of the samples lose modalities."""
-
-    modality_dropout_rate = 0.25
-
-
-class nnUNetTrainerCIML_modalityDropout_rate075_ShapeCompositionDemo(
-        nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemo):
-    """The dropout study: three quarters of the samples lose modalities."""
-
-    modality_dropout_rate = 0.75
-
-
-class nnUNetTrainerCIML_modalityDropout_keepPrimaries_ShapeCompositionDemo(
-        nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemo):
-    """The dropout study: only modalities that are nobody's primary are removed."""
-
-    primaries_droppable = False
-
-
-class nnUNetTrainer_modalityDropout_ShapeCompositionDemo(nnUNetTrainer_modalityDropout, _DemoBudget):
-    """Plain nnU-Net with modality dropout on the demonstration's budget."""
-
-
-class nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemoQuick(nnUNetTrainerCIML_modalityDropout,
-                                                                  _QuickDemoBudget):
-    """CIML with modality dropout on the ``--quick`` budget, beta 0.1."""
-
-    kl_weight = 1e-1
-
-
-class nnUNetTrainer_modalityDropout_ShapeCompositionDemoQuick(nnUNetTrainer_modalityDropout, _QuickDemoBudget):
-    """Plain nnU-Net with modality dropout on the ``--quick`` budget."""
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        super().on_train_epoch_end(train_outputs)
+        network = unwrap(self.network)
+        shares = {name: {m: round(float(v), 4) for m, v in zip([*network.modality_names, "nothing"], row / row.sum())
+                         if v > 0}
+                  for name, row in zip(network.subtask_names, self._reading)}
+        self.logger.log(READING_LOG_KEY, shares, self.current_epoch)
+        self.print_to_log_file("branches read (share of samples): " + "; ".join(
+            f"{name}: " + ", ".join(f"{m} {v:.2f}" for m, v in row.items()) for name, row in shares.items()))

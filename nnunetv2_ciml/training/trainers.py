@@ -5,30 +5,76 @@ Use them exactly like nnU-Net's own trainers::
     nnUNetv2_train DATASET 3d_fullres 0 -tr nnUNetTrainerCIML
     nnUNetv2_predict -i IN -o OUT -d DATASET -c 3d_fullres -tr nnUNetTrainerCIML -f 0
 """
+import math
 from functools import partial
+from numbers import Real
 from os.path import isdir, join
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring import \
-    nnUNetTrainerNoMirroring
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunetv2_ciml.decomposition import Decomposition, count_label_voxels, resolve_decomposition
+from nnunetv2_ciml.errors import CIMLError
 from nnunetv2_ciml.network import unwrap
 from nnunetv2_ciml.planning import CIML_NETWORK, ciml_architecture
-from nnunetv2_ciml.training.guards import GuardedTraining, kl_beta, validate_ciml_attributes
+from nnunetv2_ciml.training.guards import GuardedTraining
 from nnunetv2_ciml.training.loss import KLRegularizedLoss
-from nnunetv2_ciml.training.progress import plot_ciml_progress
+from nnunetv2_ciml.training.progress_plot import plot_ciml_progress
 
 __all__ = ["nnUNetTrainerCIML", "nnUNetTrainerCIML_beta1e2", "nnUNetTrainerCIML_beta1e4",
            "nnUNetTrainerCIML_MACmatched", "nnUNetTrainerCIML_narrowFullResEncoders",
-           "nnUNetTrainerCIML_narrowFullResDecoders", "nnUNetTrainerCIML_width075", "nnUNetTrainerCIML_noMessages", "nnUNetTrainerCIML_CPUtest", "nnUNetTrainerCIML_noMessages_CPUtest"]
+           "nnUNetTrainerCIML_narrowFullResDecoders", "nnUNetTrainerCIML_width075", "nnUNetTrainerCIML_noMessages",
+           "validate_ciml_attributes", "kl_beta"]
 
 LOG_KEYS = ("ciml_beta", "ciml_kl", "ciml_message_kl", "ciml_message_magnitude")
+
+
+def validate_ciml_attributes(trainer) -> None:
+    """Raise CIMLError for a trainer whose CIML settings cannot train: ``kl_weight`` a finite number >= 0,
+    ``kl_warmup_fraction`` in [0, 1], ``messages`` and ``recompute_activations`` bools, ``branch_width_factor`` None
+    or a finite number > 0, ``encoder_stage_factors`` and ``decoder_stage_factors`` tuples of finite numbers > 0."""
+    name = type(trainer).__name__
+
+    def number(attr: str) -> float:
+        value = getattr(trainer, attr)
+        if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+            raise CIMLError(f"{name}.{attr} = {value!r}: must be a finite number")
+        return float(value)
+
+    if number("kl_weight") < 0:
+        raise CIMLError(f"{name}.kl_weight = {trainer.kl_weight!r}: the KL weight (beta) must be >= 0")
+    if not 0 <= number("kl_warmup_fraction") <= 1:
+        raise CIMLError(f"{name}.kl_warmup_fraction = {trainer.kl_warmup_fraction!r}: must lie in [0, 1] (the "
+                        "fraction of the epochs over which beta rises to kl_weight; 0: full beta from epoch 0)")
+    if not isinstance(getattr(trainer, "messages", True), bool):
+        raise CIMLError(f"{name}.messages = {trainer.messages!r}: must be True or False")
+    if getattr(trainer, "branch_width_factor", None) is not None and number("branch_width_factor") <= 0:
+        raise CIMLError(f"{name}.branch_width_factor = {trainer.branch_width_factor!r}: must be > 0 (or None for "
+                        "the MAC-matching rule)")
+    for attr in ("encoder_stage_factors", "decoder_stage_factors"):
+        factors = getattr(trainer, attr, ())
+        if not isinstance(factors, (tuple, list)) or not all(
+                isinstance(f, Real) and not isinstance(f, bool) and math.isfinite(f) and f > 0 for f in factors):
+            raise CIMLError(f"{name}.{attr} = {factors!r}: must be a tuple of finite numbers > 0, one per stage from "
+                            "full resolution (stages not listed keep factor 1)")
+    for attr in ("recompute_activations", "fallback_affine"):
+        if not isinstance(getattr(trainer, attr, False), bool):
+            raise CIMLError(f"{name}.{attr} = {getattr(trainer, attr)!r}: must be True or False")
+    if getattr(trainer, "fallback_mode", "first") not in ("first", "mean"):
+        raise CIMLError(f"{name}.fallback_mode = {trainer.fallback_mode!r}: must be 'first' (the first present "
+                        "fallback takes a missing primary's place) or 'mean' (the mean of the present fallbacks)")
+
+
+def kl_beta(epoch: int, num_epochs: int, kl_weight: float, warmup_fraction: float) -> float:
+    """beta of ``epoch``: rises linearly from 0 to ``kl_weight`` over ``warmup_fraction * num_epochs`` epochs
+    (at least one epoch when the fraction is > 0); ``warmup_fraction == 0`` gives ``kl_weight`` from epoch 0."""
+    warmup_epochs = warmup_fraction * num_epochs
+    if warmup_epochs <= 0:
+        return float(kl_weight)
+    return float(kl_weight) * min(1.0, epoch / max(1.0, warmup_epochs))
 
 
 class nnUNetTrainerCIML(GuardedTraining, nnUNetTrainer):
@@ -56,6 +102,8 @@ class nnUNetTrainerCIML(GuardedTraining, nnUNetTrainer):
     encoder_stage_factors: Tuple[float, ...] = ()  # per-stage width factors, full resolution first
     decoder_stage_factors: Tuple[float, ...] = ()
     recompute_activations: bool = True  # the recomputed-stages rule of nnunetv2_ciml.planning
+    fallback_mode: str = "first"  # a missing primary's place: the first present fallback ("mean": their mean)
+    fallback_affine: bool = False  # a learnt scale and shift of a fallback's skip features
 
     def initialize(self):
         # The network must come from CIML plans before nnU-Net builds it from them.
@@ -103,7 +151,8 @@ class nnUNetTrainerCIML(GuardedTraining, nnUNetTrainer):
         return ciml_architecture(architecture, decomposition, patch_size, num_classes, messages=cls.messages,
                                  width_factor=cls.branch_width_factor, encoder_stage_factors=cls.encoder_stage_factors,
                                  decoder_stage_factors=cls.decoder_stage_factors, recompute=cls.recompute_activations,
-                                 batch_size=batch_size)
+                                 batch_size=batch_size, fallback_mode=cls.fallback_mode,
+                                 fallback_affine=cls.fallback_affine)
 
     def _build_loss(self):
         return KLRegularizedLoss(super()._build_loss(), lambda: unwrap(self.network).kl)
@@ -185,34 +234,3 @@ class nnUNetTrainerCIML_noMessages(nnUNetTrainerCIML):
     """Ablation: the same unimodal branches and widths, no messages."""
 
     messages = False
-
-
-class TrainingBudget(nnUNetTrainer):
-    """A fixed budget of ``budget_epochs`` x ``budget_iterations`` training iterations (and
-    ``budget_val_iterations`` validation iterations per epoch): variants set the class attributes, which
-    nnU-Net's ``__init__`` would otherwise overwrite."""
-
-    budget_epochs: int = 1000
-    budget_iterations: int = 250
-    budget_val_iterations: int = 50
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = self.budget_epochs
-        self.num_iterations_per_epoch = self.budget_iterations
-        self.num_val_iterations_per_epoch = self.budget_val_iterations
-
-
-class _CPUTestBudget(TrainingBudget, nnUNetTrainerNoMirroring):
-    """2 epochs of 4 iterations (2 validation iterations), no mirroring: CPU tests, not results."""
-
-    budget_epochs, budget_iterations, budget_val_iterations = 2, 4, 2
-
-
-class nnUNetTrainerCIML_CPUtest(nnUNetTrainerCIML, _CPUTestBudget):
-    """``nnUNetTrainerCIML`` on the CPU-test budget."""
-
-
-class nnUNetTrainerCIML_noMessages_CPUtest(nnUNetTrainerCIML_noMessages, _CPUTestBudget):
-    """``nnUNetTrainerCIML_noMessages`` on the CPU-test budget."""

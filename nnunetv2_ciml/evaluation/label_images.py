@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from nnunetv2_ciml.evaluation.base import EvaluationError
 
-__all__ = ["read_label_image", "array_spacing", "check_label_values", "resample_nearest_to"]
+__all__ = ["read_label_image", "array_spacing", "resample_nearest_to"]
 
 
 
@@ -47,22 +47,6 @@ def read_label_image(path: Path, case: str, role: str) -> Tuple[sitk.Image, np.n
     elif array.dtype.kind not in "iub":
         raise EvaluationError(f"{where} has pixel type {array.dtype}; expected integer labels")
     return image, array
-
-
-def _label_values(array: np.ndarray) -> np.ndarray:
-    if array.dtype.kind in "ub" or (array.dtype.kind == "i" and array.size and array.min() >= 0):
-        if array.size and int(array.max()) < 65536:
-            return np.flatnonzero(np.bincount(array.ravel().astype(np.intp, copy=False)))
-    return np.unique(array)
-
-
-def check_label_values(array: np.ndarray, valid: Sequence[int], case: str, role: str, path: Path,
-                       convention: str) -> None:
-    """Raise EvaluationError if ``array`` holds values outside ``valid``."""
-    unexpected = np.setdiff1d(_label_values(array), np.asarray(valid))
-    if unexpected.size:
-        raise EvaluationError(f"case {case!r}: {role} file {str(path)!r} has label values "
-                              f"{unexpected.tolist()} outside {list(valid)} ({convention})")
 
 
 def resample_nearest_to(prediction: sitk.Image, reference: sitk.Image) -> np.ndarray:

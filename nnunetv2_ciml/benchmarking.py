@@ -12,8 +12,9 @@ from nnunetv2.training.nnUNetTrainer.variants.benchmarking.nnUNetTrainerBenchmar
 from nnunetv2.training.nnUNetTrainer.variants.benchmarking.nnUNetTrainerBenchmark_5epochs_noDataLoading import \
     nnUNetTrainerBenchmark_5epochs_noDataLoading
 
+from nnunetv2_ciml.training.budget import TrainingBudget
 from nnunetv2_ciml.training.guards import GuardedTraining
-from nnunetv2_ciml.training.trainers import TrainingBudget, nnUNetTrainerCIML
+from nnunetv2_ciml.training.trainers import nnUNetTrainerCIML
 
 __all__ = ["nnUNetTrainerCIMLBenchmark_5epochs", "nnUNetTrainerCIMLBenchmark_5epochs_noDataLoading",
            "nnUNetTrainer_EpochTime", "nnUNetTrainerCIML_EpochTime"]
