@@ -54,11 +54,15 @@ SETUPS = {
                  ciml={"subtasks": {"circle": {"primary": "A", "outputs": ["background", "circle"]},
                                     "square": {"primary": "B", "outputs": ["square"]}}}),
 }
-# model: the trainer whose network it is (None: plain nnU-Net's PlainConvUNet)
-MODELS = {"plain": None, "ciml": "nnUNetTrainerCIML", "ciml_narrowFullResEncoders": "nnUNetTrainerCIML_narrowFullResEncoders",
-          "ciml_narrowFullResDecoders": "nnUNetTrainerCIML_narrowFullResDecoders",
-          "ciml_width075": "nnUNetTrainerCIML_width075", "ciml_MACmatched": "nnUNetTrainerCIML_MACmatched",
-          "ciml_noMessages": "nnUNetTrainerCIML_noMessages", "ciml_noRecompute": "nnUNetTrainerCIML"}
+# model: (the trainer whose network it is, class attributes changed in a subclass); None: plain nnU-Net
+MODELS = {"plain": None,
+          "ciml": ("nnUNetTrainerCIML", {}),
+          "ciml_fullWidth": ("nnUNetTrainerCIML_fullWidth", {}),
+          "ciml_MACmatched": ("nnUNetTrainerCIML_MACmatched", {}),
+          "ciml_narrowFullResEncoders": ("nnUNetTrainerCIML_fullWidth", {"encoder_stage_factors": (0.25,)}),
+          "ciml_narrowFullResDecoders": ("nnUNetTrainerCIML_fullWidth", {"decoder_stage_factors": (0.25,)}),
+          "ciml_noMessages": ("nnUNetTrainerCIML_noMessages", {}),
+          "ciml_noRecompute": ("nnUNetTrainerCIML", {"recompute_activations": False})}
 
 
 def plans_for(setup: dict, patch: List[int]) -> dict:
@@ -107,9 +111,10 @@ def model_plans(setup_name: str, model: str, patch: List[int]):
     num_in = len(setup["channels"])
     num_out = PlansManager(plans).get_label_manager(dataset_json).num_segmentation_heads
     if MODELS[model] is not None:
-        trainer = trainer_class(MODELS[model])
-        if model == "ciml_noRecompute":  # a subclass that wants speed over memory
-            trainer = type("nnUNetTrainerCIML_noRecompute", (trainer,), {"recompute_activations": False})
+        name, changes = MODELS[model]
+        trainer = trainer_class(name)
+        if changes:  # the study's variants, and a subclass that wants speed over memory (ciml_noRecompute)
+            trainer = type(f"{name}_{model}", (trainer,), changes)
         decomposition, _ = resolve_decomposition(dataset_json, num_in)
         config["architecture"] = trainer.network_architecture(config["architecture"], decomposition,
                                                               config["patch_size"], num_out, config["batch_size"])
@@ -278,8 +283,9 @@ def main() -> None:
     parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
     parser.add_argument("--models", nargs="+", choices=list(MODELS),
                         help="default: every model with --count, else plain ciml ciml_noMessages. ciml_*: the network "
-                             "of nnUNetTrainerCIML_*; ciml_noMessages: the branches' own cost; ciml_noRecompute: "
-                             "nnUNetTrainerCIML without recomputed stages (the price of recomputation)")
+                             "of nnUNetTrainerCIML_*, or of the width study's variant; ciml_noMessages: the branches' "
+                             "own cost; ciml_noRecompute: nnUNetTrainerCIML without recomputed stages (the price of "
+                             "recomputation)")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--patch", help="cpu, cuda (nnU-Net's GPU patch; minutes per model on a CPU) or an edge "
                                         "length N for N^3 (N^2 in 2D); default: the device's")

@@ -28,10 +28,10 @@ from pathlib import Path
 
 TOLERANCE = 0.003
 TRAINERS = {"nnUNet": "nnUNetTrainer_ShapeCompositionDemo",
-            "CIML": "nnUNetTrainerCIML_ShapeCompositionDemo",
+            "CIML_fullWidth": "nnUNetTrainerCIML_fullWidth_ShapeCompositionDemo",
             "CIML_narrowFullResEncoders": "nnUNetTrainerCIML_narrowFullResEncoders_ShapeCompositionDemo",
             "CIML_narrowFullResDecoders": "nnUNetTrainerCIML_narrowFullResDecoders_ShapeCompositionDemo",
-            "CIML_width075": "nnUNetTrainerCIML_width075_ShapeCompositionDemo",
+            "CIML_width075": "nnUNetTrainerCIML_ShapeCompositionDemo",  # the default's widths
             "CIML_MACmatched": "nnUNetTrainerCIML_MACmatched_ShapeCompositionDemo"}
 
 
@@ -93,10 +93,10 @@ def run_model(seed: int, model: str, prepared, results: dict, results_file: Path
 def summary(results: dict, seeds) -> str:
     """Per model: mean Dice over the seeds it has, its difference to full width over the seeds both have, and
     its counted costs relative to nnU-Net's on the demo's plans."""
-    lines = [f"{'model':28s} {'seeds':>5s} {'mean Dice':>9s} {'vs CIML':>8s} {'FLOPs':>6s} {'activ.':>6s} "
+    lines = [f"{'model':28s} {'seeds':>5s} {'mean Dice':>9s} {'vs full':>8s} {'FLOPs':>6s} {'activ.':>6s} "
              f"{'params':>6s}"]
     plain = next(iter(results.get("nnUNet", {}).values()), None)
-    full = results.get("CIML", {})
+    full = results.get("CIML_fullWidth", {})
     for model, per_seed in results.items():
         done = [s for s in map(str, seeds) if s in per_seed]
         if not done:

@@ -15,16 +15,17 @@ largest factor for which the branches' convolution MACs on one patch (``nnunetv2
 the plain U-Net's from the same plans, messages not counted (the MAC-matching rule). The no-message ablation
 takes the widths it is given.
 
-Recomputed stages (:func:`recomputed_stages`): the fewest highest-resolution stages whose encoder and decoder
-activations must be recomputed in the backward pass (activation checkpointing) so that one training forward
-keeps at most :data:`ACTIVATION_RATIO_LIMIT` times the plain U-Net's activations; none where CIML's
-activations for one batch stay below :data:`ACTIVATION_FLOOR_BYTES`.
+Recomputation (:func:`recomputed_stages`): the message modules' intermediates, and the fewest
+highest-resolution stages whose encoder and decoder activations must be recomputed in the backward pass
+(activation checkpointing) so that one training forward keeps at most :data:`ACTIVATION_RATIO_LIMIT` times the
+plain U-Net's activations; nothing where CIML's activations for one batch stay below
+:data:`ACTIVATION_FLOOR_BYTES` (there recomputation would cost time for memory nobody needs).
 
 Messages go to the stages of :func:`~nnunetv2_ciml.network.ciml_unet.default_message_stages` (all but
 full resolution); edit ``message_stages`` in the saved plans to change that.
 """
 from copy import deepcopy
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from nnunetv2_ciml.costs import conv_macs, network_cost
 from nnunetv2_ciml.decomposition import Decomposition
@@ -59,24 +60,25 @@ def _with_widths(ciml: dict, features: Sequence[int], width_factor: float, encod
 
 
 def recomputed_stages(plain: dict, ciml: dict, input_channels: int, num_classes: int, patch_size: Sequence[int],
-                      batch_size: int) -> List[int]:
-    """The stages ``[0, ..., k - 1]`` to recompute in CIML's backward pass (see module docstring): the smallest
-    ``k`` whose counted activations are at most :data:`ACTIVATION_RATIO_LIMIT` x plain's (every stage if none
-    is), ``[]`` below :data:`ACTIVATION_FLOOR_BYTES`."""
-    def activations(stages: List[int]) -> int:
+                      batch_size: int) -> Tuple[List[int], bool]:
+    """What CIML recomputes in its backward pass (see module docstring): ``(stages, messages)``, the stages
+    ``[0, ..., k - 1]`` with the smallest ``k`` whose counted activations are at most
+    :data:`ACTIVATION_RATIO_LIMIT` x plain's (every stage if none is) and ``messages`` True; ``([], False)`` below
+    :data:`ACTIVATION_FLOOR_BYTES`."""
+    def activations(stages: List[int], messages: bool = True) -> int:
         arch = deepcopy(ciml)
-        arch["arch_kwargs"]["recomputed_stages"] = stages
+        arch["arch_kwargs"].update(recomputed_stages=stages, checkpoint_messages=messages)
         return network_cost(arch, input_channels, num_classes, patch_size, batch_size).activation_bytes
 
-    if activations([]) < ACTIVATION_FLOOR_BYTES:
-        return []
+    if activations([], messages=False) < ACTIVATION_FLOOR_BYTES:
+        return [], False
     limit = ACTIVATION_RATIO_LIMIT * network_cost(plain, input_channels, num_classes, patch_size,
                                                   batch_size).activation_bytes
     n_stages = ciml["arch_kwargs"]["n_stages"]
     for k in range(1, n_stages):
         if activations(list(range(k))) <= limit:
-            return list(range(k))
-    return list(range(n_stages))
+            return list(range(k)), True
+    return list(range(n_stages)), True
 
 
 def ciml_architecture(architecture: dict, decomposition: Decomposition, patch_size: Sequence[int],
@@ -101,7 +103,8 @@ def ciml_architecture(architecture: dict, decomposition: Decomposition, patch_si
             "arch_kwargs": {**kwargs, **decomposition.to_arch_kwargs(), "messages": messages,
                             "message_stages": default_message_stages(kwargs["n_stages"]),
                             "message_latent_fraction": MESSAGE_LATENT_FRACTION, "recomputed_stages": [],
-                            "fallback_mode": fallback_mode, "fallback_affine": fallback_affine}}
+                            "checkpoint_messages": False, "fallback_mode": fallback_mode,
+                            "fallback_affine": fallback_affine}}
     if width_factor is None:
         branches_only = dict(ciml, arch_kwargs=dict(ciml["arch_kwargs"], messages=False))  # the rule's budget
         budget = conv_macs(architecture, m, num_classes, patch_size)
@@ -113,7 +116,7 @@ def ciml_architecture(architecture: dict, decomposition: Decomposition, patch_si
         width_factor = lo
     ciml = _with_widths(ciml, features, width_factor, encoder_stage_factors, decoder_stage_factors)
     if recompute:
-        ciml["arch_kwargs"]["recomputed_stages"] = recomputed_stages(architecture, ciml, m, num_classes, patch_size,
-                                                                     batch_size)
+        stages, messages = recomputed_stages(architecture, ciml, m, num_classes, patch_size, batch_size)
+        ciml["arch_kwargs"].update(recomputed_stages=stages, checkpoint_messages=messages)
     ciml["branch_width_factor"] = round(width_factor, 4)  # informative; not a constructor argument
     return ciml

@@ -25,8 +25,8 @@ def test_message_checkpointing_gives_the_same_loss_and_gradients():
     vs stored: same loss and the same gradient for every parameter, and the recomputation really happens
     (each message module runs twice). Fails if the recomputation draws new latent noise (RNG state not
     preserved) or recomputes with other inputs."""
-    checkpointed, arch = build_ciml_network(REGIONS, dim=2)
-    stored = _rebuilt(arch, checkpoint_messages=False)
+    _, arch = build_ciml_network(REGIONS, dim=2)
+    checkpointed, stored = _rebuilt(arch, checkpoint_messages=True), _rebuilt(arch, checkpoint_messages=False)
     _with_messages(checkpointed)
     stored.load_state_dict(checkpointed.state_dict())
     x = torch.randn(2, 3, 32, 32)

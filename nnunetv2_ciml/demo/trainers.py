@@ -30,13 +30,12 @@ from nnunetv2_ciml.training.budget import TrainingBudget
 from nnunetv2_ciml.demo.epoch_log import EPOCH_LOG_NAME, EpochLineLogger
 from nnunetv2_ciml.training.guards import GuardedTraining
 from nnunetv2_ciml.training.modality_dropout import nnUNetTrainer_modalityDropout, nnUNetTrainerCIML_modalityDropout
-from nnunetv2_ciml.training.trainers import (nnUNetTrainerCIML, nnUNetTrainerCIML_narrowFullResDecoders,
-                                             nnUNetTrainerCIML_narrowFullResEncoders, nnUNetTrainerCIML_noMessages)
+from nnunetv2_ciml.training.trainers import nnUNetTrainerCIML, nnUNetTrainerCIML_noMessages
 
 __all__ = ["nnUNetTrainer_ShapeCompositionDemo", "nnUNetTrainerCIML_ShapeCompositionDemo",
            "nnUNetTrainerCIML_noMessages_ShapeCompositionDemo", "nnUNetTrainer_ShapeCompositionDemoQuick",
            "nnUNetTrainerCIML_ShapeCompositionDemoQuick", "nnUNetTrainerCIML_noMessages_ShapeCompositionDemoQuick",
-           "nnUNetTrainerCIML_MACmatched_ShapeCompositionDemo", "nnUNetTrainerCIML_width075_ShapeCompositionDemo",
+           "nnUNetTrainerCIML_fullWidth_ShapeCompositionDemo", "nnUNetTrainerCIML_MACmatched_ShapeCompositionDemo",
            "nnUNetTrainerCIML_narrowFullResEncoders_ShapeCompositionDemo",
            "nnUNetTrainerCIML_narrowFullResDecoders_ShapeCompositionDemo",
            "nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemo",
@@ -81,29 +80,29 @@ class nnUNetTrainerCIML_ShapeCompositionDemo(nnUNetTrainerCIML, DemoBudget):
     kl_weight = 1e-1
 
 
-class nnUNetTrainerCIML_MACmatched_ShapeCompositionDemo(nnUNetTrainerCIML_ShapeCompositionDemo):
-    """Branches sized by the MAC-matching rule, as ``nnUNetTrainerCIML_MACmatched`` (the width study,
+class nnUNetTrainerCIML_fullWidth_ShapeCompositionDemo(nnUNetTrainerCIML_ShapeCompositionDemo):
+    """Branches as wide as the plain U-Net's, as ``nnUNetTrainerCIML_fullWidth`` (the width study,
     ``benchmarks/demo_width_study.py``)."""
+
+    branch_width_factor = 1.0
+
+
+class nnUNetTrainerCIML_MACmatched_ShapeCompositionDemo(nnUNetTrainerCIML_ShapeCompositionDemo):
+    """Branches sized by the MAC-matching rule, as ``nnUNetTrainerCIML_MACmatched`` (the width study)."""
 
     branch_width_factor = None
 
 
-class nnUNetTrainerCIML_width075_ShapeCompositionDemo(nnUNetTrainerCIML_ShapeCompositionDemo):
-    """Branches 0.75x as wide as the plain U-Net's (the width study, ``benchmarks/demo_width_study.py``)."""
+class nnUNetTrainerCIML_narrowFullResEncoders_ShapeCompositionDemo(nnUNetTrainerCIML_fullWidth_ShapeCompositionDemo):
+    """The width study: full width but for the full-resolution modality branches, a quarter as wide."""
 
-    branch_width_factor = 0.75
-
-
-class nnUNetTrainerCIML_narrowFullResEncoders_ShapeCompositionDemo(nnUNetTrainerCIML_ShapeCompositionDemo):
-    """``nnUNetTrainerCIML_narrowFullResEncoders``'s widths (the width study)."""
-
-    encoder_stage_factors = nnUNetTrainerCIML_narrowFullResEncoders.encoder_stage_factors
+    encoder_stage_factors = (0.25,)
 
 
-class nnUNetTrainerCIML_narrowFullResDecoders_ShapeCompositionDemo(nnUNetTrainerCIML_ShapeCompositionDemo):
-    """``nnUNetTrainerCIML_narrowFullResDecoders``'s widths (the width study)."""
+class nnUNetTrainerCIML_narrowFullResDecoders_ShapeCompositionDemo(nnUNetTrainerCIML_fullWidth_ShapeCompositionDemo):
+    """The width study: full width but for the full-resolution subtask decoder stages, a quarter as wide."""
 
-    decoder_stage_factors = nnUNetTrainerCIML_narrowFullResDecoders.decoder_stage_factors
+    decoder_stage_factors = (0.25,)
 
 
 class nnUNetTrainerCIML_noMessages_ShapeCompositionDemo(nnUNetTrainerCIML_noMessages, DemoBudget):

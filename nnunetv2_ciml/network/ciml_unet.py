@@ -280,7 +280,8 @@ class CIMLUNet(nn.Module):
         subtask decoder. A recomputed stage keeps only its output, which autograd holds once where it holds a
         convolution's output twice (as the input of the normalisation and of the next convolution): half a unit
         per element; a recomputed stage with messages also keeps each decoder's skip (its branch's features plus the
-        messages). Message modules keep nothing of their own (recomputed)."""
+        messages). Message modules keep nothing of their own when recomputed (``checkpoint_messages``), else about
+        six latent-sized maps per pair."""
         total = self.encoder.compute_conv_feature_map_size(input_size)
         total += sum(d.compute_conv_feature_map_size(input_size) for d in self.decoder)
         size, sizes = list(input_size), []
@@ -297,6 +298,10 @@ class CIMLUNet(nn.Module):
             total += np.prod([self.num_modalities * self.features_per_stage[s], *sizes[s]], dtype=np.int64) // 2
             if s in self.message_stages:  # each decoder's skip with its messages added, kept as a stage input
                 total += np.prod([len(self.decoder) * self.features_per_stage[s], *sizes[s]], dtype=np.int64) // 2
+        if not self.checkpoint_messages:  # kept: about six latent-sized maps per pair and the summed messages
+            for s, module in self.messages.items():
+                maps = 6 * len(module.pairs) * module.latent_channels + len(self.decoder) * module.channels
+                total += np.prod([maps, *sizes[int(s)]], dtype=np.int64) // 2
         return total
 
     def _stage_messages(self, stage: int, features: torch.Tensor, *routing: torch.Tensor):

@@ -25,8 +25,7 @@ from nnunetv2_ciml.training.loss import KLRegularizedLoss
 from nnunetv2_ciml.training.progress_plot import plot_ciml_progress
 
 __all__ = ["nnUNetTrainerCIML", "nnUNetTrainerCIML_beta1e2", "nnUNetTrainerCIML_beta1e4",
-           "nnUNetTrainerCIML_MACmatched", "nnUNetTrainerCIML_narrowFullResEncoders",
-           "nnUNetTrainerCIML_narrowFullResDecoders", "nnUNetTrainerCIML_width075", "nnUNetTrainerCIML_noMessages",
+           "nnUNetTrainerCIML_fullWidth", "nnUNetTrainerCIML_MACmatched", "nnUNetTrainerCIML_noMessages",
            "validate_ciml_attributes", "kl_beta"]
 
 LOG_KEYS = ("ciml_beta", "ciml_kl", "ciml_message_kl", "ciml_message_magnitude")
@@ -98,7 +97,7 @@ class nnUNetTrainerCIML(GuardedTraining, nnUNetTrainer):
     kl_weight: float = 1e-3
     kl_warmup_fraction: float = 0.1
     messages: bool = True
-    branch_width_factor: Optional[float] = 1.0  # None: the MAC-matching rule of nnunetv2_ciml.planning
+    branch_width_factor: Optional[float] = 0.75  # None: the MAC-matching rule of nnunetv2_ciml.planning
     encoder_stage_factors: Tuple[float, ...] = ()  # per-stage width factors, full resolution first
     decoder_stage_factors: Tuple[float, ...] = ()
     recompute_activations: bool = True  # the recomputed-stages rule of nnunetv2_ciml.planning
@@ -206,28 +205,16 @@ class nnUNetTrainerCIML_beta1e4(nnUNetTrainerCIML):
 
 class nnUNetTrainerCIML_MACmatched(nnUNetTrainerCIML):
     """Branches sized for plain nnU-Net's convolution cost (the MAC-matching rule of :mod:`nnunetv2_ciml.planning`):
-    narrower and cheaper than the default, and on the ShapeComposition demo 0.016 mean Dice below nnU-Net over
-    5 seeds (docs/demo.md)."""
+    narrower and cheaper than the default, with less capacity (the cost/Dice front: docs/benchmarks.md)."""
 
     branch_width_factor = None
 
 
-class nnUNetTrainerCIML_narrowFullResEncoders(nnUNetTrainerCIML):
-    """Full-resolution modality branches a quarter as wide; decoders and deeper stages at full width."""
+class nnUNetTrainerCIML_fullWidth(nnUNetTrainerCIML):
+    """Every branch and decoder as wide as the plain U-Net's stage: the most capacity, at about twice the default's
+    convolution arithmetic (docs/benchmarks.md)."""
 
-    encoder_stage_factors = (0.25,)
-
-
-class nnUNetTrainerCIML_narrowFullResDecoders(nnUNetTrainerCIML):
-    """Full-resolution subtask decoder stages a quarter as wide; branches and deeper stages at full width."""
-
-    decoder_stage_factors = (0.25,)
-
-
-class nnUNetTrainerCIML_width075(nnUNetTrainerCIML):
-    """Every branch and decoder 0.75 times as wide as the plain U-Net's stage."""
-
-    branch_width_factor = 0.75
+    branch_width_factor = 1.0
 
 
 class nnUNetTrainerCIML_noMessages(nnUNetTrainerCIML):
