@@ -121,7 +121,8 @@ def run_model(seed: int, model: str, quick: bool, prepared, lock: threading.Lock
             for case, files in find_case_files(inputs_folder, data.file_ending, len(modalities)).items():
                 if (pred / f"{case}{data.file_ending}").is_file():  # predicted by an earlier, interrupted run
                     continue
-                image, properties, present = read_case(reader, case, files, len(modalities), modalities)
+                image, properties, present = read_case(reader, case, files, len(modalities), modalities,
+                                                       data.file_ending)
                 predict_case(predictor, image, properties, present, str(pred / case))
             summary = evaluate_folder("nnunet", data.raw / "labelsTs", pred, run_dir / "evaluation" / model / name,
                                       num_processes=1, verbose=False, dataset_json=str(data.raw / "dataset.json"))

@@ -181,8 +181,19 @@ def convert_brats(sources: Sequence[Path], dataset_id: int, name: Optional[str] 
         raise ConversionError(f"labels must be 'auto' or '{BRATS2024}', got '{labels}'")
     sources = [Path(s) for s in sources]
     spec = SPEC_POST_TREATMENT if labels == BRATS2024 else SPEC
-    return convert_dataset("BraTS", sources, discover, partial(convert_case, labels=labels), spec, dataset_id,
-                           name or default_name(sources, labels), num_processes, overwrite, skip_incomplete)
+    report = convert_dataset("BraTS", sources, discover, partial(convert_case, labels=labels), spec, dataset_id,
+                             name or default_name(sources, labels), num_processes, overwrite, skip_incomplete)
+    if labels == BRATS2024 and not _any_resection_cavity(report.dataset_folder / "labelsTr"):
+        report.warnings.append("--labels brats2024, but no training label holds 4 (resection cavity): the RC "
+                               "region is empty in every case and the model will never predict it. Are these "
+                               "post-treatment (BraTS 2024+) data? Pre-treatment data convert without --labels.")
+    return report
+
+
+def _any_resection_cavity(labels_dir: Path) -> bool:
+    """Whether any label file of the converted dataset holds label 4 (stops at the first that does)."""
+    return any(np.any(sitk.GetArrayViewFromImage(sitk.ReadImage(str(f))) == 4)
+               for f in sorted(labels_dir.glob(f"*{FILE_ENDING}")))
 
 
 # ----------------------------------------------------------------------------------------------- export

@@ -46,13 +46,22 @@ def check_complete(source_cases: Optional[Iterable[str]], pred_dir: Path, allow_
     return missing
 
 
-def write_zip(files: Sequence[Path], zip_path: Path, overwrite: bool = False) -> Path:
-    """A flat archive of ``files`` (each stored under its own file name) at ``zip_path``, written atomically."""
+def check_zip_target(zip_path: Path, overwrite: bool = False) -> Path:
+    """Raise ConversionError for an archive name that does not end in .zip, or names an existing file without
+    ``overwrite`` (checked before the export writes anything)."""
     zip_path = Path(zip_path)
     if zip_path.suffix.lower() != ".zip":
         raise ConversionError(f"the archive name must end in .zip, got '{zip_path}'")
     if zip_path.exists() and not overwrite:
         raise ConversionError(f"'{zip_path}' already exists; use --overwrite to replace it")
+    if zip_path.is_dir():
+        raise ConversionError(f"'{zip_path}' is a folder, not an archive file")
+    return zip_path
+
+
+def write_zip(files: Sequence[Path], zip_path: Path, overwrite: bool = False) -> Path:
+    """A flat archive of ``files`` (each stored under its own file name) at ``zip_path``, written atomically."""
+    zip_path = check_zip_target(zip_path, overwrite)
     names = [Path(f).name for f in files]
     if len(set(names)) != len(names):
         raise ConversionError("two exported files share a name; a flat archive needs unique case names")

@@ -16,43 +16,55 @@ import torch
 from nnunetv2_ciml.errors import CIMLError
 from nnunetv2_ciml.image_io import ImageFileError, geometry_mismatch, verify_image_file
 
-__all__ = ["CaseError", "find_case_files", "read_case", "zero_missing_channels", "predict_case", "is_ciml"]
+__all__ = ["CaseError", "find_case_files", "image_dimension", "check_case_files", "read_case", "zero_missing_channels", "predict_case",
+           "is_ciml", "missing_summary"]
 
 
 class CaseError(CIMLError, ValueError):
     """One case cannot be used (no modality at all, an unreadable file, files of different geometry)."""
 
 
+# The image file endings nnU-Net's readers take: a channel file with one of them but not the model's is refused
+# by name, never taken for a missing modality.
+IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".gipl", ".png", ".bmp", ".tif", ".tiff")
+
+
+def _ending(name: str) -> str:
+    return next((e for e in IMAGE_ENDINGS if name.lower().endswith(e)), "")
+
+
 def find_case_files(input_dir: Union[str, Path], file_ending: str, num_modalities: int,
                     cases: Optional[Sequence[str]] = None, modality_names: Optional[Sequence[str]] = None
                     ) -> Dict[str, Dict[int, str]]:
-    """``{case: {channel: path}}`` for the files ``CASE_XXXX<file_ending>`` of ``input_dir`` (sorted by case).
+    """``{case: {channel: path}}`` for the files ``CASE_XXXX<image ending>`` of ``input_dir`` (sorted by case).
 
-    ``cases``: only these, each listed even when it has no file (``{}``, for :func:`read_case` to report).
-    A :class:`CaseError` names the file for a channel number ``>= num_modalities`` or a ``file_ending`` file
-    without the channel suffix, and the expected names (``modality_names`` in the message) for a folder without
-    any case. Not nnU-Net's ``create_lists_from_splitted_dataset_folder``: that lists the files present only (a
-    missing channel cannot be marked), says nothing about misnamed files, and starts a pool of processes."""
+    A file of a channel beyond the model's (``_0007``) or with another image ending than ``file_ending``
+    (``CASE_0001.nii`` among ``.nii.gz`` files) is listed as it is, so that :func:`read_case` refuses that case by
+    name while the other cases go on. ``cases``: only these, each listed even when it has no file (``{}``, for
+    :func:`read_case` to report). A :class:`CaseError` names the files for a ``file_ending`` file without the
+    channel suffix, and the expected names (``modality_names`` in the message) for a folder without any case.
+    Not nnU-Net's ``create_lists_from_splitted_dataset_folder``: that lists the files present only (a missing
+    channel cannot be marked), says nothing about misnamed files, and starts a pool of processes."""
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise CaseError(f"input folder {str(input_dir)!r} does not exist")
     names = list(modality_names) if modality_names else [f"channel {c}" for c in range(num_modalities)]
     expected = f"CASE_XXXX{file_ending}, one per channel ({', '.join(f'_{c:04d}: {n}' for c, n in enumerate(names))})"
-    pattern = re.compile(rf"^(.+)_(\d{{4}}){re.escape(file_ending)}$")
     found: Dict[str, Dict[int, str]] = {}
     unnamed = []
     for path in sorted(input_dir.iterdir()):
-        if not path.is_file() or not path.name.endswith(file_ending):
+        ending = _ending(path.name)
+        if not path.is_file() or not (ending or path.name.endswith(file_ending)):
             continue
-        match = pattern.match(path.name)
+        match = re.match(r"^(.+)_(\d{4})$", path.name[:-len(ending or file_ending)])
         if match is None:
-            unnamed.append(path.name)
+            if path.name.endswith(file_ending):
+                unnamed.append(path.name)
             continue
+        channels = found.setdefault(match.group(1), {})
         channel = int(match.group(2))
-        if channel >= num_modalities:
-            raise CaseError(f"case {match.group(1)!r}: file {str(path)!r} is channel {channel}, but the model has "
-                            f"{num_modalities} modalities (_0000 to _{num_modalities - 1:04d})")
-        found.setdefault(match.group(1), {})[channel] = str(path)
+        if channel not in channels or not path.name.endswith(file_ending):  # a wrong file is never hidden
+            channels[channel] = str(path)
     if unnamed:
         raise CaseError(f"{str(input_dir)!r}: file(s) {unnamed[:5]} lack the channel suffix; name each case's "
                         f"files {expected}")
@@ -63,19 +75,44 @@ def find_case_files(input_dir: Union[str, Path], file_ending: str, num_modalitie
     return dict(sorted(found.items()))
 
 
+def image_dimension(plans_manager) -> int:
+    """The dimension of the image files a model was trained on: 2 for a dataset of 2D images (nnU-Net's readers
+    give them the spacing 999 along their first axis), else 3."""
+    spacing = plans_manager.plans.get("original_median_spacing_after_transp") or []
+    return 2 if any(float(s) == 999 for s in spacing) else 3
+
+
+def check_case_files(case: str, files: Dict[int, str], num_modalities: int,
+                     modality_names: Optional[Sequence[str]] = None, file_ending: Optional[str] = None) -> List[str]:
+    """Raise :class:`CaseError` naming the case and the file when a case has no file, a file of a channel beyond
+    ``num_modalities`` or one that does not end in ``file_ending``; returns the modality names."""
+    names = list(modality_names) if modality_names else [f"channel {c}" for c in range(num_modalities)]
+    if not files:
+        raise CaseError(f"case {case!r} has no modality file at all (expected any of "
+                        f"{', '.join(f'_{c:04d} ({n})' for c, n in enumerate(names))})")
+    for channel, path in sorted(files.items()):
+        if channel >= num_modalities:
+            raise CaseError(f"case {case!r}: file {path!r} is channel {channel}, but the model has {num_modalities} "
+                            f"modalities (_0000 to _{num_modalities - 1:04d}: {', '.join(names)})")
+        if file_ending is not None and not path.endswith(file_ending):
+            raise CaseError(f"case {case!r}: file {path!r} ({names[channel]}) ends in {_ending(Path(path).name)!r}, "
+                            f"but this model reads {file_ending!r} files; convert it (a file of another type is "
+                            f"not taken for a missing modality)")
+    return names
+
+
 def read_case(reader, case: str, files: Dict[int, str], num_modalities: int,
-              modality_names: Optional[Sequence[str]] = None) -> Tuple[np.ndarray, dict, np.ndarray]:
+              modality_names: Optional[Sequence[str]] = None, file_ending: Optional[str] = None,
+              dimension: Optional[int] = None) -> Tuple[np.ndarray, dict, np.ndarray]:
     """Read the existing channel files of one case with nnU-Net's ``reader`` (an image reader/writer instance),
     each first checked by :func:`nnunetv2_ciml.image_io.verify_image_file` (readable, complete, finite).
 
     Returns ``image`` ``(num_modalities, *spatial)`` float32 (missing channels 0), the properties of the first
     existing file and ``present`` ``(num_modalities,)`` bool. Raises :class:`CaseError` naming the case and the
-    file when no file exists, a file cannot be read, or it is not on the case's first file's grid
+    file for what :func:`check_case_files` refuses, and when a file is not a ``dimension``-D image (its size
+    given), cannot be read, or is not on the case's first file's grid
     (:func:`nnunetv2_ciml.image_io.geometry_mismatch`)."""
-    names = list(modality_names) if modality_names else [f"channel {c}" for c in range(num_modalities)]
-    if not files:
-        raise CaseError(f"case {case!r} has no modality file at all (expected any of "
-                        f"{', '.join(f'_{c:04d} ({n})' for c, n in enumerate(names))})")
+    names = check_case_files(case, files, num_modalities, modality_names, file_ending)
     arrays: Dict[int, np.ndarray] = {}
     first_properties, first_file, first_info = None, None, None
     for channel, path in sorted(files.items()):
@@ -83,6 +120,9 @@ def read_case(reader, case: str, files: Dict[int, str], num_modalities: int,
             info = verify_image_file(path, case, f"channel {channel} ({names[channel]})")
         except ImageFileError as e:
             raise CaseError(str(e)) from None
+        if dimension is not None and len(info.size) != dimension:
+            raise CaseError(f"case {case!r}: file {path!r} ({names[channel]}) is a {len(info.size)}D image of size "
+                            f"{'x'.join(map(str, info.size))}; this model reads {dimension}D images")
         problem = None if first_info is None else geometry_mismatch(info, first_info)
         if problem:
             raise CaseError(f"case {case!r}: file {path!r} ({names[channel]}) has another geometry than "

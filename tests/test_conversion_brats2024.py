@@ -139,3 +139,23 @@ def test_export_zip_is_flat_and_refuses_missing_cases(post_treatment_source, tmp
         assert z.namelist() == [f"{CASES[0]}.nii.gz"]
     assert cli(["export", "brats", str(preds), str(tmp_path / "out3"), "--zip", str(tmp_path / "x.zip")]) == 1
     assert "--source" in capsys.readouterr().err
+
+
+def test_post_treatment_labels_without_any_cavity_are_converted_with_a_warning(post_treatment_source, nnunet_env,
+                                                                                 tmp_path):
+    """--labels brats2024 on data whose labels hold no 4 anywhere: converted, with a warning that the RC region
+    will be empty in every case (a model that can never predict it); with a cavity in a case, no such warning."""
+    source = tmp_path / "source"
+    shutil.copytree(post_treatment_source, source)
+    for seg in source.rglob("*-seg.nii.gz"):
+        image = sitk.ReadImage(str(seg))
+        values = sitk.GetArrayFromImage(image)
+        values[values == 4] = 0
+        out = sitk.GetImageFromArray(values)
+        out.CopyInformation(image)
+        sitk.WriteImage(out, str(seg))
+    report = convert_brats([source], 506, num_processes=1, labels="brats2024")
+    assert any("no training label holds 4 (resection cavity)" in w for w in report.warnings)
+    assert "warning: --labels brats2024, but no training label holds 4" in report.summary()
+    with_cavity = convert_brats([post_treatment_source], 507, num_processes=1, labels="brats2024")
+    assert not any("resection cavity" in w for w in with_cavity.warnings)

@@ -7,6 +7,7 @@ command line tools in a separate virtual environment by ``tests/golden/make_brat
 import itertools
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import SimpleITK as sitk
 
 from nnunetv2_ciml.evaluation import evaluate_folder
 from nnunetv2_ciml.evaluation.brats_lesionwise import brats_lesionwise_metrics
+from helpers import brats_labels, write_labels
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 GOLDEN = json.loads((GOLDEN_DIR / "brats_lesionwise_golden.json").read_text())
@@ -322,3 +324,33 @@ def test_corrected_variant_global_hd95_and_nsd_equal_a_brute_force_computation()
         hd, nsd = _brute_global_hd95_nsd(et_ref, et_pred, wrong_spacing, wrong_tolerance)
         assert abs(got["ET"]["global_HD95"] - hd) > 1e-3 or abs(got["ET"]["global_NSD"] - nsd) > 1e-3
     assert got["ET"]["TP"] == 2 and got["ET"]["global_HD95"] != pytest.approx(got["ET"]["HD95"])
+
+
+@pytest.mark.parametrize("convention, outcome", [
+    ("brats2020", r"label 4 but no label 3.*--labels brats2020 or --labels brats2024"),
+    ("nnunet", r"label 1 holds more voxels than label 2.*--labels nnunet or --labels brats2023"),
+    ("brats2023", "brats2023"),
+])
+def test_lesionwise_reads_the_label_convention_from_the_references_or_refuses(convention, outcome, tmp_path, capsys):
+    """Without --labels, lesion-wise evaluation reads the convention from the references: BraTS 2023 labels (1 NETC,
+    2 SNFH the largest, 3 ET) are taken as such and said so; BraTS 2020 labels (4 = ET, no 3) and nnU-Net's (1 =
+    edema, the largest) are refused with the choice to make. Fails on the silent re-reading the default once did
+    (2020's label 4 scored as resection cavity and ET NaN; nnU-Net's 1 and 2 swapped)."""
+    from nnunetv2_ciml.cli import main
+
+    to_convention = {"brats2020": np.arange(5), "brats2023": np.array([0, 1, 2, 3, 3]),
+                     "nnunet": np.array([0, 2, 1, 3, 3])}[convention]  # from brats_labels' 2020 labels
+    ref, pred = tmp_path / "ref", tmp_path / "pred"
+    for k in range(2):
+        for folder in (ref, pred):
+            folder.mkdir(exist_ok=True)
+            write_labels(folder / f"BraTS-GLI-0000{k}-000.nii.gz", to_convention[brats_labels(k)])
+    code = main(["evaluate", "brats", "-ref", str(ref), "-pred", str(pred), "-o", str(tmp_path / "out"),
+                 "--lesionwise"])
+    printed = capsys.readouterr()
+    if convention == "brats2023":
+        summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+        assert code == 0 and "detected: labels 1-3 with label 2 (SNFH" in summary["label_convention"]
+        assert summary["mean"]["ET"]["Dice"] == 1.0 and "detected" in printed.out
+    else:
+        assert code == 1 and re.search(outcome, printed.err) and not (tmp_path / "out").exists()

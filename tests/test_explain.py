@@ -444,3 +444,27 @@ def test_the_demo_prediction_names_case_and_files(trained, predictor, tmp_path):
     with pytest.raises(ImageFileError, match=rf"case 'case_b': channel 1 file '{re.escape(str(bad))}' holds non-finite"):
         predict_case(predictor, "case_b", [str(inputs / f"case_b_{c:04d}.nii.gz") for c in range(3)], tmp_path)
     assert not list(tmp_path.glob("case_*.nii.gz"))
+
+
+def test_explain_json_records_missing_modalities_and_leaves_absent_senders_out_of_the_means(trained, tmp_path):
+    """A folder with case_005 complete and case_006 without its FLAIR file: explain.json says per case which
+    modalities were present, which missing and which branch each subtask read (FLAIR's subtask reads T2, its
+    fallback); FLAIR's share in case_006 is None (it sent nothing), and the mean share of FLAIR over the cases is
+    that of the cases where it existed. Fails if an absent sender reads as "present, contributed nothing" (share
+    0.0) and is averaged in."""
+    from nnunetv2_ciml.interpretability import explain_folder
+
+    _, raw, model = trained
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for case in ("case_005", "case_006"):
+        for path in _case_files(raw, case):
+            shutil.copy(path, inputs / path.name)
+    (inputs / "case_006_0002.nii.gz").unlink()
+    summary = explain_folder(model, 0, inputs, tmp_path / "out", device="cpu", use_mirroring=False)
+    complete, missing = summary["cases"]["case_005"], summary["cases"]["case_006"]
+    assert (complete["present"], complete["missing"]) == (["T1ce", "T2", "FLAIR"], [])
+    assert (missing["present"], missing["missing"]) == (["T1ce", "T2"], ["FLAIR"])
+    assert missing["subtasks"]["FLAIR"]["reads"] == ["T2"] and missing["subtasks"]["T1ce"]["reads"] == ["T1ce"]
+    assert missing["subtasks"]["T1ce"]["senders"]["FLAIR"]["share"] is None
+    assert summary["mean_share"]["T1ce"]["FLAIR"] == complete["subtasks"]["T1ce"]["senders"]["FLAIR"]["share"]

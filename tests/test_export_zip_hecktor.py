@@ -62,3 +62,19 @@ def test_hecktor_zip_allow_missing_archives_the_present_cases(tmp_path, capsys):
         assert z.read(f"{CASES[0]}.nii.gz") == (tmp_path / "out" / f"{CASES[0]}.nii.gz").read_bytes()
     err = capsys.readouterr().err
     assert "warning" in err and CASES[1] in err and CASES[0] not in err
+
+
+def test_an_existing_archive_stops_the_export_before_it_writes(tmp_path, capsys):
+    """The --zip target exists (no --overwrite): the command fails naming it, and neither the output folder nor the
+    archive is touched. Fails if the archive is checked only after the cases were exported."""
+    source, preds = tmp_path / "hecktor" / "imagesTs", tmp_path / "preds"
+    for case in CASES:
+        write(np.zeros((6, 8, 10), np.float32), source / f"{case}__CT.nii.gz")
+        write(np.ones((6, 8, 10), np.uint8), preds / f"{case}.nii.gz")
+    archive = tmp_path / "hecktor.zip"
+    archive.write_bytes(b"an earlier upload")
+    capsys.readouterr()
+    assert cli(["export", "hecktor", str(preds), str(tmp_path / "out"), "--source", str(tmp_path / "hecktor"),
+                "--zip", str(archive)]) == 1
+    assert "hecktor.zip' already exists; use --overwrite" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and archive.read_bytes() == b"an earlier upload"

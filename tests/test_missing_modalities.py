@@ -93,6 +93,13 @@ def test_subtask_without_a_branch_to_read_decodes_from_messages_and_learns_its_g
             # subtask 1's primary (T1ce) is present: its pairs' absent-primary bias is not used
             assert (grad[k] != 0) == (pair.subtask == 0), pair.name
         assert torch.all(stage.absent_primary_logit == ABSENT_PRIMARY_LOGIT)  # init: gates open when absent
+    # whatever the missing primary's channel holds, the outputs are the same (eval: no sampling noise)
+    net.eval()
+    with torch.no_grad():
+        garbage = x.clone()
+        garbage[:, FLAIR] = torch.randn_like(x[:, FLAIR]) * 100
+        for a, b in zip(net(x, torch.tensor([1.0, 1.0, 0.0])), net(garbage, torch.tensor([1.0, 1.0, 0.0]))):
+            assert torch.equal(a, b)
 
 
 def test_mask_by_argument_attribute_or_context_and_per_sample():

@@ -164,3 +164,37 @@ def test_an_empty_input_folder_is_refused_and_nothing_written(trained, tmp_path,
     assert err == (f"nnunetv2_ciml predict: error: no cases in '{empty}': expected files CASE_XXXX.nii.gz, one per "
                    "channel (_0000: T1ce, _0001: T2, _0002: FLAIR)\n")
     assert not out.exists() and not list(empty.iterdir())
+
+
+def test_an_output_folder_with_earlier_results_is_refused_or_replaced_whole(trained, tmp_path, capsys):
+    """Run 1 predicts case_002 and case_005. Run 2 into the same folder without --overwrite is refused and changes
+    nothing. Run 3 with --overwrite, where case_005 now has a 4D FLAIR and case_006 (not in run 1) is complete:
+    case_005 is refused naming its file and size while the others are predicted, and its earlier segmentation is
+    gone: every segmentation in the folder is one modalities.json describes. Fails if an earlier result outlives
+    a run (a later evaluate or export would score it), if cases are overwritten silently, or if a 4D image ends
+    the run or reaches nnU-Net's preprocessor."""
+    raw, models = trained
+    inp, out = tmp_path / "in", tmp_path / "out"
+    shutil.copytree(raw / "imagesTs", inp)
+    for c in range(3):
+        shutil.copy(raw / "imagesTr" / f"case_002_000{c}.nii.gz", inp)
+    model = str(models[CIML_TRAINER])
+    assert predict("-i", str(inp), "-o", str(out), "-m", model, "--cases", "case_002", "case_005") == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == ["case_002.nii.gz", "case_005.nii.gz", "modalities.json"]
+    capsys.readouterr()
+
+    assert predict("-i", str(inp), "-o", str(out), "-m", model, "--cases", "case_002") == 1
+    refused = capsys.readouterr().err
+    assert "is not empty" in refused and "--overwrite" in refused
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+    flair = sitk.ReadImage(str(inp / "case_005_0002.nii.gz"))
+    sitk.WriteImage(sitk.JoinSeries([flair, flair]), str(inp / "case_005_0002.nii.gz"))
+    code = predict("-i", str(inp), "-o", str(out), "-m", model, "--cases", "case_002", "case_005", "case_006",
+                   "--overwrite")
+    err = capsys.readouterr().err
+    assert code == 1 and "case_005_0002.nii.gz" in err and "is a 4D image of size" in err and "Traceback" not in err
+    record = json.loads((out / "modalities.json").read_text())
+    assert set(record["cases"]) == {"case_002", "case_006"} and set(record["errors"]) == {"case_005"}
+    assert sorted(p.name for p in out.iterdir()) == ["case_002.nii.gz", "case_006.nii.gz", "modalities.json"]

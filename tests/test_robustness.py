@@ -20,7 +20,7 @@ import SimpleITK as sitk
 
 from nnunetv2_ciml import cli
 from nnunetv2_ciml.image_io import ImageFileError, read_image, verify_image_file
-from helpers import brats_labels, make_brats_case, make_hecktor_case, tree_digest
+from helpers import brats_labels, make_brats_case, make_hecktor_case, tree_digest, write_image
 
 
 def run(capsys, *argv: str):
@@ -422,3 +422,39 @@ def test_every_error_survives_pickling():
     assert copy.path == Path("/x/c1.nii.gz") and copy.case == "c1"
     assert {"CIMLError", "ImageFileError", "ConversionError", "EvaluationError", "CaseError", "CheckpointError",
             "TrainingStoppedError", "SubmissionError"} <= {c.__name__ for c in errors}
+
+
+def test_a_case_with_a_wrong_file_is_refused_by_name_and_the_others_are_read(tmp_path):
+    """An input folder of ``.nii.gz`` cases: case_a has its T2 as ``.nii`` (another image type), case_b a channel
+    beyond the model's (_0007), case_c a 4D FLAIR, case_d is complete. Each bad case is refused by the checked
+    reader naming its file (and the 4D image's size), per case; case_d reads. Fails if the ``.nii`` file counts as
+    a missing modality, if _0007 ends the whole run, or if the 4D file gets past the reader (nnU-Net's preprocessor
+    then fails with an IndexError) or the error blames a healthy file."""
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    from nnunetv2_ciml.missing_modalities import CaseError, find_case_files, read_case
+
+    cube = np.random.default_rng(0).random((4, 5, 6)).astype(np.float32)
+    for case in "abcd":
+        for c in range(3):
+            write_image(tmp_path / f"case_{case}_{c:04d}.nii.gz", cube)
+    (tmp_path / "case_a_0001.nii.gz").unlink()
+    write_image(tmp_path / "case_a_0001.nii", cube)
+    write_image(tmp_path / "case_b_0007.nii.gz", cube)
+    four_d = sitk.JoinSeries([sitk.GetImageFromArray(cube)] * 2)
+    sitk.WriteImage(four_d, str(tmp_path / "case_c_0002.nii.gz"))
+
+    names = ["T1ce", "T2", "FLAIR"]
+    cases = find_case_files(tmp_path, ".nii.gz", 3, modality_names=names)
+    assert sorted(cases) == ["case_a", "case_b", "case_c", "case_d"]
+    errors = {}
+    for case, files in cases.items():
+        try:
+            image, _, present = read_case(SimpleITKIO(), case, files, 3, names, ".nii.gz", dimension=3)
+        except CaseError as e:
+            errors[case] = str(e)
+    assert set(errors) == {"case_a", "case_b", "case_c"} and image.shape == (3, 4, 5, 6) and present.all()
+    assert "case_a_0001.nii'" in errors["case_a"] and "ends in '.nii'" in errors["case_a"]
+    assert "case_b_0007.nii.gz" in errors["case_b"] and "channel 7, but the model has 3 modalities" in errors["case_b"]
+    assert "case_c_0002.nii.gz" in errors["case_c"] and "4D image of size 6x5x4x2" in errors["case_c"]
+    assert "case_c_0000" not in errors["case_c"] and "case_c_0001" not in errors["case_c"]

@@ -27,7 +27,7 @@ from nnunetv2_ciml.cpu_test_trainers import nnUNetTrainerCIML_CPUtest
 from nnunetv2_ciml.demo.trainers import nnUNetTrainer_ShapeCompositionDemoQuick
 from nnunetv2_ciml.training.guards import CheckpointError, GuardedTraining, TrainingStoppedError, save_atomically
 from nnunetv2_ciml.training.trainers import kl_beta, nnUNetTrainerCIML, validate_ciml_attributes
-from helpers import TRAINER_MODULES, hand_made_trainer, make_dataset, shrink_plans
+from helpers import REGIONS, TRAINER_MODULES, hand_made_trainer, make_dataset, shrink_plans
 
 DATASET_ID = 963
 CONFIGURATION = "2d"
@@ -71,8 +71,21 @@ def test_invalid_trainer_settings_stop_before_anything_is_written(nnunet_env, tm
         trainer.initialize()
     assert not trainer.was_initialized
     assert trainer.configuration_manager.network_arch_class_name != CIML_NETWORK  # plans not rewritten
-    # nnU-Net's __init__ wrote its citation to the training log; nothing else was written
+    # the training log (nnU-Net's __init__ wrote its citation there) says why; nothing else was written
     assert [p.suffix for p in (tmp_path / "nnUNet_results").rglob("*") if p.is_file()] == [".txt"]
+    assert f"ERROR: nnUNetTrainerCIML_bad_{attribute}." in Path(trainer.log_file).read_text()
+
+
+def test_a_bad_ciml_block_is_written_to_the_training_log(nnunet_env):
+    """The decomposition error of a bad ``ciml`` block stops training before the plans change and is in the
+    training log, where users look first (it used to reach the console only)."""
+    block = {"subtasks": {"x": {"primary": "DWI", "outputs": ["whole tumor", "tumor core"]}}}
+    trainer, _ = hand_made_trainer(nnUNetTrainerCIML, nnunet_env, dict(REGIONS, ciml=block))
+    with pytest.raises(CIMLError, match="unknown primary modality 'DWI'"):
+        trainer.initialize()
+    assert not trainer.was_initialized
+    assert "ERROR: dataset.json of Dataset999_Test: ciml subtask 'x': unknown primary modality 'DWI'" in \
+        Path(trainer.log_file).read_text()
 
 
 def exported_trainers():

@@ -48,8 +48,9 @@ def main(args: argparse.Namespace) -> int:
     if getattr(args, "allow_missing", False) and zip_file is None:
         print(f"nnunetv2_ciml export {args.dataset}: error: --allow-missing applies to --zip only", file=sys.stderr)
         return 2
-    if zip_file is not None:
-        from nnunetv2_ciml.dataset_conversion.submission import check_complete
+    if zip_file is not None:  # every check before the first write
+        from nnunetv2_ciml.dataset_conversion.submission import check_complete, check_zip_target
+        check_zip_target(zip_file, args.overwrite)
         missing = check_complete(_source_cases(args.dataset, args.source), args.pred_dir, args.allow_missing)
     if args.dataset == "brats":
         from nnunetv2_ciml.dataset_conversion.brats import export_brats

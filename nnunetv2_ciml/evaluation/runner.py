@@ -24,6 +24,7 @@
   ``missing``, ``unmatched_predictions``, ``mode``, ``label_convention``), and a table on stdout.
 """
 import csv
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -191,7 +192,19 @@ def evaluate_folder(mode: str, ref_dir: Union[str, Path], pred_dir: Union[str, P
         raise EvaluationError(f"output folder {str(out)!r} is a file; -o takes a folder for per_case.csv and "
                               "summary.json")
     try:
+        detected = None
+        if mode == "brats" and mode_options.get("lesionwise") and mode_options.get("labels") is None:
+            # the lesion-wise regions differ by convention, and BraTS 2020/2024 and nnU-Net labels share values:
+            # the convention is read from the references, or refused, never assumed
+            from nnunetv2_ciml.evaluation.brats_lesionwise import detect_lesionwise_labels
+            ending = mode_options.get("file_ending", ".nii.gz")
+            references = list(find_cases(Path(ref_dir), Path(pred_dir), ending)[0].values())
+            labels, detected = detect_lesionwise_labels(references)
+            mode_options = dict(mode_options, labels=labels)
         evaluation_mode = make_mode(mode, **mode_options)
+        if detected is not None:
+            evaluation_mode = dataclasses.replace(
+                evaluation_mode, label_convention=f"{evaluation_mode.label_convention}; detected: {detected}")
         if num_processes < 1:
             raise EvaluationError(f"num_processes must be at least 1, got {num_processes}")
         refs, preds, unmatched = find_cases(Path(ref_dir), Path(pred_dir), evaluation_mode.file_ending)

@@ -39,7 +39,7 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2_ciml.interpretability.geometry import can_write_map, to_input_geometry
 from nnunetv2_ciml.interpretability.message_gradcam import MessageGradCAM, sliding_window_message_cams
 from nnunetv2_ciml.interpretability.model import ExplainError, ciml_network, select_pairs
-from nnunetv2_ciml.missing_modalities import CaseError, read_case, zero_missing_channels
+from nnunetv2_ciml.missing_modalities import CaseError, image_dimension, read_case, zero_missing_channels
 from nnunetv2_ciml.network import CIMLUNet, MessagePair, modalities_present
 
 __all__ = ["CaseExplanation", "read_case_files", "explain_image", "explain_case"]
@@ -190,7 +190,8 @@ def read_case_files(predictor: nnUNetPredictor, case: str, files: Sequence[Optio
     reader = predictor.plans_manager.image_reader_writer_class()
     try:
         image, properties, present = read_case(reader, case, {c: str(f) for c, f in enumerate(files) if f is not None},
-                                               len(files), names)
+                                               len(files), names, predictor.dataset_json["file_ending"],
+                                               image_dimension(predictor.plans_manager))
     except CaseError as e:
         raise ExplainError(str(e)) from None
     if not can_write_map(properties):

@@ -11,7 +11,7 @@ from tqdm import tqdm
 from nnunetv2_ciml.interpretability.explain import explain_case, read_case_files
 from nnunetv2_ciml.interpretability.model import ExplainError, ciml_network, load_predictor, select_pairs
 from nnunetv2_ciml.interpretability.writing import write_case_explanation
-from nnunetv2_ciml.missing_modalities import CaseError, find_case_files
+from nnunetv2_ciml.missing_modalities import CaseError, check_case_files, find_case_files
 
 __all__ = ["SUMMARY_FILE", "find_cases", "explain_folder"]
 
@@ -21,9 +21,13 @@ SUMMARY_FILE = "explain.json"
 def find_cases(input_dir: Union[str, Path], file_ending: str, modalities: Sequence[str]
                ) -> Dict[str, List[Optional[str]]]:
     """Channel files per case in an nnU-Net input folder (``CASE_XXXX<file_ending>``, found by
-    :func:`nnunetv2_ciml.missing_modalities.find_case_files`); ``None`` where a modality's file is missing."""
+    :func:`nnunetv2_ciml.missing_modalities.find_case_files`); ``None`` where a modality's file is missing. A file
+    of a channel beyond the model's or of another image type stops the run by name
+    (:func:`~nnunetv2_ciml.missing_modalities.check_case_files`)."""
     try:
         cases = find_case_files(input_dir, file_ending, len(modalities), modality_names=modalities)
+        for case, files in cases.items():
+            check_case_files(case, files, len(modalities), modalities, file_ending)
     except CaseError as e:
         raise ExplainError(str(e)) from None
     return {case: [files.get(c) for c in range(len(modalities))] for case, files in cases.items()}

@@ -1,6 +1,7 @@
 """PNG overlays of message maps on the most informative slices.
 
-One figure per (case, subtask): a row for the primary modality with the predicted outline of the
+One figure per (case, subtask): a row for the primary modality (or the fallback read in its place) with the
+predicted outline of the
 subtask, then one row per sender with its map over its own image; columns are the slices (along the
 first array axis, i.e. axial slices of a SimpleITK-read volume) with the most map mass summed over
 the senders shown. All senders share one colour scale, so a weak sender looks weak.
@@ -43,7 +44,7 @@ def _window(image: np.ndarray) -> tuple:
 def render_subtask_overlay(path: Path, case: str, subtask: str, primary: str, images: Dict[str, np.ndarray],
                            maps: Dict[str, np.ndarray], shares: Dict[str, Optional[float]],
                            prediction: np.ndarray, pixel_aspect: float = 1.0, n_slices: int = 3,
-                           read: Optional[str] = None) -> List[int]:
+                           read: Optional[str] = None, outline: Optional[Tuple[str, np.ndarray]] = None) -> List[int]:
     """Write the overlay PNG; returns the slice indices shown.
 
     ``images``: modality name -> ``(S, Y, X)`` image; ``maps``: sender -> ``(S, Y, X)`` map;

@@ -107,8 +107,12 @@ class nnUNetTrainerCIML(GuardedTraining, nnUNetTrainer):
     def initialize(self):
         # The network must come from CIML plans before nnU-Net builds it from them.
         if not self.was_initialized:
-            validate_ciml_attributes(self)
-            self._use_ciml_architecture()
+            try:
+                validate_ciml_attributes(self)
+                self._use_ciml_architecture()
+            except CIMLError as e:  # the training log is where users look first
+                self.print_to_log_file(f"ERROR: {e}")
+                raise
         super().initialize()
         for key in LOG_KEYS:
             self.logger.local_logger.my_fantastic_logging.setdefault(key, [])
