@@ -113,13 +113,60 @@ def summary(results: dict, seeds) -> str:
     return "\n".join(lines)
 
 
+# width-study model -> bench_ciml_vs_plain.py model of the same network
+COUNTED_AS = {"nnUNet": "plain", "CIML_fullWidth": "ciml_fullWidth", "CIML_width075": "ciml",
+              "CIML_narrowFullResEncoders": "ciml_narrowFullResEncoders",
+              "CIML_narrowFullResDecoders": "ciml_narrowFullResDecoders", "CIML_MACmatched": "ciml_MACmatched"}
+
+
+def plot_front(results: dict, counts: dict, path: Path, setup: str = "brats") -> None:
+    """The cost/Dice front: demo mean Dice (mean and standard deviation over the seeds) against the counted
+    convolution FLOPs and kept activations of the same network on ``setup``'s plans (``counts``: the JSON of
+    ``bench_ciml_vs_plain.py --count``), relative to plain nnU-Net."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counted = counts["results"][setup]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, key, label in ((axes[0], "conv_flops", "convolution FLOPs"),
+                           (axes[1], "activation_bytes", "activations kept for backward")):
+        points = []
+        for model, per_seed in results.items():
+            dice = [v["mean_dice"] for v in per_seed.values()]
+            x = counted[COUNTED_AS[model]][key] / counted["plain"][key]
+            y, e = statistics.mean(dice), statistics.stdev(dice) if len(dice) > 1 else 0.0
+            ax.errorbar(x, y, yerr=e, fmt="s" if model == "nnUNet" else "o", capsize=3,
+                        color="#8d99ae" if model == "nnUNet" else "#d62828")
+            ax.annotate(model.replace("CIML_", ""), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+            points.append((x, y, model))
+        front = sorted(p for p in points if p[2] != "nnUNet" and not any(
+            q[0] <= p[0] and q[1] > p[1] and q[2] != "nnUNet" for q in points))
+        ax.plot([p[0] for p in front], [p[1] for p in front], color="#d62828", lw=0.8, ls="--", label="CIML front")
+        ax.set_xlabel(f"{label}, x plain nnU-Net ({setup} plan)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("demo mean Dice (held-out, mean +- std over seeds)")
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle("CIML's cost/Dice front: counted on nnU-Net's BraTS 128^3 plan, Dice on the ShapeComposition demo",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--models", nargs="+", default=list(TRAINERS), choices=list(TRAINERS))
     parser.add_argument("--parallel", type=int, default=2, help="trainings at a time (one torch thread each)")
+    parser.add_argument("--plot", nargs=2, metavar=("COUNTS_JSON", "PNG"),
+                        help="only draw the front from --out's results and bench_ciml_vs_plain.py --count --json")
     args = parser.parse_args()
+    if args.plot:
+        results = json.loads((args.out / "width_study.json").read_text())
+        plot_front(results.get("results", results), json.loads(Path(args.plot[0]).read_text()), Path(args.plot[1]))
+        return
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "width_study.json"

@@ -62,7 +62,7 @@ def _with_widths(ciml: dict, features: Sequence[int], width_factor: float, encod
 def recomputed_stages(plain: dict, ciml: dict, input_channels: int, num_classes: int, patch_size: Sequence[int],
                       batch_size: int) -> Tuple[List[int], bool]:
     """What CIML recomputes in its backward pass (see module docstring): ``(stages, messages)``, the stages
-    ``[0, ..., k - 1]`` with the smallest ``k`` whose counted activations are at most
+    ``[0, ..., k - 1]`` with the smallest ``k >= 0`` whose counted activations (messages recomputed) are at most
     :data:`ACTIVATION_RATIO_LIMIT` x plain's (every stage if none is) and ``messages`` True; ``([], False)`` below
     :data:`ACTIVATION_FLOOR_BYTES`."""
     def activations(stages: List[int], messages: bool = True) -> int:
@@ -75,7 +75,7 @@ def recomputed_stages(plain: dict, ciml: dict, input_channels: int, num_classes:
     limit = ACTIVATION_RATIO_LIMIT * network_cost(plain, input_channels, num_classes, patch_size,
                                                   batch_size).activation_bytes
     n_stages = ciml["arch_kwargs"]["n_stages"]
-    for k in range(1, n_stages):
+    for k in range(n_stages):
         if activations(list(range(k))) <= limit:
             return list(range(k)), True
     return list(range(n_stages)), True

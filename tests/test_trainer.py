@@ -11,9 +11,10 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from helpers import (make_dataset, message_latent_layers, nnunet_environment, nnunet_variables, plan_and_preprocess,
                      read_array, write_image)
 from nnunetv2_ciml.decomposition import resolve_decomposition
-from nnunetv2_ciml.planning import CIML_NETWORK, ciml_architecture
+from nnunetv2_ciml.planning import CIML_NETWORK, ciml_architecture, stage_widths
 from nnunetv2_ciml.training.trainers import (nnUNetTrainerCIML, nnUNetTrainerCIML_beta1e2, nnUNetTrainerCIML_beta1e4,
-                                             nnUNetTrainerCIML_MACmatched, nnUNetTrainerCIML_noMessages)
+                                             nnUNetTrainerCIML_fullWidth, nnUNetTrainerCIML_MACmatched,
+                                             nnUNetTrainerCIML_noMessages)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # plans from nnU-Net's planner (planned_regions_2d)
 
@@ -75,24 +76,26 @@ def test_planned_plans_get_the_ciml_architecture(planned_regions_2d, cls, width_
         assert arch["arch_kwargs"]["features_per_stage"] == [f // width_divisor for f in plain_features]
 
 
-def test_default_branches_are_as_wide_as_the_plain_stages_and_MACmatched_follows_the_rule(planned_regions_2d):
-    """``nnUNetTrainerCIML``: every branch as wide as the plain U-Net's stage (the width study's choice; the
-    planned widths 8 * 2**s are multiples of 8, so no rounding); ``nnUNetTrainerCIML_MACmatched``: the widths
-    of the MAC-matching rule, narrower. Fails if the default fell back to the rule, or the variant did not."""
+def test_default_full_width_and_MACmatched_widths_follow_their_rules(planned_regions_2d):
+    """``nnUNetTrainerCIML``: every branch 0.75 times the plain U-Net's stage (the width rule's choice), rounded as
+    the planning rounds; ``nnUNetTrainerCIML_fullWidth``: as wide as the plain stages; ``nnUNetTrainerCIML_MACmatched``:
+    the widths of the MAC-matching rule, narrower still. Fails if the default fell back to full width or the rule,
+    or a variant took the default's widths."""
     env, raw = planned_regions_2d
     plain = load_plans(env, raw)["configurations"]["2d"]["architecture"]
     widths = {}
-    for cls in (nnUNetTrainerCIML, nnUNetTrainerCIML_MACmatched):
+    for cls in (nnUNetTrainerCIML, nnUNetTrainerCIML_fullWidth, nnUNetTrainerCIML_MACmatched):
         trainer, plans = make_trainer(cls, env, raw)
         trainer._use_ciml_architecture()
         widths[cls] = plans["configurations"]["2d"]["architecture"]["arch_kwargs"]["features_per_stage"]
-    assert widths[nnUNetTrainerCIML] == plain["arch_kwargs"]["features_per_stage"]
+    assert widths[nnUNetTrainerCIML] == stage_widths(plain["arch_kwargs"]["features_per_stage"], 0.75)
+    assert widths[nnUNetTrainerCIML_fullWidth] == plain["arch_kwargs"]["features_per_stage"]
     decomposition, _ = resolve_decomposition(trainer.dataset_json, 3)
     rule = ciml_architecture(plain, decomposition, trainer.configuration_manager.patch_size,
                              trainer.label_manager.num_segmentation_heads)
     assert widths[nnUNetTrainerCIML_MACmatched] == rule["arch_kwargs"]["features_per_stage"]
-    assert all(m <= p for m, p in zip(widths[nnUNetTrainerCIML_MACmatched], widths[nnUNetTrainerCIML]))
-    assert sum(widths[nnUNetTrainerCIML_MACmatched]) < sum(widths[nnUNetTrainerCIML])
+    assert sum(widths[nnUNetTrainerCIML_MACmatched]) < sum(widths[nnUNetTrainerCIML]) < \
+        sum(widths[nnUNetTrainerCIML_fullWidth])
 
 
 def test_hand_edited_ciml_plans_are_kept(planned_regions_2d):

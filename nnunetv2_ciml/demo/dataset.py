@@ -100,7 +100,7 @@ def nnunet_environment(out_dir: Path, device: str) -> Dict[str, str]:
     if device == "cpu":
         env.setdefault("nnUNet_n_proc_DA", "1")
         # nnU-Net's final validation and its predictor export through a pool of spawned workers, each of which
-        # imports torch and nnU-Net: 8 of them cost about 40 s per model on 2 cores, 1 does the same work
+        # imports torch and nnU-Net first: on a small CPU that costs more than the demo's export work itself
         env.setdefault("nnUNet_def_n_proc", "1")
     register_ext_trainer_dir(env)
     return env

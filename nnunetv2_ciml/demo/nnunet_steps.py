@@ -4,9 +4,9 @@
   interpreter).
 - Training runs nnU-Net's ``run_training`` (what ``nnUNetv2_train`` runs) through this module's
   ``train`` entry, which only chooses the number of torch threads first: ``nnUNetv2_train -device cpu``
-  sets as many threads as the machine has cores, and with augmentation workers beside them that
-  oversubscribes the cores (on a shared 2-core machine we measured CIML training steps 7x slower in
-  the median, 25x at worst). On CUDA the threads are nnU-Net's (1).
+  sets as many threads as the machine has cores, and with augmentation workers and other trainings beside
+  them that oversubscribes the cores, which slows every step several times (docs/demo.md). On CUDA the
+  threads are nnU-Net's (1).
 
 Progress: the demo's trainers append one JSON line per epoch to ``fold_0/epochs.jsonl`` through
 nnU-Net's own logger (:mod:`nnunetv2_ciml.demo.epoch_log`); :func:`run_step` follows that file and

@@ -30,9 +30,8 @@ distances are exact Euclidean nearest neighbours between the surface voxel centr
 with a k-d tree (``scipy.spatial.cKDTree``), each distance computed from the voxel index
 difference times the spacing, i.e. the same values a Euclidean distance transform (MedPy,
 panoptica) gives, to the last bit where a distance equals a spacing, at a cost that grows with
-the number of surface voxels instead of the box volume:
-on a brain-sized pair of regions in a 240 x 240 x 155 image about four times faster than distance
-transforms of the box (``benchmarks/bench_hd95.py`` times both).
+the number of surface voxels instead of the box volume (``benchmarks/bench_hd95.py`` times both;
+docs/challenges.md).
 """
 from typing import Optional, Sequence, Tuple
 

@@ -1,10 +1,9 @@
 """PNG overlays of message maps on the most informative slices.
 
 One figure per (case, subtask): a row for the primary modality (or the fallback read in its place) with the
-predicted outline of the
-subtask, then one row per sender with its map over its own image; columns are the slices (along the
-first array axis, i.e. axial slices of a SimpleITK-read volume) with the most map mass summed over
-the senders shown. All senders share one colour scale, so a weak sender looks weak.
+predicted outline of the subtask, then one row per sender with its map over its own image; columns are the
+slices (along the first array axis, i.e. axial slices of a SimpleITK-read volume) with the most map mass summed
+over the senders shown. All senders share one colour scale, so a weak sender looks weak.
 """
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple

@@ -32,9 +32,9 @@ def grouped_pointwise(weight: torch.Tensor, bias: Optional[torch.Tensor], x: tor
     """A grouped 1x1 convolution as one batched matrix product.
 
     ``weight`` ``(G * O, I, 1, ...)`` as in a grouped ``nn.Conv3d``, ``x`` ``(B, G * I, *spatial)``; returns
-    ``(B, G * O, *spatial)``, the same as ``F.conv3d(x, weight, bias, groups=G)``. On CPU 8 to 10x faster than
-    oneDNN's convolution at the messages' narrow widths (it reorders input and output to a blocked layout
-    on every call); on CUDA a strided batched GEMM, as cuDNN runs a 1x1 convolution.
+    ``(B, G * O, *spatial)``, the same as ``F.conv3d(x, weight, bias, groups=G)``. On CPU much faster than
+    oneDNN's convolution at the messages' narrow widths, which reorders input and output to a blocked layout on
+    every call (docs/design.md); on CUDA a strided batched GEMM, as cuDNN runs a 1x1 convolution.
     """
     b, spatial = x.shape[0], x.shape[2:]
     w = weight.flatten(1).unflatten(0, (groups, -1))  # (G, O, I)
@@ -47,8 +47,8 @@ def grouped_pointwise(weight: torch.Tensor, bias: Optional[torch.Tensor], x: tor
 def _attention_layout(*tensors: torch.Tensor) -> Tuple[torch.Tensor, ...]:
     """Inputs of the k^3 attention convolutions in the layout their backend runs fastest.
 
-    On CPU oneDNN runs these few-output convolutions 2.3x faster (forward and backward, 2 x 16 + 12 channels
-    at 64^3) on channels-last inputs; on CUDA cuDNN takes them as they are."""
+    On CPU oneDNN runs these few-output convolutions faster on channels-last inputs (docs/design.md); on CUDA
+    cuDNN takes them as they are."""
     if not tensors[0].is_cpu:
         return tensors
     layout = torch.channels_last_3d if tensors[0].dim() == 5 else torch.channels_last
@@ -132,10 +132,8 @@ class StageMessages(nn.Module):
     def reset_parameters(self) -> None:
         """Messages start at exactly zero (zero projection) with their gates nearly closed
         (``sigmoid(GATE_INIT_LOGIT)`` = 0.05): a gate opens where the loss asks for outside information
-        instead of passing the latents' baseline everywhere from the start. On the ShapeComposition demo,
-        half-open gates (bias 0) left a diffuse floor of message Grad-CAM mass on the background (median
-        10 to 20 % of the peak) and 1.57x the complementary masks' area share inside them; closed gates
-        gave 2.15x and 2.18x (two runs) at the same Dice. Gates of a subtask whose primary is absent start open
+        instead of passing the latents' baseline everywhere from the start (half-open gates leave a diffuse
+        floor of message everywhere; docs/design.md). Gates of a subtask that reads no branch start open
         (:data:`ABSENT_PRIMARY_LOGIT`)."""
         nn.init.zeros_(self.project.weight)
         nn.init.constant_(self.receiver_attention.bias, GATE_INIT_LOGIT)

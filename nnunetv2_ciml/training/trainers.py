@@ -83,11 +83,15 @@ class nnUNetTrainerCIML(GuardedTraining, nnUNetTrainer):
     writes the CIML network into the plans this trainer saves with its checkpoints, so that
     ``nnUNetv2_predict`` rebuilds the identical network from the model folder alone. Plans whose
     configuration already names ``CIMLUNet`` (hand-edited widths, ``message_stages``, ...) are used as
-    they are. Every branch is as wide as the plain U-Net's stage (``branch_width_factor = 1.0``: on the
-    ShapeComposition demo, over 5 seeds, the narrowest width within 0.005 mean Dice of nnU-Net; see
-    docs/demo.md); :class:`nnUNetTrainerCIML_MACmatched` sizes the branches for plain nnU-Net's convolution
-    cost instead, and a subclass may set any other factor. beta rises
-    linearly from 0 to ``kl_weight`` over the first ``kl_warmup_fraction`` of the epochs (0: full beta
+    they are.
+
+    Widths (:mod:`nnunetv2_ciml.planning`): every branch and decoder is ``branch_width_factor`` = 0.75 times as
+    wide as the plain U-Net's stage, the cheapest point of the measured cost/Dice front within 0.003 mean Dice of
+    full width (docs/benchmarks.md); :class:`nnUNetTrainerCIML_fullWidth` and :class:`nnUNetTrainerCIML_MACmatched`
+    are the front's other points, and a subclass may set any factor or per-stage profile
+    (``encoder_stage_factors``, ``decoder_stage_factors``). Memory: the high-resolution stages are recomputed in
+    the backward pass where the plans' activations would exceed 1.3x plain nnU-Net's (``recompute_activations``).
+    beta rises linearly from 0 to ``kl_weight`` over the first ``kl_warmup_fraction`` of the epochs (0: full beta
     from epoch 0). Per epoch it logs beta, the mean KL, and each message's KL and RMS magnitude
     (``ciml_progress.png``). :class:`~nnunetv2_ciml.training.guards.GuardedTraining`: these settings are
     validated first, a non-finite loss or KL stops training, checkpoints are atomic and finite, and
