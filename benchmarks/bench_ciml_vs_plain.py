@@ -32,6 +32,7 @@ The time users feel is an epoch of ``nnUNetv2_train`` with nnU-Net's augmentatio
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -167,7 +168,7 @@ def forward_profile(network, tile, top: int = 8) -> Dict[str, float]:
 
 
 def worker(setup_name: str, model: str, device_name: str, steps: int, compile_: bool, patch_kind: str,
-           with_profile: bool = False) -> Dict[str, float]:
+           with_profile: bool = False, with_inference: bool = True) -> Dict[str, float]:
     import numpy as np
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -256,23 +257,26 @@ def worker(setup_name: str, model: str, device_name: str, steps: int, compile_: 
 
     network.eval()
     network.decoder.deep_supervision = False  # as nnU-Net's trainer does before inference
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
-                                perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
-                                allow_tqdm=False)
-    predictor.manual_initialization(network, plans_manager, plans_manager.get_configuration(config_name), None,
-                                    dataset_json, "benchmark", None)
-    volume = torch.randn(num_in, *[2 * p for p in patch])  # 2x the patch per axis: 27 tiles at step 0.5
-    with torch.no_grad(), torch.autocast(device.type, enabled=device.type == "cuda"):
-        network(data[:1])  # warm-up: every tile has this shape
-    sync()
-    t = time.perf_counter()
-    predictor.predict_sliding_window_return_logits(volume)
-    sync()
-    inference = time.perf_counter() - t
+    inference = None
+    if with_inference:
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                    perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
+                                    allow_tqdm=False)
+        predictor.manual_initialization(network, plans_manager, plans_manager.get_configuration(config_name), None,
+                                        dataset_json, "benchmark", None)
+        volume = torch.randn(num_in, *[2 * p for p in patch])  # 2x the patch per axis: 27 tiles at step 0.5
+        with torch.no_grad(), torch.autocast(device.type, enabled=device.type == "cuda"):
+            network(data[:1])  # warm-up: every tile has this shape
+        sync()
+        t = time.perf_counter()
+        predictor.predict_sliding_window_return_logits(volume)
+        sync()
+        inference = time.perf_counter() - t
     profiled = forward_profile(network, data[:1]) if with_profile else None
     return {"profile": profiled, "step_s": statistics.median(times), "peak_mem_bytes": float(peak), "params": float(params),
             "activation_bytes": float(activations),
-            "inference_s": inference, "kl": kl, "patch": patch, "features": arch["arch_kwargs"]["features_per_stage"]}
+            "inference_s": inference, "kl": kl, "patch": patch, "features": arch["arch_kwargs"]["features_per_stage"],
+            "max_rss_bytes": float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}
 
 
 def main() -> None:
@@ -293,10 +297,13 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--profile", action="store_true",
                         help="also print each model's operators by self time in one inference forward pass")
+    parser.add_argument("--no-inference", action="store_true",
+                        help="time the training step only (nnU-Net-sized patches on a CPU: the volume takes long)")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(*args.worker, args.device, args.steps, args.compile, args.patch, args.profile)))
+        print(json.dumps(worker(*args.worker, args.device, args.steps, args.compile, args.patch, args.profile,
+                                not args.no_inference)))
         return
     if args.count:
         results = count(args.setups, args.models or list(MODELS))
@@ -312,16 +319,17 @@ def main() -> None:
         for model in args.models:
             cmd = [sys.executable, __file__, "--worker", setup, model, "--device", args.device, "--steps",
                    str(args.steps), "--patch", args.patch or args.device] + (["--compile"] if args.compile else []) \
-                + (["--profile"] if args.profile else [])
+                + (["--profile"] if args.profile else []) + (["--no-inference"] if args.no_inference else [])
             out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, nnUNet_compile="f"))
             if out.returncode != 0:
                 sys.exit(f"{setup}/{model} failed:\n{out.stderr[-3000:]}")
             results[setup][model] = json.loads(out.stdout.strip().splitlines()[-1])
             r = results[setup][model]
+            inference = f"{r['inference_s']:.2f} s" if r["inference_s"] is not None else "not timed"
             print(f"{setup:6s} {model:27s} patch {r['patch']}: step {r['step_s']:.3f} s, "
                   f"memory {r['peak_mem_bytes'] / 2 ** 20:.0f} MiB (activations "
-                  f"{r['activation_bytes'] / 2 ** 20:.0f} MiB), params {r['params'] / 1e6:.2f} M, "
-                  f"inference {r['inference_s']:.2f} s, KL {r['kl']:.4f}", flush=True)
+                  f"{r['activation_bytes'] / 2 ** 20:.0f} MiB; process peak {r['max_rss_bytes'] / 2 ** 30:.1f} GiB), "
+                  f"params {r['params'] / 1e6:.2f} M, inference {inference}, KL {r['kl']:.4f}", flush=True)
             if r["profile"]:
                 print("    one inference forward, self ms per operator: "
                       + ", ".join(f"{k} {v:.1f}" for k, v in r["profile"].items()), flush=True)
@@ -337,7 +345,7 @@ def main() -> None:
             print(f"{setup:6s} {model:27s} {r['step_s'] / plain['step_s']:6.2f} "
                   f"{r['peak_mem_bytes'] / plain['peak_mem_bytes']:7.2f} "
                   f"{r['activation_bytes'] / plain['activation_bytes']:11.2f} {r['params'] / plain['params']:7.2f} "
-                  f"{r['inference_s'] / plain['inference_s']:9.2f}")
+                  + (f"{r['inference_s'] / plain['inference_s']:9.2f}" if r["inference_s"] else f"{'-':>9s}"))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": args.device, "results": results}, f, indent=2)

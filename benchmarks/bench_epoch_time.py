@@ -8,7 +8,8 @@ and trains a benchmark trainer pair on it (:mod:`nnunetv2_ciml.benchmarking`):
 
 - CUDA: nnU-Net's ``nnUNetTrainerBenchmark_5epochs`` and ``nnUNetTrainerCIMLBenchmark_5epochs`` (real data
   loading), then both ``_noDataLoading`` twins (the network alone);
-- CPU: ``nnUNetTrainer_EpochTime`` and ``nnUNetTrainerCIML_EpochTime`` (3 short epochs).
+- CPU: ``nnUNetTrainer_EpochTime`` against ``nnUNetTrainerCIML_EpochTime`` and the full-width and MAC-matched
+  networks' twins (3 short epochs each).
 
 It reads each epoch's time from nnU-Net's training log ("Epoch time: ... s") and prints the fastest and
 the median epoch per trainer and CIML / plain ratios, all measured in this run.
@@ -28,9 +29,12 @@ from pathlib import Path
 import numpy as np
 
 DATASET_ID, DATASET_NAME = 997, "Dataset997_EpochTime"
-PAIRS = {"cpu": [("nnUNetTrainer_EpochTime", "nnUNetTrainerCIML_EpochTime")],
-         "cuda": [("nnUNetTrainerBenchmark_5epochs", "nnUNetTrainerCIMLBenchmark_5epochs"),
-                  ("nnUNetTrainerBenchmark_5epochs_noDataLoading", "nnUNetTrainerCIMLBenchmark_5epochs_noDataLoading")]}
+# device -> [(plain nnU-Net's trainer, [CIML trainers timed against it])]
+GROUPS = {"cpu": [("nnUNetTrainer_EpochTime", ["nnUNetTrainerCIML_EpochTime", "nnUNetTrainerCIML_fullWidth_EpochTime",
+                                                "nnUNetTrainerCIML_MACmatched_EpochTime"])],
+          "cuda": [("nnUNetTrainerBenchmark_5epochs", ["nnUNetTrainerCIMLBenchmark_5epochs"]),
+                   ("nnUNetTrainerBenchmark_5epochs_noDataLoading",
+                    ["nnUNetTrainerCIMLBenchmark_5epochs_noDataLoading"])]}
 
 
 def write_dataset(raw: Path, cases: int, size: int, seed: int = 0) -> None:
@@ -95,17 +99,18 @@ def main() -> None:
           f"{config['architecture']['arch_kwargs']['features_per_stage']}, {args.workers} augmentation workers, "
           f"{args.device}", flush=True)
     summary = {}
-    for pair in PAIRS[args.device]:
-        for trainer in pair:
+    for plain, cimls in GROUPS[args.device]:
+        for trainer in (plain, *cimls):
             subprocess.run([sys.executable, "-m", "nnunetv2.run.run_training", str(DATASET_ID), "3d_fullres", "0",
                             "-tr", trainer, "-device", args.device], env=env, check=True, stdout=subprocess.DEVNULL)
             times = epoch_times(work / "nnUNet_results", trainer)
             summary[trainer] = {"fastest": min(times), "median": statistics.median(times), "epochs": times}
             print(f"{trainer:50s} epochs {', '.join(f'{t:.2f}' for t in times)} s", flush=True)
     print("\nCIML / plain, measured in this run (target on a GPU: real-training epoch <= 1.2)")
-    for plain, ciml in PAIRS[args.device]:
-        print(f"{ciml:50s} fastest epoch {summary[ciml]['fastest'] / summary[plain]['fastest']:.2f}x, "
-              f"median {summary[ciml]['median'] / summary[plain]['median']:.2f}x")
+    for plain, cimls in GROUPS[args.device]:
+        for ciml in cimls:
+            print(f"{ciml:50s} fastest epoch {summary[ciml]['fastest'] / summary[plain]['fastest']:.2f}x, "
+                  f"median {summary[ciml]['median'] / summary[plain]['median']:.2f}x")
     (args.json or work / "epoch_time.json").write_text(json.dumps({"device": args.device, "workers": args.workers,
                                                       "results": summary}, indent=2))
 

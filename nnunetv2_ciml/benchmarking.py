@@ -4,8 +4,8 @@ On a GPU, nnU-Net's own ``nnUNetTrainerBenchmark_5epochs`` (5 epochs, real data 
 augmentation workers) and ``nnUNetTrainerBenchmark_5epochs_noDataLoading`` (the network alone) measure
 what a user feels; ``nnUNetTrainerCIMLBenchmark_5epochs`` and its ``_noDataLoading`` twin are the same
 with CIML. nnU-Net's benchmark trainers require CUDA, so on a CPU ``nnUNetTrainer_EpochTime`` and
-``nnUNetTrainerCIML_EpochTime`` take their place: 3 epochs of 5 iterations, no checkpoints, no final
-validation. ``benchmarks/bench_epoch_time.py`` runs a pair on one preprocessed dataset and prints the ratios.
+``nnUNetTrainerCIML_EpochTime`` (and the full-width and MAC-matched networks' twins) take their place: 3 epochs
+of 5 iterations, no checkpoints, no final validation. ``benchmarks/bench_epoch_time.py`` runs a pair on one preprocessed dataset and prints the ratios.
 """
 from nnunetv2.training.nnUNetTrainer.variants.benchmarking.nnUNetTrainerBenchmark_5epochs import \
     nnUNetTrainerBenchmark_5epochs
@@ -14,10 +14,11 @@ from nnunetv2.training.nnUNetTrainer.variants.benchmarking.nnUNetTrainerBenchmar
 
 from nnunetv2_ciml.training.budget import TrainingBudget
 from nnunetv2_ciml.training.guards import GuardedTraining
-from nnunetv2_ciml.training.trainers import nnUNetTrainerCIML
+from nnunetv2_ciml.training.trainers import nnUNetTrainerCIML, nnUNetTrainerCIML_fullWidth, nnUNetTrainerCIML_MACmatched
 
 __all__ = ["nnUNetTrainerCIMLBenchmark_5epochs", "nnUNetTrainerCIMLBenchmark_5epochs_noDataLoading",
-           "nnUNetTrainer_EpochTime", "nnUNetTrainerCIML_EpochTime"]
+           "nnUNetTrainer_EpochTime", "nnUNetTrainerCIML_EpochTime", "nnUNetTrainerCIML_fullWidth_EpochTime",
+           "nnUNetTrainerCIML_MACmatched_EpochTime"]
 
 
 class nnUNetTrainerCIMLBenchmark_5epochs(nnUNetTrainerCIML, nnUNetTrainerBenchmark_5epochs):
@@ -44,3 +45,11 @@ class nnUNetTrainer_EpochTime(GuardedTraining, TrainingBudget):
 
 class nnUNetTrainerCIML_EpochTime(nnUNetTrainerCIML, nnUNetTrainer_EpochTime):
     """``nnUNetTrainer_EpochTime`` training CIML."""
+
+
+class nnUNetTrainerCIML_fullWidth_EpochTime(nnUNetTrainerCIML_fullWidth, nnUNetTrainer_EpochTime):
+    """``nnUNetTrainer_EpochTime`` training ``nnUNetTrainerCIML_fullWidth``'s network."""
+
+
+class nnUNetTrainerCIML_MACmatched_EpochTime(nnUNetTrainerCIML_MACmatched, nnUNetTrainer_EpochTime):
+    """``nnUNetTrainer_EpochTime`` training ``nnUNetTrainerCIML_MACmatched``'s network."""
