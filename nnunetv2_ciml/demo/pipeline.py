@@ -247,6 +247,142 @@ def _training_record(trainer: str, folder: Path, seconds: float) -> dict:
     return record
 
 
+class _Run:
+    """One run of the demonstration: its folder, settings, device, nnU-Net environment and console, and a method
+    per stage (each timed by :class:`_Stages`)."""
+
+    def __init__(self, out_dir: Path, settings: DemoSettings, device: str, quick: bool, verbose: bool):
+        self.out_dir, self.settings, self.device, self.quick = out_dir, settings, device, quick
+        self.env = nnunet_environment(out_dir, device)
+        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.parallel, self.training_threads = training_layout(device, self.cores)
+        self.logs = out_dir / "logs"
+        self.console = _Console(verbose)
+        self.stages = _Stages(self.console)
+        self.started = datetime.datetime.now().isoformat(timespec="seconds")
+        layout = (f", {self.parallel} training(s) at a time with {self.training_threads} torch thread(s) each"
+                  if device == "cpu" else "")
+        self.console.say(f"nnunetv2_ciml demo -> {out_dir} (device {device}{layout}{', quick' if quick else ''})\n"
+                         f"  logs: one per nnU-Net step in {self.logs} (follow one with: tail -f "
+                         f"{self.logs}/train_CIML.log)\n"
+                         f"  nnU-Net folders: {out_dir}/nnUNet_raw, nnUNet_preprocessed, nnUNet_results")
+
+    def folder(self, model: str) -> Path:
+        return model_folder(self.out_dir, self.settings.trainers[model])
+
+    def prepare(self) -> DemoData:
+        s = self.settings
+        with self.stages("generate", f"ShapeComposition, {s.num_train} training + {s.num_test} held-out cases of "
+                                     f"{s.size}x{s.size}, {s.num_modalities} modalities"):
+            raw = generate_dataset(self.out_dir, s)
+        with self.stages("plan_and_preprocess", f"nnUNetv2_plan_and_preprocess -d {DATASET_ID} -c {CONFIGURATION}, "
+                                                f"then narrower plans {PLANS}"):
+            return load_dataset(raw, s, plan_dataset(self.out_dir, s, self.env, self.logs, self.console.verbose,
+                                                     self.console))
+
+    def train(self, data: DemoData) -> Dict[str, float]:
+        from nnunetv2_ciml.registration import trainer_class
+
+        budgets = {m: trainer_class(self.settings.trainers[m]) for m in MODELS}
+        time_left = _TimeLeft({m: budgets[m].budget_epochs for m in MODELS},
+                              _model_flops(self.out_dir, self.settings, data), self.parallel)
+        with self.stages("train", f"nnUNetv2_train {DATASET_ID} {CONFIGURATION} {FOLD} -p {PLANS} -tr TRAINER, "
+                                  f"{len(MODELS)} models, {self.parallel} at a time"):
+            for m in MODELS:
+                self.console.say(f"    {m}: -tr {self.settings.trainers[m]} ({budgets[m].budget_epochs} epochs x "
+                                 f"{budgets[m].budget_iterations} iterations)")
+            self.console.say("    (CIML's loss is nnU-Net's Dice + CE plus beta x its messages' KL, which can keep it "
+                             "above 0 in the first epochs; pseudo Dice: nnU-Net's validation Dice per label)")
+            return _train_models(self.out_dir, self.settings, self.device, self.parallel, self.training_threads,
+                                 self.env, self.logs, self.console, time_left)
+
+    def infer(self, data: DemoData) -> Tuple[dict, dict, dict, List[str]]:
+        """Predict, evaluate and explain: ``(per-model results, explain results, kept explanations, message pair
+        names)``."""
+        import torch
+
+        from nnunetv2_ciml.demo.evaluate import evaluate_model
+        from nnunetv2_ciml.demo.explain import explain_model
+        from nnunetv2_ciml.demo.predict import predict_model
+        from nnunetv2_ciml.interpretability import ciml_network
+
+        previous_threads = torch.get_num_threads()
+        if self.device == "cpu":
+            torch.set_num_threads(max(1, self.cores))
+        try:
+            predictors = {}
+            for m in MODELS:
+                with self.stages(f"predict_{m}", f"nnU-Net's predictor on {len(data.cases)} held-out cases"):
+                    predictors[m] = predict_model(self.folder(m), data.cases, self.out_dir / "predictions" / m,
+                                                  self.device, self.logs / f"predict_{m}.log", f"predict {m}",
+                                                  self.console.verbose, self.console)
+            with self.stages("evaluate", "Dice/HD95 per label; complementary cases: Dice, Dice in masks, pair "
+                                         "accuracy"):
+                models = {m: evaluate_model(data.raw, self.out_dir / "predictions" / m, self.out_dir / "evaluation" / m,
+                                            data.objects, data.complementary_cases, data.file_ending) for m in MODELS}
+            figure_cases = data.complementary_cases[:self.settings.figure_cases]
+            with self.stages("explain", f"Grad-CAM on CIML's messages for the {len(data.cases)} held-out cases (maps "
+                                        f"of {len(figure_cases)} written to explain/)"):
+                explained, explanations = explain_model(predictors["CIML"], data.cases, data.raw,
+                                                        data.complementary_cases, figure_cases,
+                                                        self.out_dir / "explain", data.file_ending,
+                                                        self.console.verbose, self.console)
+            return models, explained, explanations, [p.name for p in ciml_network(predictors["CIML"]).message_pairs]
+        finally:
+            torch.set_num_threads(previous_threads)
+
+    def report(self, data: DemoData, training_seconds: Dict[str, float], models: dict, explained: dict,
+               explanations: dict, pair_names: List[str]) -> dict:
+        """``results.json``, the claims, the figures and ``report.md``; returns the results."""
+        import numpy as np
+        import torch
+
+        from nnunetv2_ciml.demo.claims import claims
+        from nnunetv2_ciml.demo.figures import write_figures
+        from nnunetv2_ciml.demo.report import write_report
+
+        with self.stages("report", "results.json, report.md, figures"):
+            logging = torch.load(self.folder("CIML") / f"fold_{FOLD}" / "checkpoint_final.pth", map_location="cpu",
+                                 weights_only=False)["logging"]
+            cpu = self.device == "cpu"
+            results = {
+                "models": models,
+                "complementary_share": explained["complementary_share"],
+                "complementary_area_share": explained["complementary_area_share"],
+                "explain": explained,
+                "data": {"dataset": DATASET_NAME, "dataset_id": DATASET_ID, "num_train": self.settings.num_train,
+                         "num_test": self.settings.num_test, "held_out_information_structure": data.structure,
+                         "dataset_json_spec": data.dataset_json["shape_composition"]},
+                "training": {m: _training_record(self.settings.trainers[m], self.folder(m), training_seconds[m])
+                             for m in MODELS},
+                "plans": {"name": PLANS, "configuration": CONFIGURATION, "fold": FOLD, "edits": data.plans_edit},
+                "ciml_message_log": {"pairs": pair_names, "kl": np.asarray(logging["ciml_message_kl"]).tolist(),
+                                     "magnitude": np.asarray(logging["ciml_message_magnitude"]).tolist(),
+                                     "beta": list(map(float, logging["ciml_beta"]))},
+                "started": self.started, "device": self.device, "threads": self.cores if cpu else None,
+                "parallel_trainings": self.parallel, "training_threads": self.training_threads if cpu else None,
+                "quick": self.quick, "settings": asdict(self.settings), "seconds": self.stages.seconds,
+            }
+            results["claims"] = claims(results)
+            figure_cases = data.complementary_cases[:self.settings.figure_cases]
+            results["figures"] = write_figures(results, data.raw, self.out_dir, explanations, figure_cases,
+                                               data.file_ending)
+            results["seconds"]["total"] = round(time.perf_counter() - self.stages.start, 2)
+            write_report(results, self.out_dir)  # its timings end here; results.json's include the report stage
+        results["seconds"]["total"] = round(time.perf_counter() - self.stages.start, 2)
+        (self.out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        return results
+
+    def summarize(self, results: dict) -> None:
+        say = self.console.say
+        say(f"\nwritten: {self.out_dir / 'report.md'}, {self.out_dir / 'results.json'}, figures in {self.out_dir}")
+        if self.quick:
+            say("claims (quick run: a few iterations to check every stage; these numbers say nothing about CIML):")
+        for c in results["claims"]:
+            say(f"  [{c['outcome']}] {c['claim']}: {c['measured']} ({c['spread']})")
+        say(f"total {format_duration(results['seconds']['total'])}")
+
+
 def run_demo(out_dir: Union[str, Path], device: str = "auto", quick: bool = False, overwrite: bool = False,
              settings: Optional[DemoSettings] = None, verbose: bool = True) -> dict:
     """Run the demonstration into ``out_dir``; returns what it writes to ``results.json``.
@@ -254,18 +390,7 @@ def run_demo(out_dir: Union[str, Path], device: str = "auto", quick: bool = Fals
     ``settings`` default: :data:`QUICK_SETTINGS` with ``quick``, else :data:`DEFAULT_SETTINGS`. Refuses a
     non-empty ``out_dir`` unless it holds an earlier demo run and ``overwrite`` is set.
     """
-    import numpy as np
-    import torch
-
-    from nnunetv2_ciml.demo.claims import claims
-    from nnunetv2_ciml.demo.evaluate import evaluate_model
-    from nnunetv2_ciml.demo.explain import explain_model
-    from nnunetv2_ciml.demo.figures import write_figures
-    from nnunetv2_ciml.demo.predict import predict_model
-    from nnunetv2_ciml.demo.report import write_report
     from nnunetv2_ciml.devices import resolve_device
-    from nnunetv2_ciml.interpretability import ciml_network
-    from nnunetv2_ciml.registration import trainer_class
 
     settings = settings or (QUICK_SETTINGS if quick else DEFAULT_SETTINGS)
     out_dir = Path(out_dir).resolve()
@@ -276,97 +401,11 @@ def run_demo(out_dir: Union[str, Path], device: str = "auto", quick: bool = Fals
         raise DemoError(str(e)) from None
     _clear_out_dir(out_dir)
     (out_dir / MARKER).write_text(json.dumps({"settings": asdict(settings), "device": device}, indent=2) + "\n")
-    env = nnunet_environment(out_dir, device)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    parallel, training_threads = training_layout(device, cores)
-    logs = out_dir / "logs"
-    console = _Console(verbose)
-    stages = _Stages(console)
-    started = datetime.datetime.now().isoformat(timespec="seconds")
-    console.say(f"nnunetv2_ciml demo -> {out_dir} (device {device}"
-                f"{f', {parallel} training(s) at a time with {training_threads} torch thread(s) each' if device == 'cpu' else ''}"
-                f"{', quick' if quick else ''})\n"
-                f"  logs: one per nnU-Net step in {logs} (follow one with: tail -f {logs}/train_CIML.log)\n"
-                f"  nnU-Net folders: {out_dir}/nnUNet_raw, nnUNet_preprocessed, nnUNet_results")
 
-    with stages("generate", f"ShapeComposition, {settings.num_train} training + {settings.num_test} held-out "
-                            f"cases of {settings.size}x{settings.size}, {settings.num_modalities} modalities"):
-        raw = generate_dataset(out_dir, settings)
-    with stages("plan_and_preprocess", f"nnUNetv2_plan_and_preprocess -d {DATASET_ID} -c {CONFIGURATION}, "
-                                       f"then narrower plans {PLANS}"):
-        data = load_dataset(raw, settings, plan_dataset(out_dir, settings, env, logs, verbose, console))
-
-    budgets = {m: trainer_class(settings.trainers[m]) for m in MODELS}
-    time_left = _TimeLeft({m: budgets[m].budget_epochs for m in MODELS}, _model_flops(out_dir, settings, data),
-                          parallel)
-    with stages("train", f"nnUNetv2_train {DATASET_ID} {CONFIGURATION} {FOLD} -p {PLANS} -tr TRAINER, "
-                         f"{len(MODELS)} models, {parallel} at a time"):
-        for m in MODELS:
-            console.say(f"    {m}: -tr {settings.trainers[m]} ({budgets[m].budget_epochs} epochs x "
-                        f"{budgets[m].budget_iterations} iterations)")
-        console.say("    (CIML's loss is nnU-Net's Dice + CE plus beta x its messages' KL, which can keep it above 0 in "
-                    "the first epochs; pseudo Dice: nnU-Net's validation Dice per label)")
-        training_seconds = _train_models(out_dir, settings, device, parallel, training_threads, env, logs, console,
-                                         time_left)
-
-    previous_threads = torch.get_num_threads()
-    if device == "cpu":
-        torch.set_num_threads(max(1, cores))
-    try:
-        predictors = {}
-        for model in MODELS:
-            with stages(f"predict_{model}", f"nnU-Net's predictor on {len(data.cases)} held-out cases"):
-                predictors[model] = predict_model(model_folder(out_dir, settings.trainers[model]), data.cases,
-                                                  out_dir / "predictions" / model, device,
-                                                  logs / f"predict_{model}.log", f"predict {model}", verbose,
-                                                  console)
-        with stages("evaluate", "Dice/HD95 per label; complementary cases: Dice, Dice in masks, pair accuracy"):
-            models = {m: evaluate_model(data.raw, out_dir / "predictions" / m, out_dir / "evaluation" / m,
-                                        data.objects, data.complementary_cases, data.file_ending) for m in MODELS}
-        figure_cases = data.complementary_cases[:settings.figure_cases]
-        with stages("explain", f"Grad-CAM on CIML's messages for the {len(data.cases)} held-out cases (maps of "
-                               f"{len(figure_cases)} written to explain/)"):
-            explained, explanations = explain_model(predictors["CIML"], data.cases, data.raw,
-                                                    data.complementary_cases, figure_cases, out_dir / "explain",
-                                                    data.file_ending, verbose, console)
-            pair_names = [pair.name for pair in ciml_network(predictors["CIML"]).message_pairs]
-    finally:
-        torch.set_num_threads(previous_threads)
-
-    with stages("report", "results.json, report.md, figures"):
-        ciml_folder = model_folder(out_dir, settings.trainers["CIML"])
-        logging = torch.load(ciml_folder / f"fold_{FOLD}" / "checkpoint_final.pth", map_location="cpu",
-                             weights_only=False)["logging"]
-        results = {
-            "models": models,
-            "complementary_share": explained["complementary_share"],
-            "complementary_area_share": explained["complementary_area_share"],
-            "explain": explained,
-            "data": {"dataset": DATASET_NAME, "dataset_id": DATASET_ID, "num_train": settings.num_train,
-                     "num_test": settings.num_test, "held_out_information_structure": data.structure,
-                     "dataset_json_spec": data.dataset_json["shape_composition"]},
-            "training": {m: _training_record(settings.trainers[m], model_folder(out_dir, settings.trainers[m]),
-                                             training_seconds[m]) for m in MODELS},
-            "plans": {"name": PLANS, "configuration": CONFIGURATION, "fold": FOLD, "edits": data.plans_edit},
-            "ciml_message_log": {"pairs": pair_names, "kl": np.asarray(logging["ciml_message_kl"]).tolist(),
-                                 "magnitude": np.asarray(logging["ciml_message_magnitude"]).tolist(),
-                                 "beta": list(map(float, logging["ciml_beta"]))},
-            "started": started, "device": device, "threads": cores if device == "cpu" else None,
-            "parallel_trainings": parallel, "training_threads": training_threads if device == "cpu" else None,
-            "quick": quick,
-            "settings": asdict(settings),
-            "seconds": stages.seconds,
-        }
-        results["claims"] = claims(results)
-        results["figures"] = write_figures(results, data.raw, out_dir, explanations, figure_cases, data.file_ending)
-        results["seconds"]["total"] = round(time.perf_counter() - stages.start, 2)
-        write_report(results, out_dir)  # its timings end here; results.json's include the report stage
-    results["seconds"]["total"] = round(time.perf_counter() - stages.start, 2)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    console.say(f"\nwritten: {out_dir / 'report.md'}, {out_dir / 'results.json'}, figures in {out_dir}")
-    if quick:
-        console.say("claims (quick run: a few iterations to check every stage; these numbers say nothing about CIML):")
-    for c in results["claims"]:
-        console.say(f"  [{c['outcome']}] {c['claim']}: {c['measured']} ({c['spread']})")
-    console.say(f"total {format_duration(results['seconds']['total'])}")
+    run = _Run(out_dir, settings, device, quick, verbose)
+    data = run.prepare()
+    training_seconds = run.train(data)
+    models, explained, explanations, pair_names = run.infer(data)
+    results = run.report(data, training_seconds, models, explained, explanations, pair_names)
+    run.summarize(results)
     return results
