@@ -286,3 +286,17 @@ def test_fallback_affine_learns_only_where_its_fallback_acts():
     net.zero_grad()
     net(x).square().mean().backward()
     assert all(p.grad is not None for p in [*net.fallback_scale.values(), *net.fallback_shift.values()])
+
+
+def test_modality_dropout_makes_every_fallback_act():
+    """With the dropout trainer's sampling (rate 0.5, primaries droppable) each fallback takes its subtask's
+    place on a fair share of the samples: the first fallback whenever the primary is gone and it exists, the
+    second when both are gone. Fails if the sampler keeps the primaries, or the reading ignores the order."""
+    net, _ = _fallback_network()
+    present = sample_present_modalities(6000, 3, 0.5, generator=torch.Generator().manual_seed(0))
+    read = net.reading_weights(present.float())  # (B, S, M)
+    # subtask 0 "FLAIR": FLAIR, else T2, else T1ce; of the 6 proper subsets drawn for half the samples, FLAIR is
+    # missing from 3: {T1ce, T2} and {T2} read T2, {T1ce} reads T1ce
+    shares = read[:, 0].mean(0)
+    assert abs(float(shares[FLAIR]) - (0.5 + 0.5 * 3 / 6)) < 0.03
+    assert abs(float(shares[T2]) - 0.5 * 2 / 6) < 0.03 and abs(float(shares[T1CE]) - 0.5 / 6) < 0.03

@@ -198,3 +198,20 @@ def test_an_output_folder_with_earlier_results_is_refused_or_replaced_whole(trai
     record = json.loads((out / "modalities.json").read_text())
     assert set(record["cases"]) == {"case_002", "case_006"} and set(record["errors"]) == {"case_005"}
     assert sorted(p.name for p in out.iterdir()) == ["case_002.nii.gz", "case_006.nii.gz", "modalities.json"]
+
+
+def test_the_dropout_training_log_says_how_often_each_branch_was_read(trained):
+    """Every epoch of modality-dropout training logs, per subtask, the share of samples on which each modality's
+    branch was read (the primary, or a fallback in its place), in the training log and nnU-Net's logger. Fails if
+    the log is missing or the shares of an epoch do not add up (how often fallbacks act: a unit test)."""
+    _, models = trained
+    fold = models[CIML_TRAINER] / "fold_0"
+    text = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    assert text.count("branches read (share of samples): ") == 2  # 2 epochs
+    logging = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["logging"]
+    shares = logging["ciml_reading"]
+    assert len(shares) == 2 and set(shares[0]) == {"FLAIR", "T1ce"}
+    for epoch in shares:
+        for subtask, row in epoch.items():
+            assert sum(row.values()) == pytest.approx(1.0, abs=1e-3) and set(row) <= {"T1ce", "T2", "FLAIR",
+                                                                                     "nothing"}
