@@ -10,8 +10,9 @@ time with one torch thread each:
 - ``CIML``: ``nnUNetTrainerCIML_ShapeCompositionDemo`` (no modality dropout; a missing primary's place is taken
   by its first present fallback, as in every CIML model);
 - ``CIML_dropout``: ``nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemo`` (its default: the first present
-  fallback, through a learnt scale and shift of its skip features);
-- ``CIML_dropout_firstFallback``: the first present fallback as it is;
+  fallback's branch as it is);
+- ``CIML_dropout_fallbackAffine``: the first present fallback through a learnt scale and shift of its skip
+  features;
 - ``CIML_dropout_meanFallback``: the mean of the present fallbacks (as HeMIS fuses);
 - ``nnUNet_zero_fill``: ``nnUNetTrainer_ShapeCompositionDemo``, missing channels zero-filled at prediction;
 - ``nnUNet_dropout``: ``nnUNetTrainer_modalityDropout_ShapeCompositionDemo`` (zeroed channels in training).
@@ -41,11 +42,11 @@ from typing import Dict, List, Sequence
 
 MODELS = {"CIML": "nnUNetTrainerCIML_ShapeCompositionDemo",
           "CIML_dropout": "nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemo",
-          "CIML_dropout_firstFallback": "nnUNetTrainerCIML_modalityDropout_firstFallback_ShapeCompositionDemo",
+          "CIML_dropout_fallbackAffine": "nnUNetTrainerCIML_modalityDropout_fallbackAffine_ShapeCompositionDemo",
           "CIML_dropout_meanFallback": "nnUNetTrainerCIML_modalityDropout_meanFallback_ShapeCompositionDemo",
           "nnUNet_zero_fill": "nnUNetTrainer_ShapeCompositionDemo",
           "nnUNet_dropout": "nnUNetTrainer_modalityDropout_ShapeCompositionDemo"}
-MECHANISMS = ("CIML_dropout", "CIML_dropout_firstFallback", "CIML_dropout_meanFallback")
+MECHANISMS = ("CIML_dropout", "CIML_dropout_fallbackAffine", "CIML_dropout_meanFallback")
 # the dropout-rate study of an earlier network (--models): other rates, primaries kept
 DROPOUT_STUDY = {"CIML_dropout_rate0.25": "nnUNetTrainerCIML_modalityDropout_rate025_ShapeCompositionDemo",
                  "CIML_dropout_rate0.75": "nnUNetTrainerCIML_modalityDropout_rate075_ShapeCompositionDemo",
@@ -156,7 +157,7 @@ def write_report(out: Path, per_seed: Dict[str, Dict[str, Dict[str, float]]], qu
     import matplotlib.pyplot as plt
     import numpy as np
 
-    seeds = list(per_seed)
+    seeds = sorted(per_seed, key=int)
     models = [m for m in TRAINERS if all(m in per_seed[s] for s in seeds)]
     names = list(next(iter(per_seed.values()))["CIML"])
     table = {m: {n: [per_seed[s][m][n] for s in seeds] for n in names} for m in models}
@@ -217,7 +218,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "results.json"
     earlier = json.loads(results_file.read_text()) if results_file.is_file() else {}
-    dice = earlier.get("dice", {}) if earlier.get("quick") == args.quick else {}
+    dice = earlier.get("dice", {}) if earlier.get("quick") == args.quick else {}  # benchmarks/results' copy too
     prepared = {seed: prepare_seed(out, seed, args.quick) for seed in args.seeds}
     jobs = [(seed, model) for model in args.models for seed in args.seeds if model not in dice.get(str(seed), {})]
     lock = threading.Lock()

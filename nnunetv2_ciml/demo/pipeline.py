@@ -48,7 +48,7 @@ MARKER = "nnunetv2_ciml_demo.json"  # written first; marks a folder as the demo'
 HEARTBEAT_SECONDS = 28.0
 # The stages after training (prediction, evaluation, Grad-CAM, report) take about this many nnU-Net training
 # epochs' time on the demo's data (docs/demo.md): the whole-run estimate adds it to the trainings' time left.
-STAGES_AFTER_TRAINING_IN_EPOCHS = 10.0
+STAGES_AFTER_TRAINING_IN_EPOCHS = 2.0
 
 
 def training_layout(device: str, cores: int) -> Tuple[int, int]:

@@ -39,7 +39,7 @@ __all__ = ["nnUNetTrainer_ShapeCompositionDemo", "nnUNetTrainerCIML_ShapeComposi
            "nnUNetTrainerCIML_narrowFullResEncoders_ShapeCompositionDemo",
            "nnUNetTrainerCIML_narrowFullResDecoders_ShapeCompositionDemo",
            "nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemo",
-           "nnUNetTrainerCIML_modalityDropout_firstFallback_ShapeCompositionDemo",
+           "nnUNetTrainerCIML_modalityDropout_fallbackAffine_ShapeCompositionDemo",
            "nnUNetTrainerCIML_modalityDropout_meanFallback_ShapeCompositionDemo",
            "nnUNetTrainerCIML_modalityDropout_rate025_ShapeCompositionDemo",
            "nnUNetTrainerCIML_modalityDropout_rate075_ShapeCompositionDemo",
@@ -130,12 +130,12 @@ class nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemo(nnUNetTrainerCIML_m
     kl_weight = 1e-1
 
 
-class nnUNetTrainerCIML_modalityDropout_firstFallback_ShapeCompositionDemo(
+class nnUNetTrainerCIML_modalityDropout_fallbackAffine_ShapeCompositionDemo(
         nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemo):
-    """The fallback study (``benchmarks/missing_modalities.py``): the first present fallback's skip features as
-    they are, without a learnt scale and shift."""
+    """The fallback study (``benchmarks/missing_modalities.py``): the first present fallback's skip features
+    through a learnt per-(subtask, fallback) scale and shift."""
 
-    fallback_mode, fallback_affine = "first", False
+    fallback_affine = True
 
 
 class nnUNetTrainerCIML_modalityDropout_meanFallback_ShapeCompositionDemo(

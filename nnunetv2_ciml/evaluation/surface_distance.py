@@ -31,7 +31,7 @@ with a k-d tree (``scipy.spatial.cKDTree``), each distance computed from the vox
 difference times the spacing, i.e. the same values a Euclidean distance transform (MedPy,
 panoptica) gives, to the last bit where a distance equals a spacing, at a cost that grows with
 the number of surface voxels instead of the box volume (``benchmarks/bench_hd95.py`` times both;
-docs/challenges.md).
+docs/benchmarks.md).
 """
 from typing import Optional, Sequence, Tuple
 

@@ -2,19 +2,17 @@
 
 ``nnUNetTrainerCIML_modalityDropout`` removes, per training sample, a random subset of modalities: the
 removed input channels are zeroed and the network is told which modalities exist
-(:func:`~nnunetv2_ciml.network.modalities_present`), so a removed modality sends no messages and a removed
-primary leaves its subtask with the messages alone (see :class:`~nnunetv2_ciml.network.CIMLUNet`).
-``nnUNetTrainer_modalityDropout`` is the same removal applied to plain nnU-Net (zeroed input channels; a
-zero after nnU-Net's z-score normalisation is the channel's mean intensity), the baseline of published
-missing-modality work on nnU-Net. Both only override ``train_step``; validation sees every modality.
+(:func:`~nnunetv2_ciml.network.modalities_present`), so a removed modality sends no messages and a subtask whose
+primary was removed reads its first present fallback (see :class:`~nnunetv2_ciml.network.CIMLUNet`): the
+fallbacks learn to act as primaries. ``nnUNetTrainer_modalityDropout`` is the same removal applied to plain
+nnU-Net (zeroed input channels; a zero after nnU-Net's z-score normalisation is the channel's mean intensity),
+the baseline of published missing-modality work on nnU-Net. Both only override ``train_step``; validation sees
+every modality.
 
 Defaults: half of the samples (``modality_dropout_rate = 0.5``) lose modalities, primaries included
 (``primaries_droppable = True``), and the kept subset of such a sample is drawn uniformly from the non-empty
-proper subsets. Measured on the demo's data over 3 seeds (``benchmarks/missing_modalities.py``, docs/
-missing_modalities.md): of the settings that keep the full-modality Dice within 0.005 of CIML without
-dropout, rate 0.5 has the best mean Dice over the modality subsets (0.846; rate 0.25: 0.824); rate 0.75
-(0.852) costs 0.006 of full-modality Dice, and keeping the primaries leaves the gates of a subtask without
-its primary untrained (0.652).
+proper subsets; a fallback's skip features are read as they are. How these were chosen, and what they give:
+docs/missing_modalities.md.
 """
 from itertools import product
 from typing import List, Optional, Sequence
@@ -71,7 +69,7 @@ class nnUNetTrainer_modalityDropout(GuardedTraining, nnUNetTrainer):
 
 class nnUNetTrainerCIML_modalityDropout(nnUNetTrainerCIML):
     """CIML trained with modality dropout: removed modalities are zeroed AND masked in the network (no
-    messages from them; a subtask without its primary reads its first present fallback, see
+    messages from them; a subtask without its primary reads its first present fallback's branch as it is, see
     :class:`~nnunetv2_ciml.network.CIMLUNet`), so that the fallbacks learn to act as primaries.
 
     ``modality_dropout_rate``: fraction of samples that lose modalities; ``primaries_droppable``: whether a
@@ -81,7 +79,6 @@ class nnUNetTrainerCIML_modalityDropout(nnUNetTrainerCIML):
 
     modality_dropout_rate: float = 0.5
     primaries_droppable: bool = True
-    fallback_affine = True
 
     def initialize(self):
         super().initialize()

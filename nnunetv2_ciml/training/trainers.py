@@ -219,8 +219,8 @@ class nnUNetTrainerCIML_MACmatched(nnUNetTrainerCIML):
 
 
 class nnUNetTrainerCIML_fullWidth(nnUNetTrainerCIML):
-    """Every branch and decoder as wide as the plain U-Net's stage: the most capacity, at about twice the default's
-    convolution arithmetic (docs/benchmarks.md)."""
+    """Every branch and decoder as wide as the plain U-Net's stage: the most capacity, and the most convolution
+    arithmetic of the cost/Dice front (docs/benchmarks.md)."""
 
     branch_width_factor = 1.0
 
