@@ -58,10 +58,13 @@ SETUPS = {
 # model: (the trainer whose network it is, class attributes changed in a subclass); None: plain nnU-Net
 MODELS = {"plain": None,
           "ciml": ("nnUNetTrainerCIML", {}),
+          "ciml_groupedBranches": ("nnUNetTrainerCIML_groupedBranches", {}),
           "ciml_fullWidth": ("nnUNetTrainerCIML_fullWidth", {}),
+          "ciml_groupedBranches_fullWidth": ("nnUNetTrainerCIML_groupedBranches", {"branch_width_factor": 1.0}),
           "ciml_MACmatched": ("nnUNetTrainerCIML_MACmatched", {}),
           "ciml_narrowFullResEncoders": ("nnUNetTrainerCIML_fullWidth", {"encoder_stage_factors": (0.25,)}),
           "ciml_narrowFullResDecoders": ("nnUNetTrainerCIML_fullWidth", {"decoder_stage_factors": (0.25,)}),
+          "ciml_inputEmbedding": ("nnUNetTrainerCIML", {"modality_conditioning": "input_embedding"}),
           "ciml_noMessages": ("nnUNetTrainerCIML_noMessages", {}),
           "ciml_noRecompute": ("nnUNetTrainerCIML", {"recompute_activations": False})}
 

@@ -8,8 +8,8 @@ and trains a benchmark trainer pair on it (:mod:`nnunetv2_ciml.benchmarking`):
 
 - CUDA: nnU-Net's ``nnUNetTrainerBenchmark_5epochs`` and ``nnUNetTrainerCIMLBenchmark_5epochs`` (real data
   loading), then both ``_noDataLoading`` twins (the network alone);
-- CPU: ``nnUNetTrainer_EpochTime`` against ``nnUNetTrainerCIML_EpochTime`` and the full-width and MAC-matched
-  networks' twins (3 short epochs each).
+- CPU: ``nnUNetTrainer_EpochTime`` against ``nnUNetTrainerCIML_EpochTime`` and the full-width, MAC-matched and
+  grouped-branch networks' twins (3 short epochs each).
 
 It reads each epoch's time from nnU-Net's training log ("Epoch time: ... s") and prints the fastest and
 the median epoch per trainer and CIML / plain ratios, all measured in this run.
@@ -31,7 +31,8 @@ import numpy as np
 DATASET_ID, DATASET_NAME = 997, "Dataset997_EpochTime"
 # device -> [(plain nnU-Net's trainer, [CIML trainers timed against it])]
 GROUPS = {"cpu": [("nnUNetTrainer_EpochTime", ["nnUNetTrainerCIML_EpochTime", "nnUNetTrainerCIML_fullWidth_EpochTime",
-                                                "nnUNetTrainerCIML_MACmatched_EpochTime"])],
+                                                "nnUNetTrainerCIML_MACmatched_EpochTime",
+                                                "nnUNetTrainerCIML_groupedBranches_EpochTime"])],
           "cuda": [("nnUNetTrainerBenchmark_5epochs", ["nnUNetTrainerCIMLBenchmark_5epochs"]),
                    ("nnUNetTrainerBenchmark_5epochs_noDataLoading",
                     ["nnUNetTrainerCIMLBenchmark_5epochs_noDataLoading"])]}

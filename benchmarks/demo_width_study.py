@@ -1,6 +1,7 @@
 """CIML's cost/Dice front on the ShapeComposition demo: every width variant against nnU-Net, several seeds.
 
-For each seed the demo's data (``DemoSettings.seed``) and plans are made anew and every model trains once
+For each seed the demo's data (``DemoSettings.seed``) and plans are made anew (the layout of
+:mod:`nnunetv2_ciml.demo.study`: a model another study trained there is reused) and every model trains once
 with the demo's budget (training itself is not seeded: nnU-Net's sampling and augmentation differ per run);
 the held-out mean Dice is the demo's (``evaluate nnunet``, all held-out cases). Each model's cost is counted on
 the meta device for the demo's plans (``nnunetv2_ciml.costs``: convolution FLOPs of one sample, activations kept
@@ -23,29 +24,18 @@ import json
 import statistics
 import sys
 import threading
-import time
-from dataclasses import replace
 from pathlib import Path
 
 TOLERANCE = 0.003
 TRAINERS = {"nnUNet": "nnUNetTrainer_ShapeCompositionDemo",
+            "CIML_width075": "nnUNetTrainerCIML_ShapeCompositionDemo",  # the default: shared encoder, 0.75 widths
             "CIML_fullWidth": "nnUNetTrainerCIML_fullWidth_ShapeCompositionDemo",
             "CIML_narrowFullResEncoders": "nnUNetTrainerCIML_narrowFullResEncoders_ShapeCompositionDemo",
             "CIML_narrowFullResDecoders": "nnUNetTrainerCIML_narrowFullResDecoders_ShapeCompositionDemo",
-            "CIML_width075": "nnUNetTrainerCIML_ShapeCompositionDemo",  # the default's widths
-            "CIML_MACmatched": "nnUNetTrainerCIML_MACmatched_ShapeCompositionDemo"}
-
-
-def prepare_seed(out_dir: Path, seed: int):
-    """Data and plans of one seed in ``out_dir/seed_<seed>`` (kept when already there): ``(run dir, nnU-Net
-    environment, DemoData)``."""
-    from nnunetv2_ciml.demo.dataset import DEFAULT_SETTINGS, nnunet_environment, prepare_dataset
-
-    run_dir = out_dir / f"seed_{seed}"  # the layout of benchmarks/missing_modalities.py
-    env = nnunet_environment(run_dir, "cpu")
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    data = prepare_dataset(run_dir, replace(DEFAULT_SETTINGS, seed=seed), env, run_dir / "logs", verbose=False)
-    return run_dir, env, data
+            "CIML_MACmatched": "nnUNetTrainerCIML_MACmatched_ShapeCompositionDemo",
+            "CIML_inputEmbedding": "nnUNetTrainerCIML_inputEmbedding_ShapeCompositionDemo",
+            "CIML_groupedBranches": "nnUNetTrainerCIML_groupedBranches_ShapeCompositionDemo",
+            "CIML_groupedBranches_fullWidth": "nnUNetTrainerCIML_groupedBranches_fullWidth_ShapeCompositionDemo"}
 
 
 def counted_cost(model_folder: Path) -> dict:
@@ -64,31 +54,25 @@ def counted_cost(model_folder: Path) -> dict:
             "decoder_features_per_stage": kwargs.get("decoder_features_per_stage")}
 
 
-def run_model(seed: int, model: str, prepared, results: dict, results_file: Path, lock: threading.Lock) -> None:
-    from nnunetv2_ciml.demo import nnunet_steps
-    from nnunetv2_ciml.demo.dataset import CONFIGURATION, DATASET_ID, FOLD, PLANS, model_folder
+def run_model(run, model: str, results: dict, results_file: Path, lock: threading.Lock) -> None:
     from nnunetv2_ciml.demo.evaluate import evaluate_model
     from nnunetv2_ciml.demo.predict import predict_model
+    from nnunetv2_ciml.demo.study import train_model
 
-    run_dir, env, data = prepared
-    trainer = TRAINERS[model]
-    start = time.perf_counter()
-    folder = model_folder(run_dir, trainer)
-    if not (folder / f"fold_{FOLD}" / "checkpoint_final.pth").is_file():  # a model trained before is kept
-        nnunet_steps.train(DATASET_ID, CONFIGURATION, FOLD, trainer, PLANS, "cpu", 1, env,
-                           run_dir / "logs" / f"train_{model}.log", model, show_progress=False)
-    trained = round(time.perf_counter() - start, 1)
+    trainer, data, seed = TRAINERS[model], run.data, run.seed
+    trained = train_model(run, trainer, model)  # a model trained before is kept (0 s)
     with lock:  # one in-process prediction at a time (torch's thread pool is the process's)
-        predict_model(folder, data.cases, run_dir / "predictions" / model, "cpu",
-                      run_dir / "logs" / f"predict_{model}.log", model, False)
-        evaluation = evaluate_model(data.raw, run_dir / "predictions" / model, run_dir / "evaluation" / model,
+        predict_model(run.model_folder(trainer), data.cases, run.run_dir / "predictions" / model, "cpu",
+                      run.run_dir / "logs" / f"predict_{model}.log", model, False)
+        evaluation = evaluate_model(data.raw, run.run_dir / "predictions" / model, run.run_dir / "evaluation" / model,
                                     data.objects, data.complementary_cases, data.file_ending)
         results.setdefault(model, {})[str(seed)] = {
             "mean_dice": evaluation["mean_dice"],
             "complementary_mean_dice": evaluation["complementary_cases"]["mean_dice"],
-            "training_seconds": trained, **counted_cost(folder)}
+            "training_seconds": trained, **counted_cost(run.model_folder(trainer))}
         results_file.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"seed {seed} {model:28s} mean Dice {evaluation['mean_dice']:.4f} (training {trained:.0f} s)", flush=True)
+    print(f"seed {seed} {model:28s} mean Dice {evaluation['mean_dice']:.4f} (training {trained:.0f} s)", flush=True,
+          file=sys.__stdout__)  # another thread's prediction may have redirected sys.stdout
 
 
 def summary(results: dict, seeds) -> str:
@@ -114,9 +98,11 @@ def summary(results: dict, seeds) -> str:
 
 
 # width-study model -> bench_ciml_vs_plain.py model of the same network
-COUNTED_AS = {"nnUNet": "plain", "CIML_fullWidth": "ciml_fullWidth", "CIML_width075": "ciml",
+COUNTED_AS = {"nnUNet": "plain", "CIML_width075": "ciml", "CIML_fullWidth": "ciml_fullWidth",
               "CIML_narrowFullResEncoders": "ciml_narrowFullResEncoders",
-              "CIML_narrowFullResDecoders": "ciml_narrowFullResDecoders", "CIML_MACmatched": "ciml_MACmatched"}
+              "CIML_narrowFullResDecoders": "ciml_narrowFullResDecoders", "CIML_MACmatched": "ciml_MACmatched",
+              "CIML_inputEmbedding": "ciml_inputEmbedding", "CIML_groupedBranches": "ciml_groupedBranches",
+              "CIML_groupedBranches_fullWidth": "ciml_groupedBranches_fullWidth"}
 
 
 def plot_front(results: dict, counts: dict, path: Path, setup: str = "brats") -> None:
@@ -172,12 +158,13 @@ def main() -> None:
     results_file = out / "width_study.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
     results = results.get("results", results)  # the published copy (benchmarks/results) wraps them
-    prepared = {seed: prepare_seed(out, seed) for seed in args.seeds}
+    from nnunetv2_ciml.demo.study import prepare_seed
+
+    runs = {seed: prepare_seed(out, seed) for seed in args.seeds}
     jobs = [(seed, model) for model in args.models for seed in args.seeds if str(seed) not in results.get(model, {})]
     lock = threading.Lock()
     with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
-        futures = [pool.submit(run_model, seed, model, prepared[seed], results, results_file, lock)
-                   for seed, model in jobs]
+        futures = [pool.submit(run_model, runs[seed], model, results, results_file, lock) for seed, model in jobs]
         for future in concurrent.futures.as_completed(futures):
             future.result()  # the first failure stops the run (the trainings under way finish first)
     print("\n" + summary(results, args.seeds))

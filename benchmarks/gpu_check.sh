@@ -34,10 +34,11 @@ EOF
 
 echo "== 1. counted costs (meta device): the FLOP and activation ratios the timings below are judged against"
 timeout 60 python3 benchmarks/bench_ciml_vs_plain.py --count --setups brats petct --models plain ciml ciml_fullWidth \
-    ciml_MACmatched --json "$OUT/counts.json"
+    ciml_MACmatched ciml_groupedBranches --json "$OUT/counts.json"
 echo "== 2. BraTS and PET/CT plans, eager, AMP: step / peak memory / inference ratios (targets: memory <= 1.3x)"
 timeout 150 python3 benchmarks/bench_ciml_vs_plain.py --device cuda --steps 10 \
-    --models plain ciml ciml_fullWidth ciml_MACmatched ciml_noRecompute --json "$OUT/bench_cuda_eager.json"
+    --models plain ciml ciml_fullWidth ciml_MACmatched ciml_groupedBranches ciml_noRecompute \
+    --json "$OUT/bench_cuda_eager.json"
 echo "== 3. BraTS plan, torch.compile (as nnU-Net trains on CUDA), AMP (target: step <= 1.2x the FLOP ratio)"
 timeout 150 python3 benchmarks/bench_ciml_vs_plain.py --device cuda --steps 10 --compile --setups brats \
     --models plain ciml --json "$OUT/bench_cuda_compiled.json"

@@ -9,11 +9,15 @@ time with one torch thread each:
 
 - ``CIML``: ``nnUNetTrainerCIML_ShapeCompositionDemo`` (no modality dropout; a missing primary's place is taken
   by its first present fallback, as in every CIML model);
-- ``CIML_dropout``: ``nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemo`` (its default: the first present
-  fallback's branch as it is);
-- ``CIML_dropout_fallbackAffine``: the first present fallback through a learnt scale and shift of its skip
-  features;
-- ``CIML_dropout_meanFallback``: the mean of the present fallbacks (as HeMIS fuses);
+- ``CIML_dropout``: ``nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemo`` (``nnUNetTrainerCIML``'s network:
+  one encoder shared by every modality, with a scale and shift per modality after every normalisation, so that a
+  fallback's branch computes its features with the primary's filters; the first present fallback's branch read as
+  it is);
+- ``CIML_grouped_dropout``: the same with the grouped encoder (one weight set per modality,
+  ``nnUNetTrainerCIML_groupedBranches``');
+- ``CIML_inputEmbedding_dropout``: the shared encoder told each modality by a learnt input code instead;
+- ``CIML_dropout_fallbackAffine``, ``CIML_dropout_meanFallback`` (grouped encoder): the first present fallback
+  through a learnt scale and shift of its skip features; the mean of the present fallbacks (as HeMIS fuses);
 - ``nnUNet_zero_fill``: ``nnUNetTrainer_ShapeCompositionDemo``, missing channels zero-filled at prediction;
 - ``nnUNet_dropout``: ``nnUNetTrainer_modalityDropout_ShapeCompositionDemo`` (zeroed channels in training).
 
@@ -28,6 +32,10 @@ The rule that chooses ``nnUNetTrainerCIML_modalityDropout``'s mechanism: of the 
 keep the full-modality Dice within ``FULL_DICE_TOLERANCE`` of CIML without dropout, reach a mean over the subsets
 at least nnU-Net with dropout's and at least ``C_ALONE_TARGET`` with modality C alone; of these, the highest
 subset mean; if none meets all three, the highest subset mean, with the targets it misses named.
+
+The rule for the shared encoder (:func:`decide_shared`): the shared encoder is the modality-dropout default
+(``CIML_dropout``) if its subset mean beats the grouped encoder's (``CIML_grouped_dropout``) and its full-modality
+Dice is within ``FULL_DICE_TOLERANCE`` of it.
 """
 import argparse
 import concurrent.futures
@@ -36,22 +44,26 @@ import json
 import shutil
 import sys
 import threading
-from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 MODELS = {"CIML": "nnUNetTrainerCIML_ShapeCompositionDemo",
           "CIML_dropout": "nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemo",
+          "CIML_grouped_dropout": "nnUNetTrainerCIML_groupedBranches_modalityDropout_ShapeCompositionDemo",
           "CIML_dropout_fallbackAffine": "nnUNetTrainerCIML_modalityDropout_fallbackAffine_ShapeCompositionDemo",
           "CIML_dropout_meanFallback": "nnUNetTrainerCIML_modalityDropout_meanFallback_ShapeCompositionDemo",
           "nnUNet_zero_fill": "nnUNetTrainer_ShapeCompositionDemo",
-          "nnUNet_dropout": "nnUNetTrainer_modalityDropout_ShapeCompositionDemo"}
-MECHANISMS = ("CIML_dropout", "CIML_dropout_fallbackAffine", "CIML_dropout_meanFallback")
+          "nnUNet_dropout": "nnUNetTrainer_modalityDropout_ShapeCompositionDemo",
+          "CIML_inputEmbedding_dropout": "nnUNetTrainerCIML_inputEmbedding_modalityDropout_ShapeCompositionDemo"}
+MECHANISMS = ("CIML_dropout", "CIML_grouped_dropout", "CIML_dropout_fallbackAffine", "CIML_dropout_meanFallback",
+              "CIML_inputEmbedding_dropout")
 # the dropout-rate study of an earlier network (--models): other rates, primaries kept
 DROPOUT_STUDY = {"CIML_dropout_rate0.25": "nnUNetTrainerCIML_modalityDropout_rate025_ShapeCompositionDemo",
                  "CIML_dropout_rate0.75": "nnUNetTrainerCIML_modalityDropout_rate075_ShapeCompositionDemo",
                  "CIML_dropout_keepPrimaries": "nnUNetTrainerCIML_modalityDropout_keepPrimaries_ShapeCompositionDemo"}
-TRAINERS = {**MODELS, **DROPOUT_STUDY}
+# CIML without dropout on the grouped encoder (--models): what sharing the encoder changes without dropout
+GROUPED_REFERENCE = {"CIML_grouped": "nnUNetTrainerCIML_groupedBranches_ShapeCompositionDemo"}
+TRAINERS = {**MODELS, **DROPOUT_STUDY, **GROUPED_REFERENCE}
 FULL_DICE_TOLERANCE = 0.003  # targets: full-modality Dice within this of CIML without dropout,
 C_ALONE_TARGET = 0.75  # at least this with modality C alone, and a subset mean at least nnU-Net with dropout's
 
@@ -67,21 +79,18 @@ def subset_name(subset: Sequence[int], modalities: Sequence[str]) -> str:
 
 
 def prepare_seed(out: Path, seed: int, quick: bool):
-    """Data, plans and the subset input folders of one seed: ``(run dir, environment, DemoData, modalities,
-    {subset name: input folder})``."""
-    from nnunetv2_ciml.demo.dataset import DEFAULT_SETTINGS, QUICK_SETTINGS, nnunet_environment, prepare_dataset
+    """Data, plans (:func:`nnunetv2_ciml.demo.study.prepare_seed`) and the subset input folders of one seed:
+    ``(SeedRun, modalities, {subset name: input folder})``."""
+    from nnunetv2_ciml.demo.study import prepare_seed as prepare_run
 
-    run_dir = out / f"seed_{seed}"
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    env = nnunet_environment(run_dir, "cpu")
-    data = prepare_dataset(run_dir, replace(QUICK_SETTINGS if quick else DEFAULT_SETTINGS, seed=seed), env,
-                           run_dir / "logs", verbose=False)
+    run = prepare_run(out, seed, quick)
+    data = run.data
     channels = data.dataset_json["channel_names"]
     modalities = [channels[str(c)] for c in range(len(channels))]
     ending = data.file_ending
     inputs = {}
     for subset in subsets(modalities):
-        folder = run_dir / "inputs" / subset_name(subset, modalities)
+        folder = run.run_dir / "inputs" / subset_name(subset, modalities)
         if not folder.is_dir():
             partial = folder.with_name(folder.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
@@ -91,7 +100,7 @@ def prepare_seed(out: Path, seed: int, quick: bool):
                     shutil.copy(path, partial / path.name)
             partial.rename(folder)
         inputs[subset_name(subset, modalities)] = folder
-    return run_dir, env, data, modalities, inputs
+    return run, modalities, inputs
 
 
 def run_model(seed: int, model: str, quick: bool, prepared, lock: threading.Lock) -> Dict[str, float]:
@@ -99,17 +108,16 @@ def run_model(seed: int, model: str, quick: bool, prepared, lock: threading.Lock
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    from nnunetv2_ciml.demo import nnunet_steps
-    from nnunetv2_ciml.demo.dataset import CONFIGURATION, DATASET_ID, FOLD, PLANS, model_folder
+    from nnunetv2_ciml.demo.dataset import FOLD
+    from nnunetv2_ciml.demo.study import train_model
     from nnunetv2_ciml.evaluation import evaluate_folder
     from nnunetv2_ciml.missing_modalities import find_case_files, predict_case, read_case
 
-    run_dir, env, data, modalities, inputs = prepared
+    run, modalities, inputs = prepared
+    run_dir, data = run.run_dir, run.data
     trainer = f"{TRAINERS[model]}{'Quick' if quick else ''}"
-    folder = model_folder(run_dir, trainer)
-    if not (folder / f"fold_{FOLD}" / "checkpoint_final.pth").is_file():
-        nnunet_steps.train(DATASET_ID, CONFIGURATION, FOLD, trainer, PLANS, "cpu", 1, env,
-                           run_dir / "logs" / f"train_{model}.log", f"seed {seed}: train {model}", show_progress=False)
+    folder = run.model_folder(trainer)
+    train_model(run, trainer, model)  # a model trained before is kept
     results: Dict[str, float] = {}
     with lock:  # one in-process prediction at a time (torch's thread pool is the process's)
         predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, device=torch.device("cpu"),
@@ -128,7 +136,8 @@ def run_model(seed: int, model: str, quick: bool, prepared, lock: threading.Lock
             summary = evaluate_folder("nnunet", data.raw / "labelsTs", pred, run_dir / "evaluation" / model / name,
                                       num_processes=1, verbose=False, dataset_json=str(data.raw / "dataset.json"))
             results[name] = float(summary["foreground_mean"]["Dice"])
-    print(f"seed {seed} {model:28s} " + " ".join(f"{n} {d:.3f}" for n, d in results.items()), flush=True)
+    print(f"seed {seed} {model:28s} " + " ".join(f"{n} {d:.3f}" for n, d in results.items()), flush=True,
+          file=sys.__stdout__)
     return results
 
 
@@ -146,9 +155,21 @@ def decide(mean: Dict[str, Dict[str, float]], over_subsets: Dict[str, float], fu
         if mean[model][alone] < C_ALONE_TARGET:
             misses.append(f"{alone} alone {mean[model][alone]:.4f} below {C_ALONE_TARGET}")
         targets[model] = misses
+    if not targets:  # no CIML dropout model in this run
+        return {"default": None, "meets_targets": False, "misses": {}}
     meeting = [m for m, misses in targets.items() if not misses]
     best = max(meeting or targets, key=lambda m: over_subsets[m])
     return {"default": best, "meets_targets": not targets[best], "misses": targets}
+
+
+def decide_shared(mean: Dict[str, Dict[str, float]], over_subsets: Dict[str, float], full: str) -> dict:
+    """The shared-encoder rule of the module docstring (needs CIML_dropout and CIML_grouped_dropout)."""
+    shared, grouped = "CIML_dropout", "CIML_grouped_dropout"
+    beats = over_subsets[shared] > over_subsets[grouped]
+    close = mean[grouped][full] - mean[shared][full] <= FULL_DICE_TOLERANCE
+    return {"subset_mean": {shared: over_subsets[shared], grouped: over_subsets[grouped]},
+            "full_dice": {shared: mean[shared][full], grouped: mean[grouped][full]},
+            "shared_becomes_default": beats and close}
 
 
 def write_report(out: Path, per_seed: Dict[str, Dict[str, Dict[str, float]]], quick: bool, command: str) -> dict:
@@ -181,9 +202,17 @@ def write_report(out: Path, per_seed: Dict[str, Dict[str, Dict[str, float]]], qu
               f"mean at least nnU-Net with dropout's, at least {C_ALONE_TARGET} with {alone} alone.", ""]
     for model, misses in decision["misses"].items():
         lines.append(f"- {model}: {'meets all three' if not misses else 'misses: ' + '; '.join(misses)}")
-    lines += ["", f"Rule: `{decision['default']}` becomes the default mechanism "
-              f"({'it meets the targets with the highest subset mean' if decision['meets_targets'] else 'none meets all targets; it has the highest subset mean'}).",
-              "", "![Dice per subset](missing_modalities.png)", ""]
+    if {"CIML_dropout", "CIML_grouped_dropout"} <= set(models):
+        shared = decision["shared"] = decide_shared(mean, over_subsets, full)
+        lines += ["", f"Shared encoder: subset mean {over_subsets['CIML_dropout']:.4f} against the grouped "
+                  f"encoder's {over_subsets['CIML_grouped_dropout']:.4f}, full-modality Dice "
+                  f"{mean['CIML_dropout'][full]:.4f} against {mean['CIML_grouped_dropout'][full]:.4f}: "
+                  + ("the shared encoder is the modality-dropout default." if shared["shared_becomes_default"] else
+                     "the rule asks for the grouped encoder as the modality-dropout default.")]
+    if decision["default"] is not None:
+        lines += ["", f"Rule: `{decision['default']}` becomes the default mechanism "
+                  f"({'it meets the targets with the highest subset mean' if decision['meets_targets'] else 'none meets all targets; it has the highest subset mean'})."]
+    lines += ["", "![Dice per subset](missing_modalities.png)", ""]
     (out / "report.md").write_text("\n".join(lines))
 
     fig, ax = plt.subplots(figsize=(11, 4.5))

@@ -54,6 +54,7 @@ from nnunetv2_ciml.image_io import check_label_values, geometry_mismatch, header
 from .common import (FILE_ENDING, CaseCandidate, ConversionError, ConversionReport, DatasetSpec, ExportReport,
                      SourceCase, check_same_grid, check_sources, convert_dataset, copy_image,
                      export_predictions, image_file, read_image, resolve_candidates, rglob_files)
+from .submission import archive
 
 BRATS2020, BRATS2023, BRATS2024 = "brats2020", "brats2023", "brats2024"
 # channel order of nnU-Net's Dataset137: T1, T1ce, T2, FLAIR
@@ -192,7 +193,8 @@ def convert_brats(sources: Sequence[Path], dataset_id: int, name: Optional[str] 
 
 def _any_resection_cavity(labels_dir: Path) -> bool:
     """Whether any label file of the converted dataset holds label 4 (stops at the first that does)."""
-    return any(np.any(sitk.GetArrayViewFromImage(sitk.ReadImage(str(f))) == 4)
+    # a copy, not GetArrayViewFromImage: a view of a temporary image reads freed memory once the image is collected
+    return any(np.any(sitk.GetArrayFromImage(sitk.ReadImage(str(f))) == 4)
                for f in sorted(labels_dir.glob(f"*{FILE_ENDING}")))
 
 
@@ -243,9 +245,10 @@ def _export_case(job: tuple, dst: Path) -> List[str]:
 
 
 def export_brats(pred_dir: Path, out_dir: Path, labels: str = "auto", source: Optional[Sequence[Path]] = None,
-                 num_processes: Optional[int] = None, overwrite: bool = False) -> ExportReport:
+                 num_processes: Optional[int] = None, overwrite: bool = False,
+                 zip_file: Optional[Path] = None) -> ExportReport:
     """nnU-Net predictions -> ``out_dir/CASE.nii.gz`` with BraTS labels (``labels``: auto, brats2020, brats2023,
-    brats2024).
+    brats2024), and with ``zip_file`` the flat upload archive of them (written before they are moved into place).
 
     With ``source`` (the BraTS folders the cases came from), every prediction must match a source
     case and lie on its grid, and ``auto`` uses the case's naming convention. A ``dataset.json`` in
@@ -282,7 +285,7 @@ def export_brats(pred_dir: Path, out_dir: Path, labels: str = "auto", source: Op
         return dst, (case_id, pred_file, convention, reference)
 
     return export_predictions("BraTS", Path(pred_dir), Path(out_dir), plan, _export_case, sources,
-                              num_processes, overwrite)
+                              num_processes, overwrite, archive(zip_file, overwrite))
 
 
 def _is_post_treatment_prediction(pred_dir: Path) -> bool:

@@ -13,7 +13,10 @@ Conventions every converter follows (documented once, here):
   converted, and the report lists what was skipped and why.
 - Output is deterministic: a re-run on the same source gives byte-identical files.
 - Exports (:func:`export_predictions`) follow the same rule: cases are written into a temporary folder and moved
-  into the output folder only when every case succeeded, so a bad prediction writes and replaces nothing.
+  into the output folder only when every case succeeded (and the ``--zip`` archive was written), so a bad prediction
+  or an archive that cannot be written writes and replaces nothing. The output folder follows ``predict``'s policy
+  (:mod:`nnunetv2_ciml.output_folder`): ``.export.json`` lists what an export wrote, and ``--overwrite`` replaces
+  that as a whole, never a file no export recorded.
 - When some patient has several cases (autoPET studies, BraTS 2023 timepoints), the dataset gets a
   ``splits_final.json`` with nnU-Net's 5-fold split done over patients (nnU-Net copies it to
   ``nnUNet_preprocessed`` at planning), so no patient is in both training and validation.
@@ -21,7 +24,6 @@ Conventions every converter follows (documented once, here):
 from __future__ import annotations
 
 import multiprocessing
-import os
 import re
 import shutil
 from collections import defaultdict
@@ -36,8 +38,11 @@ from nnunetv2_ciml.console_progress import Progress
 
 from nnunetv2_ciml.errors import CIMLError
 from nnunetv2_ciml.image_io import geometry_mismatch
+from nnunetv2_ciml.output_folder import (OutputFolderError, recorded_files, refuse_foreign, replace_outputs,
+                                         staging_folder)
 
 FILE_ENDING = ".nii.gz"
+EXPORT_RECORD = ".export.json"  # what an export wrote (nnunetv2_ciml.output_folder); hidden: not for upload
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
@@ -442,15 +447,20 @@ def write_patient_splits(folder: Path, cases: Sequence[SourceCase]) -> Optional[
 
 def export_predictions(kind: str, pred_dir: Path, out_dir: Path, plan: Callable[[str, Path], Tuple[Path, object]],
                        export_one: Callable, sources: Sequence[Path] = (), num_processes: Optional[int] = None,
-                       overwrite: bool = False) -> ExportReport:
+                       overwrite: bool = False, archive: Optional[Callable[[List[Path]], Path]] = None
+                       ) -> ExportReport:
     """Export every ``*.nii.gz`` of ``pred_dir`` to ``out_dir``.
 
     ``plan(case_id, pred_file)`` returns the output file (inside ``out_dir``) and a picklable job;
     ``export_one(job, path)`` writes that case's output to ``path``. ``plan`` raises ConversionError for a
-    prediction it cannot place. All output paths are checked before anything is written: existing files are
-    only replaced with ``overwrite``. As ``convert`` does with its dataset, every case is written into a
-    temporary folder (``out_dir/.export.partial``) first; only when all cases succeeded are the files moved
-    to their places. A failed export therefore writes and replaces nothing (a folder it created is removed).
+    prediction it cannot place. ``archive(files)`` (the ``--zip`` upload archive) is called with the exported files
+    before they are moved into place and returns the file it wrote. All output paths are checked before anything is
+    written: existing files and an
+    earlier export are only replaced with ``overwrite``, and a file no export recorded in ``.export.json`` never is.
+    As ``convert`` does with its dataset, every case is written into a temporary folder (``out_dir/.export.partial``)
+    first; only when all cases succeeded and the archive is written are the files moved to their places, replacing
+    the earlier export's as a whole. A failed export therefore writes and replaces nothing (a folder it created is
+    removed).
     """
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
@@ -473,13 +483,17 @@ def export_predictions(kind: str, pred_dir: Path, out_dir: Path, plan: Callable[
     if existing and not overwrite:
         raise ConversionError(f"{len(existing)} output files already exist (first: '{existing[0]}'); "
                               "use --overwrite to replace them")
-
-    created = [d for d in (out_dir, *out_dir.parents) if not d.exists()]  # removed again if the export fails
-    staging = out_dir / ".export.partial"
+    earlier = recorded_files(out_dir, EXPORT_RECORD)
+    if earlier and not overwrite:
+        raise ConversionError(f"'{out_dir}' holds an earlier export ({EXPORT_RECORD} lists {len(earlier) - 1} files); "
+                              "use --overwrite to replace it")
     try:
-        if staging.exists():  # left by an interrupted export
-            shutil.rmtree(staging)
-        staging.mkdir(parents=True)
+        refuse_foreign(out_dir, [EXPORT_RECORD, *(d.relative_to(out_dir).as_posix() for d in outputs)], earlier,
+                       EXPORT_RECORD)
+    except OutputFolderError as e:
+        raise ConversionError(str(e)) from None
+
+    with staging_folder(out_dir, ".export.partial") as staging:  # removed, with the folders it created, on failure
         staged = [staging / d.relative_to(out_dir) for d in outputs]
         jobs = [(export_one, job, path) for job, path in zip(plans, staged)]
         results = run_jobs(_run_export, jobs, num_processes, f"export {kind}", stop_on_error=True)
@@ -489,16 +503,16 @@ def export_predictions(kind: str, pred_dir: Path, out_dir: Path, plan: Callable[
         missing = [d for d, s in zip(outputs, staged) if not s.is_file()]
         if missing:
             raise ConversionError(f"the export wrote no file for '{missing[0]}'; nothing was written to '{out_dir}'")
-        for path, dst in zip(staged, outputs):
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, dst)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        for folder in created:  # innermost first; only folders this export created and left empty
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-        raise
-    shutil.rmtree(staging, ignore_errors=True)
+        try:
+            archived = archive(staged) if archive is not None else None
+        except ConversionError as e:
+            raise ConversionError(f"{e}; nothing was written to '{out_dir}'") from None
+        record = {"command": f"nnunetv2_ciml export {kind.lower()}", "predictions": str(pred_dir.resolve()),
+                  "source": [str(Path(s).resolve()) for s in sources]}
+        try:
+            replace_outputs(out_dir, staging, EXPORT_RECORD, record, earlier)
+        except BaseException:
+            if archived is not None:  # the archive of an export that did not happen
+                archived.unlink(missing_ok=True)
+            raise
     return ExportReport(out_dir, outputs, [w for _, _, ws in sorted(results) for w in ws])

@@ -73,6 +73,11 @@ class Grid:
     def same_as(self, other: "Grid") -> bool:
         return self.size == other.size and self.index_offset_in(other) == (0, 0, 0)
 
+    def describe(self) -> str:
+        """``size (x, y, z) ..., spacing ... mm, origin ... mm`` (and the direction when it is not the identity)."""
+        text = (f"size (x, y, z) {self.size}, spacing {_fmt(self.spacing)} mm, origin {_fmt(self.origin)} mm")
+        return text if np.allclose(self.matrix, np.eye(3)) else f"{text}, direction {_fmt(self.direction)}"
+
 
 def _fmt(values: Sequence[float]) -> str:
     return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"

@@ -15,7 +15,8 @@ part of space both modalities image (their common field of view):
   resampled with B-splines, labels with nearest neighbour.
 
 Interpolated images are clipped to the input's intensity range (no B-spline over/undershoot, e.g. no
-negative SUV). Label voxels outside the common field of view are dropped and reported as warnings.
+negative SUV). Label voxels outside the common field of view are dropped and reported as warnings. A label must lie
+on its CT's grid: one on another grid stops the conversion, naming both grids.
 
 nnU-Net dataset: channel 0 ``CT`` (nnU-Net's CT normalisation), channel 1 ``PET`` (per-image z-score);
 labels background 0, GTVp 1, GTVn 2. CIML default: CT owns GTVp, PET owns GTVn. The background
@@ -24,7 +25,8 @@ decomposition's rule for softmax tasks (background to the subtask owning the lar
 
 Export: predictions -> ``OUT/CASE.nii.gz`` (uint8, 0/1/2) on the original CT grid of the case, read
 from the source folder (``--source``): exact zero-padding back from the default grid, nearest-neighbour
-resampling from a custom spacing. This is the HECKTOR 2022 submission format.
+resampling from a custom spacing. This is the HECKTOR 2022 submission format. A prediction with voxels outside its
+CT is not on this case's grid (the conversion's grid lies inside the CT) and stops the export.
 """
 from __future__ import annotations
 
@@ -34,12 +36,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import SimpleITK as sitk
 
-from nnunetv2_ciml.image_io import check_label_values
+from nnunetv2_ciml.image_io import check_label_values, geometry_mismatch
 
 from .common import (FILE_ENDING, CaseCandidate, ConversionError, ConversionReport, DatasetSpec, ExportReport,
                      SourceCase, check_sources, convert_dataset, export_predictions, image_file,
                      read_image, rglob_files, write_image)
 from .grid import Grid, common_fov_grid, header_grid, resample_to_grid, voxels_outside
+from .submission import archive
 
 CT_SUFFIX, PET_SUFFIX = "__CT.nii.gz", "__PT.nii.gz"
 LABEL_NAMES = {1: "GTVp", 2: "GTVn"}
@@ -113,6 +116,11 @@ def convert_case(case: SourceCase, out: Path, spacing: Optional[Tuple[float, flo
     warnings = []
     if case.label is not None:
         label = read_image(case.label, case.case_id)
+        problem = geometry_mismatch(label, ct)
+        if problem:  # HECKTOR labels lie on their CT's grid: resampling one would move and resize the tumours
+            raise ConversionError(f"case '{case.case_id}': label '{case.label}' is not on the grid of its CT "
+                                  f"'{ct_file}' ({problem}): label grid {Grid.of(label).describe()}; CT grid "
+                                  f"{Grid.of(ct).describe()}. Resample the label onto its CT's grid first")
         check_label_values(sitk.GetArrayViewFromImage(label), (0, 1, 2), case.case_id, case.label,
                            meaning="0 background, 1 GTVp, 2 GTVn", error=ConversionError)
         label = sitk.Cast(label, sitk.sitkUInt8)
@@ -150,18 +158,20 @@ def _export_case(job: tuple, dst: Path) -> List[str]:
     check_label_values(sitk.GetArrayViewFromImage(pred), (0, 1, 2), case_id, pred_file,
                        meaning="0 background, 1 GTVp, 2 GTVn", error=ConversionError)
     pred = sitk.Cast(pred, sitk.sitkUInt8)
-    warnings = []
     dropped = voxels_outside(pred, ct_grid)
-    if dropped:
-        warnings.append(f"case '{case_id}': {sum(dropped.values())} predicted voxels lie outside the CT and were dropped")
+    if dropped:  # the conversion's grid lies inside the CT: such a prediction is on another case's or run's grid
+        raise ConversionError(f"case '{case_id}': {sum(dropped.values())} predicted voxels of '{pred_file}' lie "
+                              f"outside its CT (grid {ct_grid.describe()}; prediction grid "
+                              f"{Grid.of(pred).describe()}): the prediction is not on this case's grid")
     dst.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(resample_to_grid(pred, ct_grid, sitk.sitkNearestNeighbor, 0), str(dst), True)
-    return warnings
+    return []
 
 
 def export_hecktor(pred_dir: Path, out_dir: Path, source: Sequence[Path], num_processes: Optional[int] = None,
-                   overwrite: bool = False) -> ExportReport:
-    """Predictions ``CASE.nii.gz`` -> ``out_dir/CASE.nii.gz`` on the grid of ``CASE__CT.nii.gz`` in ``source``."""
+                   overwrite: bool = False, zip_file: Optional[Path] = None) -> ExportReport:
+    """Predictions ``CASE.nii.gz`` -> ``out_dir/CASE.nii.gz`` on the grid of ``CASE__CT.nii.gz`` in ``source``, and
+    with ``zip_file`` the flat upload archive of them (written before they are moved into place)."""
     if not source:
         raise ConversionError("HECKTOR export needs --source: the HECKTOR folder holding the cases' CASE__CT.nii.gz")
     sources = check_sources(source)
@@ -176,7 +186,7 @@ def export_hecktor(pred_dir: Path, out_dir: Path, source: Sequence[Path], num_pr
         return dst, (case_id, pred_file, header_grid(ct))
 
     report = export_predictions("HECKTOR", Path(pred_dir), Path(out_dir), plan, _export_case, sources,
-                                num_processes, overwrite)
+                                num_processes, overwrite, archive(zip_file, overwrite))
     predicted = {p.name[:-len(FILE_ENDING)] for p in report.written}
     missing = sorted(set(cts) - predicted)
     if missing:

@@ -8,13 +8,17 @@ the leaderboard) unless the user allows it; :func:`write_zip` stores the exporte
 from __future__ import annotations
 
 import os
+import tempfile
 import zipfile
+from functools import partial
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence
+from typing import Callable, Iterable, List, Optional, Sequence
+
+from nnunetv2_ciml.output_folder import missing_folders, remove_empty_folders
 
 from .common import FILE_ENDING, ConversionError
 
-__all__ = ["predicted_cases", "check_complete", "write_zip"]
+__all__ = ["predicted_cases", "check_complete", "check_zip_target", "write_zip", "archive"]
 
 
 def predicted_cases(pred_dir: Path) -> List[str]:
@@ -47,8 +51,9 @@ def check_complete(source_cases: Optional[Iterable[str]], pred_dir: Path, allow_
 
 
 def check_zip_target(zip_path: Path, overwrite: bool = False) -> Path:
-    """Raise ConversionError for an archive name that does not end in .zip, or names an existing file without
-    ``overwrite`` (checked before the export writes anything)."""
+    """Raise ConversionError for an archive name that does not end in .zip, names an existing file without
+    ``overwrite``, or lies in a folder that cannot be written: a probe file is created there and removed, with any
+    folder created for it (checked before the export writes anything)."""
     zip_path = Path(zip_path)
     if zip_path.suffix.lower() != ".zip":
         raise ConversionError(f"the archive name must end in .zip, got '{zip_path}'")
@@ -56,20 +61,44 @@ def check_zip_target(zip_path: Path, overwrite: bool = False) -> Path:
         raise ConversionError(f"'{zip_path}' already exists; use --overwrite to replace it")
     if zip_path.is_dir():
         raise ConversionError(f"'{zip_path}' is a folder, not an archive file")
+    created = missing_folders(zip_path.parent)
+    try:
+        zip_path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=zip_path.parent, prefix=f".{zip_path.name}.", suffix=".probe"):
+            pass
+    except OSError as e:
+        raise ConversionError(f"the archive '{zip_path}' cannot be written: {e.strerror or e} "
+                              f"({e.filename or zip_path.parent}); nothing was exported") from None
+    finally:
+        remove_empty_folders(created)
     return zip_path
 
 
 def write_zip(files: Sequence[Path], zip_path: Path, overwrite: bool = False) -> Path:
-    """A flat archive of ``files`` (each stored under its own file name) at ``zip_path``, written atomically."""
+    """A flat archive of ``files`` (each stored under its own file name) at ``zip_path``, written atomically: a failed
+    write (a full disk) leaves neither the archive, its partial file nor a folder created for it."""
     zip_path = check_zip_target(zip_path, overwrite)
     names = [Path(f).name for f in files]
     if len(set(names)) != len(names):
         raise ConversionError("two exported files share a name; a flat archive needs unique case names")
+    created = missing_folders(zip_path.parent)
     zip_path.parent.mkdir(parents=True, exist_ok=True)
     partial = zip_path.with_name(zip_path.name + ".partial")
-    # .nii.gz is already compressed: store, don't deflate again
-    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED) as archive:
-        for f, name in sorted(zip(files, names), key=lambda x: x[1]):
-            archive.write(f, arcname=name)
-    os.replace(partial, zip_path)
+    try:
+        # .nii.gz is already compressed: store, don't deflate again
+        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED) as archive:
+            for f, name in sorted(zip(files, names), key=lambda x: x[1]):
+                archive.write(f, arcname=name)
+        os.replace(partial, zip_path)
+    except BaseException as e:
+        partial.unlink(missing_ok=True)
+        remove_empty_folders(created)
+        if isinstance(e, OSError):
+            raise ConversionError(f"the archive '{zip_path}' cannot be written: {e.strerror or e}") from None
+        raise
     return zip_path
+
+
+def archive(zip_path: Optional[Path], overwrite: bool = False) -> Optional[Callable[[Sequence[Path]], Path]]:
+    """:func:`write_zip` to ``zip_path`` as the ``archive`` of :func:`~.common.export_predictions` (None: none)."""
+    return None if zip_path is None else partial(write_zip, zip_path=zip_path, overwrite=overwrite)

@@ -10,10 +10,10 @@ from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoM
 
 from nnunetv2_ciml.training.budget import TrainingBudget
 from nnunetv2_ciml.training.modality_dropout import nnUNetTrainer_modalityDropout, nnUNetTrainerCIML_modalityDropout
-from nnunetv2_ciml.training.trainers import nnUNetTrainerCIML
+from nnunetv2_ciml.training.trainers import nnUNetTrainerCIML, nnUNetTrainerCIML_groupedBranches
 
 __all__ = ["nnUNetTrainerCIML_CPUtest", "nnUNetTrainerCIML_modalityDropout_CPUtest",
-           "nnUNetTrainer_modalityDropout_CPUtest"]
+           "nnUNetTrainer_modalityDropout_CPUtest", "nnUNetTrainerCIML_groupedBranches_CPUtest"]
 
 
 class CPUTestBudget(TrainingBudget, nnUNetTrainerNoMirroring):
@@ -32,3 +32,8 @@ class nnUNetTrainerCIML_modalityDropout_CPUtest(nnUNetTrainerCIML_modalityDropou
 
 class nnUNetTrainer_modalityDropout_CPUtest(nnUNetTrainer_modalityDropout, CPUTestBudget):
     """``nnUNetTrainer_modalityDropout`` on the CPU-test budget."""
+
+
+class nnUNetTrainerCIML_groupedBranches_CPUtest(nnUNetTrainerCIML_groupedBranches, CPUTestBudget):
+    """``nnUNetTrainerCIML_groupedBranches`` on the CPU-test budget."""
+

@@ -26,14 +26,17 @@ output with channel 0 as its primary (every other channel then only sends messag
 """
 from __future__ import annotations
 
+import difflib
+import os
 import re
 from dataclasses import dataclass
-import os
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from nnunetv2_ciml.errors import CIMLError
 
 BACKGROUND = "background"
+BLOCK_KEYS = ("subtasks",)
+SUBTASK_KEYS = ("primary", "outputs", "fallbacks")
 
 
 class DecompositionError(CIMLError, ValueError):
@@ -210,6 +213,7 @@ def resolve_decomposition(dataset_json: Mapping, num_input_channels: Optional[in
         if not isinstance(block, Mapping) or not isinstance(block.get("subtasks"), Mapping) or not block["subtasks"]:
             raise DecompositionError(f"{source}: the 'ciml' block must be {{\"subtasks\": {{NAME: {{\"primary\": "
                                      f"MODALITY, \"outputs\": [OUTPUT, ...]}}, ...}}}}; got {block!r}")
+        _check_keys(block, BLOCK_KEYS, "the 'ciml' block", source)
         subtasks_spec, origin = block["subtasks"], "'ciml' block of dataset.json"
 
     mod_index = {_norm(m): i for i, m in enumerate(mods)}
@@ -217,6 +221,8 @@ def resolve_decomposition(dataset_json: Mapping, num_input_channels: Optional[in
     owner: Dict[int, str] = {}
     subtasks: List[Subtask] = []
     for name, spec in subtasks_spec.items():
+        if isinstance(spec, Mapping):
+            _check_keys(spec, SUBTASK_KEYS, f"ciml subtask '{name}'", source)
         if not isinstance(spec, Mapping) or "primary" not in spec or "outputs" not in spec:
             raise DecompositionError(f"{source}: ciml subtask '{name}' needs 'primary' and 'outputs'; got {spec!r}")
         primary = mod_index.get(_norm(spec["primary"]))
@@ -255,6 +261,16 @@ def resolve_decomposition(dataset_json: Mapping, num_input_channels: Optional[in
         raise DecompositionError(f"{source}: outputs {missing} are owned by no ciml subtask; every output of "
                                  f"{list(outs)} needs exactly one owner")
     return Decomposition(mods, outs, tuple(subtasks)), origin
+
+
+def _check_keys(spec: Mapping, valid: Sequence[str], where: str, source: str) -> None:
+    """Refuse a key that is not in ``valid``: a misspelt key would otherwise be ignored and the defaults apply."""
+    for key in spec:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            raise DecompositionError(f"{source}: {where} has an unknown key {key!r}"
+                                     + (f" (did you mean {close[0]!r}?)" if close else "")
+                                     + f"; valid keys: {', '.join(map(repr, valid))}")
 
 
 def _fallbacks(spec: Mapping, name: str, primary: int, mods: Sequence[str], mod_index: Mapping[str, int],

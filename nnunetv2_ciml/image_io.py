@@ -19,7 +19,8 @@ a truncated MetaImage (``.mha``) but explains it with a stale system error ("No 
 for a MetaImage it cannot read, the header is compared with the file's size to say that the file is truncated.
 :func:`verify_image_file` does steps 1-3 without building an image, for files that another reader
 (nnU-Net's) reads afterwards. Arrays are in SimpleITK order, ``(Z, Y, X)``. :func:`check_label_values` is the
-one check of a label image's values (conversion, export and evaluation).
+one check of a label image's values (conversion, export and evaluation); :func:`check_normalisable` the one check that
+an image's finite values survive nnU-Net's intensity normalisation (prediction and explanation).
 """
 import io
 import struct
@@ -38,7 +39,7 @@ except ImportError:  # pragma: no cover - zlib-ng is a dependency; the standard 
     import gzip as _gzip
 
 __all__ = ["ImageFileError", "ImageInfo", "read_image", "read_image_array", "verify_image_file", "file_label",
-           "geometry_mismatch", "header_info", "check_label_values"]
+           "geometry_mismatch", "header_info", "check_label_values", "check_normalisable"]
 
 PathLike = Union[str, Path]
 NIFTI_ENDINGS = (".nii", ".nii.gz")
@@ -291,6 +292,22 @@ def _check_finite(array: np.ndarray, path: Path, case: Optional[str], role: str)
     raise _fail(path, case, role, f"holds non-finite voxel values ({nan} NaN, {inf} infinite of {array.size} "
                                   f"voxels; the first at index (x, y, z) {first}); SimpleITK would read them as 0: "
                                   "repair or replace the file")
+
+
+def check_normalisable(array: np.ndarray, path: PathLike, case: Optional[str] = None, role: str = "image") -> None:
+    """Raise :class:`ImageFileError` when nnU-Net's normalisation of ``array`` would overflow: it normalises in
+    float32, where values such as 1e30 are finite but their standard deviation is not (the z-scored image becomes 0
+    everywhere and the network reads a blank channel as data), and float64 values beyond 3.4e38 become infinite."""
+    values = np.asarray(array, dtype=np.float32)
+    if values.size == 0:
+        return
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite = bool(np.isfinite(values).all() and np.isfinite(values.mean()) and np.isfinite(values.std()))
+    if not finite:
+        largest = float(np.abs(np.asarray(array, dtype=np.float64)).max())
+        raise _fail(Path(path), case, role, f"holds values too large to normalise (largest magnitude {largest:.3g}: "
+                                            "in float32, where nnU-Net normalises, their mean or standard deviation "
+                                            "overflows and the image would read as zeros); rescale the image")
 
 
 def _label_values(array: np.ndarray) -> np.ndarray:

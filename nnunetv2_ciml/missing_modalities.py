@@ -6,6 +6,7 @@ Its channel is filled with zeros after nnU-Net's preprocessing (normalisation in
 (:func:`~nnunetv2_ciml.network.modalities_present`), so it ignores the filled channel instead of reading it as
 data. A plain nnU-Net network only sees the zeros (``zero_fill``).
 """
+import os
 import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -14,14 +15,18 @@ import numpy as np
 import torch
 
 from nnunetv2_ciml.errors import CIMLError
-from nnunetv2_ciml.image_io import ImageFileError, geometry_mismatch, verify_image_file
+from nnunetv2_ciml.image_io import ImageFileError, check_normalisable, geometry_mismatch, verify_image_file
 
-__all__ = ["CaseError", "find_case_files", "image_dimension", "check_case_files", "read_case", "zero_missing_channels", "predict_case",
-           "is_ciml", "missing_summary"]
+__all__ = ["CaseError", "PredictionWriteError", "find_case_files", "image_dimension", "check_case_files", "read_case",
+           "zero_missing_channels", "predict_case", "is_ciml", "missing_summary"]
 
 
 class CaseError(CIMLError, ValueError):
     """One case cannot be used (no modality at all, an unreadable file, files of different geometry)."""
+
+
+class PredictionWriteError(CIMLError, RuntimeError):
+    """A case's prediction cannot be written (a full disk, no permission): the run cannot go on."""
 
 
 # The image file endings nnU-Net's readers take: a channel file with one of them but not the model's is refused
@@ -54,16 +59,18 @@ def find_case_files(input_dir: Union[str, Path], file_ending: str, num_modalitie
     unnamed = []
     for path in sorted(input_dir.iterdir()):
         ending = _ending(path.name)
-        if not path.is_file() or not (ending or path.name.endswith(file_ending)):
+        if not (ending or path.name.endswith(file_ending)):
             continue
         match = re.match(r"^(.+)_(\d{4})$", path.name[:-len(ending or file_ending)])
         if match is None:
-            if path.name.endswith(file_ending):
+            if path.name.endswith(file_ending) and path.is_file():
                 unnamed.append(path.name)
             continue
+        # A folder or a broken link named like a channel file is listed too: check_case_files refuses it by name
+        # instead of taking it for a missing modality.
         channels = found.setdefault(match.group(1), {})
         channel = int(match.group(2))
-        if channel not in channels or not path.name.endswith(file_ending):  # a wrong file is never hidden
+        if channel not in channels or not path.name.endswith(file_ending) or not path.is_file():  # never hidden
             channels[channel] = str(path)
     if unnamed:
         raise CaseError(f"{str(input_dir)!r}: file(s) {unnamed[:5]} lack the channel suffix; name each case's "
@@ -82,10 +89,31 @@ def image_dimension(plans_manager) -> int:
     return 2 if any(float(s) == 999 for s in spacing) else 3
 
 
+def _not_a_file(path: Path) -> Optional[str]:
+    """Why ``path``, named like a channel file, is not one (None if it is a file)."""
+    if path.is_file():
+        return None
+    if path.is_symlink() and not path.exists():
+        return f"is a broken symbolic link (to {os.readlink(path)!r})"
+    return "is a folder" if path.is_dir() else "is not a regular file"
+
+
+def _ending_problem(path: str, file_ending: str) -> str:
+    """What is wrong with the ending of ``path``, which does not end in ``file_ending``."""
+    name = Path(path).name
+    ending = name[len(name) - len(_ending(name)):] if _ending(name) else Path(name).suffix
+    if ending.lower() == file_ending.lower():
+        return (f"ends in {ending!r}, and file endings are case-sensitive: this model reads {file_ending!r} files; "
+                f"rename it to {name[:-len(ending)] + file_ending!r}")
+    return (f"ends in {ending!r}, but this model reads {file_ending!r} files; convert it (a file of another type is "
+            f"not taken for a missing modality)")
+
+
 def check_case_files(case: str, files: Dict[int, str], num_modalities: int,
                      modality_names: Optional[Sequence[str]] = None, file_ending: Optional[str] = None) -> List[str]:
     """Raise :class:`CaseError` naming the case and the file when a case has no file, a file of a channel beyond
-    ``num_modalities`` or one that does not end in ``file_ending``; returns the modality names."""
+    ``num_modalities``, one that does not end in ``file_ending``, or a name that is not a file (a folder, a broken
+    link); returns the modality names."""
     names = list(modality_names) if modality_names else [f"channel {c}" for c in range(num_modalities)]
     if not files:
         raise CaseError(f"case {case!r} has no modality file at all (expected any of "
@@ -94,10 +122,12 @@ def check_case_files(case: str, files: Dict[int, str], num_modalities: int,
         if channel >= num_modalities:
             raise CaseError(f"case {case!r}: file {path!r} is channel {channel}, but the model has {num_modalities} "
                             f"modalities (_0000 to _{num_modalities - 1:04d}: {', '.join(names)})")
+        problem = _not_a_file(Path(path))
+        if problem:
+            raise CaseError(f"case {case!r}: {path!r} ({names[channel]}) {problem}; a channel file must be a readable "
+                            f"image (only a file that does not exist is a missing modality)")
         if file_ending is not None and not path.endswith(file_ending):
-            raise CaseError(f"case {case!r}: file {path!r} ({names[channel]}) ends in {_ending(Path(path).name)!r}, "
-                            f"but this model reads {file_ending!r} files; convert it (a file of another type is "
-                            f"not taken for a missing modality)")
+            raise CaseError(f"case {case!r}: file {path!r} ({names[channel]}) {_ending_problem(path, file_ending)}")
     return names
 
 
@@ -110,8 +140,9 @@ def read_case(reader, case: str, files: Dict[int, str], num_modalities: int,
     Returns ``image`` ``(num_modalities, *spatial)`` float32 (missing channels 0), the properties of the first
     existing file and ``present`` ``(num_modalities,)`` bool. Raises :class:`CaseError` naming the case and the
     file for what :func:`check_case_files` refuses, and when a file is not a ``dimension``-D image (its size
-    given), cannot be read, or is not on the case's first file's grid
-    (:func:`nnunetv2_ciml.image_io.geometry_mismatch`)."""
+    given), cannot be read, is not on the case's first file's grid
+    (:func:`nnunetv2_ciml.image_io.geometry_mismatch`) or holds values too large to normalise
+    (:func:`nnunetv2_ciml.image_io.check_normalisable`)."""
     names = check_case_files(case, files, num_modalities, modality_names, file_ending)
     arrays: Dict[int, np.ndarray] = {}
     first_properties, first_file, first_info = None, None, None
@@ -133,6 +164,10 @@ def read_case(reader, case: str, files: Dict[int, str], num_modalities: int,
             lines = str(e).strip().splitlines()
             raise CaseError(f"case {case!r}: file {path!r} ({names[channel]}) cannot be read: "
                             f"{lines[-1] if lines else type(e).__name__}") from None
+        try:
+            check_normalisable(array[0], path, case, f"channel {channel} ({names[channel]})")
+        except ImageFileError as e:
+            raise CaseError(str(e)) from None
         if first_properties is None:
             first_properties, first_file, first_info = properties, path, info
         arrays[channel] = array[0]
@@ -158,7 +193,8 @@ def is_ciml(network: torch.nn.Module) -> bool:
 def predict_case(predictor, image: np.ndarray, properties: dict, present: np.ndarray,
                  output_file_truncated: str, save_probabilities: bool = False) -> None:
     """Preprocess, predict and export one case as nnU-Net's predictor does, with the modalities not in
-    ``present`` zeroed after preprocessing and, for a CIML network, masked in the network."""
+    ``present`` zeroed after preprocessing and, for a CIML network, masked in the network. A file that cannot be
+    written raises :class:`PredictionWriteError` naming the case."""
     from nnunetv2.inference.export_prediction import export_prediction_from_logits
 
     from nnunetv2_ciml.network import modalities_present
@@ -173,8 +209,14 @@ def predict_case(predictor, image: np.ndarray, properties: dict, present: np.nda
             logits = predictor.predict_logits_from_preprocessed_data(data).cpu()
     else:
         logits = predictor.predict_logits_from_preprocessed_data(data).cpu()
-    export_prediction_from_logits(logits, properties, predictor.configuration_manager, predictor.plans_manager,
-                                  predictor.dataset_json, output_file_truncated, save_probabilities)
+    try:
+        export_prediction_from_logits(logits, properties, predictor.configuration_manager, predictor.plans_manager,
+                                      predictor.dataset_json, output_file_truncated, save_probabilities)
+    except (OSError, RuntimeError) as e:  # SimpleITK reports a failed write as a RuntimeError
+        lines = str(e).strip().splitlines()
+        reason = lines[-1] if lines else type(e).__name__
+        raise PredictionWriteError(f"case {Path(output_file_truncated).name!r}: its prediction cannot be written "
+                                   f"to '{output_file_truncated}*': {reason}") from None
 
 
 def missing_summary(present: np.ndarray, modality_names: List[str], network: Optional[torch.nn.Module] = None) -> dict:

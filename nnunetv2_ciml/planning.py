@@ -85,11 +85,12 @@ def ciml_architecture(architecture: dict, decomposition: Decomposition, patch_si
                       num_classes: int, messages: bool = True, width_factor: Optional[float] = None,
                       encoder_stage_factors: Sequence[float] = (), decoder_stage_factors: Sequence[float] = (),
                       recompute: bool = True, batch_size: int = 2, fallback_mode: str = "first",
-                      fallback_affine: bool = False) -> dict:
+                      fallback_affine: bool = False, shared_branches: bool = False,
+                      modality_conditioning: str = "norm_affine") -> dict:
     """The CIML ``architecture`` plans entry for a plain one (widths and recomputed stages: module docstring;
     ``recompute=False`` recomputes nothing; ``batch_size`` is the plans' training batch; ``fallback_mode`` and
-    ``fallback_affine``: how a subtask reads a fallback when its primary is missing, see
-    :class:`~nnunetv2_ciml.network.CIMLUNet`)."""
+    ``fallback_affine``: how a subtask reads a fallback when its primary is missing; ``shared_branches`` and
+    ``modality_conditioning``: one encoder for every modality, see :class:`~nnunetv2_ciml.network.CIMLUNet`)."""
     name = architecture["network_class_name"]
     if name not in SUPPORTED:
         raise ValueError(f"CIML builds on nnU-Net's PlainConvUNet and ResidualEncoderUNet plans; this "
@@ -104,7 +105,8 @@ def ciml_architecture(architecture: dict, decomposition: Decomposition, patch_si
                             "message_stages": default_message_stages(kwargs["n_stages"]),
                             "message_latent_fraction": MESSAGE_LATENT_FRACTION, "recomputed_stages": [],
                             "checkpoint_messages": False, "fallback_mode": fallback_mode,
-                            "fallback_affine": fallback_affine}}
+                            "fallback_affine": fallback_affine, "shared_branches": shared_branches,
+                            "modality_conditioning": modality_conditioning}}
     if width_factor is None:
         branches_only = dict(ciml, arch_kwargs=dict(ciml["arch_kwargs"], messages=False))  # the rule's budget
         budget = conv_macs(architecture, m, num_classes, patch_size)

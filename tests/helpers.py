@@ -5,13 +5,14 @@
 - dataset.json and plans of tiny networks: ``REGIONS``, ``LABELS``, :func:`plain_architecture`;
 - tiny synthetic nnU-Net datasets: :func:`make_dataset`, :func:`shrink_plans`;
 - the nnU-Net environment: :func:`nnunet_environment`, :func:`run_nnunet`, :func:`plan_and_preprocess`,
-  :func:`train_in_process`;
+  :func:`train_in_process`, :func:`untrained_models` (model folders in seconds, for the fast tests);
 - the network internals that some tests must know (:func:`message_modules`, :func:`message_latent_layers`,
   :func:`message_projection`; :func:`message_slots` and :func:`set_message_projections` build on them): the
   only place that knows how ``CIMLUNet`` stores its messages.
 """
 import contextlib
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -307,8 +308,97 @@ def train_in_process(env: Dict[str, str], dataset_id: int, configuration: str, t
             torch.set_num_threads(threads)
 
 
+def _write_fingerprint(raw: Path, preprocessed: Path) -> None:
+    """The ``dataset_fingerprint.json`` nnU-Net's extractor would write for a dataset of :func:`make_dataset` (its
+    process pool takes half a minute to start on a busy 2-core machine); intensities are those the z-score of the
+    channels ignores."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
+
+    labels = sorted((raw / "labelsTr").iterdir())
+    shape = sitk.ReadImage(str(labels[0])).GetSize()[::-1]
+    channels = load_json(str(raw / "dataset.json"))["channel_names"]
+    intensities = {"max": 2.0, "mean": 0.5, "median": 0.5, "min": -1.0, "percentile_00_5": -0.8,
+                   "percentile_99_5": 1.8, "std": 0.5}
+    save_json({"foreground_intensity_properties_per_channel": {c: intensities for c in channels},
+               "median_relative_size_after_cropping": 1.0, "shapes_after_crop": [list(shape)] * len(labels),
+               "spacings": [[1.0] * len(shape)] * len(labels)}, str(preprocessed / "dataset_fingerprint.json"))
+
+
+def set_output_bias(network: nn.Module, value: float, subtask: Optional[int] = None) -> None:
+    """The output bias of a subtask's decoder (default: every subtask's): 10 predicts its outputs on every voxel,
+    -10 nothing."""
+    for decoder in network.decoder if subtask is None else [network.decoder[subtask]]:
+        for layer in decoder.seg_layers:
+            torch.nn.init.constant_(layer.bias, value)
+
+
+def untrained_models(root: Path, trainers: Sequence[str], dataset_id: int = 962) -> Tuple[Path, Dict[str, Path]]:
+    """(raw dataset folder, ``{trainer: model folder}``): model folders whose ``fold_0/checkpoint_final.pth`` holds
+    the trainer's initial weights, built in seconds by nnU-Net's own code on the 2D region dataset of
+    :func:`make_dataset` (channels T1ce, T2, FLAIR; test cases case_004, case_005): a fingerprint written for it
+    (:func:`_write_fingerprint`), nnU-Net's planner, its preprocessor on two cases (the trainer needs a preprocessed
+    folder), the trainer's ``initialize`` and ``save_checkpoint``, plans.json and dataset.json saved as
+    ``on_train_start`` saves them. CIML networks get random messages (they start at exactly zero) and predict every
+    output everywhere, so that there is something to explain."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiments
+    from nnunetv2.run.run_training import get_trainer_from_args
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunetv2_ciml.network import CIMLUNet, unwrap
+
+    env = nnunet_environment(root)
+    raw = make_dataset(root / "raw", dataset_id, regions=True, shape=(32, 32), num_cases=4, num_test=2)
+    preprocessed = Path(env["nnUNet_preprocessed"]) / raw.name
+    preprocessed.mkdir(parents=True)
+    _write_fingerprint(raw, preprocessed)
+    models = {}
+    with nnunet_variables(env), contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates every step
+        plan_experiments([dataset_id])
+        shrink_plans(Path(env["nnUNet_preprocessed"]), raw.name, "2d")
+        save_json(load_json(str(raw / "dataset.json")), str(preprocessed / "dataset.json"), sort_keys=False)
+        plans_manager = PlansManager(str(preprocessed / "nnUNetPlans.json"))
+        configuration = plans_manager.get_configuration("2d")
+        preprocessor = configuration.preprocessor_class(verbose=False)
+        (preprocessed / configuration.data_identifier).mkdir()
+        for case in ("case_000", "case_001"):
+            preprocessor.run_case_save(str(preprocessed / configuration.data_identifier / case),
+                                       [str(raw / "imagesTr" / f"{case}_{c:04d}.nii.gz") for c in range(3)],
+                                       str(raw / "labelsTr" / f"{case}.nii.gz"), plans_manager, configuration,
+                                       load_json(str(raw / "dataset.json")))
+        for name in trainers:
+            trainer = get_trainer_from_args(str(dataset_id), "2d", 0, name, device=torch.device("cpu"))
+            trainer.initialize()
+            trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()  # sets the mirroring axes
+            network = unwrap(trainer.network)
+            if isinstance(network, CIMLUNet):
+                randomize_messages(network)
+                set_output_bias(network, 10.0)
+            save_json(trainer.plans_manager.plans, str(Path(trainer.output_folder_base) / "plans.json"),
+                      sort_keys=False)
+            save_json(trainer.dataset_json, str(Path(trainer.output_folder_base) / "dataset.json"), sort_keys=False)
+            trainer.save_checkpoint(str(Path(trainer.output_folder) / "checkpoint_final.pth"))
+            models[name] = Path(trainer.output_folder_base)
+    return raw, models
+
+
 # ------------------------------------------------------------------------------------ network internals
 # The only place the tests know how CIMLUNet stores its messages: adapt these when that changes.
+
+
+def compare_branches_and_backprop(network: nn.Module, features: Sequence[torch.Tensor],
+                                  per_modality: Sequence[Sequence[torch.Tensor]]) -> None:
+    """Assert that the network's stage outputs ``features`` ``(B, M * C_s, ...)`` equal the per-modality reference
+    outputs ``per_modality[m][s]`` block by block, then backpropagate one random weighting of the stages through
+    both, so that the caller can compare the gradients of the network and of the references."""
+    modalities = len(per_modality)
+    for s, f in enumerate(features):
+        for m in range(modalities):
+            torch.testing.assert_close(network.modality_features(f, s, m), per_modality[m][s])
+    weights = [torch.randn_like(f) for f in features]
+    sum((w * f).sum() for w, f in zip(weights, features)).backward()
+    sum((w.chunk(modalities, 1)[m] * f).sum() for m in range(modalities)
+        for w, f in zip(weights, per_modality[m])).backward()
 
 
 def message_modules(network: nn.Module) -> List[nn.Module]:

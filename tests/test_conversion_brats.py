@@ -112,7 +112,7 @@ def test_brats2020_real_case_converts_and_exports_back(brats2020_source, nnunet_
     # the converted labels stand in for predictions: exporting them must give back the BraTS labels exactly
     out = tmp_path / "submission"
     report = export_brats(ds / "labelsTr", out, source=[brats2020_source], num_processes=1)
-    assert sorted(p.name for p in out.iterdir()) == [f"{c}.nii.gz" for c in sorted(LABELS)]
+    assert sorted(p.name for p in out.iterdir()) == [".export.json", *(f"{c}.nii.gz" for c in sorted(LABELS))]
     for case_id, label in LABELS.items():
         exported = sitk.ReadImage(str(out / f"{case_id}.nii.gz"))
         assert same_geometry(exported, sitk.ReadImage(str(CASE_DIR / label)))

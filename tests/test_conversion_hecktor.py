@@ -86,7 +86,7 @@ def test_default_grid_is_the_ct_cropped_to_the_pet_and_exports_back_exactly(heck
     # export: the converted labels as predictions go back to the original CT grid exactly
     out = tmp_path / "submission"
     report = export_hecktor(ds / "labelsTr", out, source=[hecktor_source], num_processes=1)
-    assert sorted(p.name for p in out.iterdir()) == ["CHUM-001.nii.gz", "CHUS-002.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == [".export.json", "CHUM-001.nii.gz", "CHUS-002.nii.gz"]
     assert any("1 cases of the source have no prediction" in w for w in report.warnings)  # MDA-100
     exported = sitk.ReadImage(str(out / "CHUM-001.nii.gz"))
     assert Grid.of(exported).same_as(Grid.of(ct_src)) and exported.GetPixelID() == sitk.sitkUInt8
@@ -147,6 +147,26 @@ def test_missing_pet_and_unreadable_label_are_named(hecktor_source, nnunet_env):
     assert "CHUM-001__PT.nii.gz" in skipped["CHUM-001"]
     assert "cannot be read" in skipped["CHUS-002"] and "labelsTr/CHUS-002.nii.gz" in skipped["CHUS-002"]
     assert not list((nnunet_env / "Dataset502_HECKTOR2022" / "imagesTr").iterdir())
+
+
+def test_a_label_off_its_ct_grid_stops_the_conversion(hecktor_source, nnunet_env):
+    """CHUM-001's label has its CT's size and origin but 1.5 mm voxels. Before, it was resampled onto the CT grid
+    without a word (its tumours moved and changed size); the docs say a mis-gridded label stops the run. Now the
+    conversion stops naming the case, the label, its CT and both grids, and writes nothing. Fails for a check of the
+    label's size alone."""
+    label_file = hecktor_source / "labelsTr" / "CHUM-001.nii.gz"
+    label = sitk.ReadImage(str(label_file))
+    label.SetSpacing((1.5, 1.5, 1.5))
+    sitk.WriteImage(label, str(label_file))
+    with pytest.raises(ConversionError) as e:
+        convert_hecktor([hecktor_source], 504, num_processes=1)
+    message = str(e.value)
+    assert message.startswith(f"case 'CHUM-001': label '{label_file}' is not on the grid of its CT "
+                              f"'{hecktor_source / 'imagesTr' / 'CHUM-001__CT.nii.gz'}' (spacing")
+    size = tuple(CT_SIZE)
+    assert (f"label grid size (x, y, z) {size}, spacing (1.5, 1.5, 1.5) mm, origin (-20, -22.5, -24) mm; CT grid "
+            f"size (x, y, z) {size}, spacing (1, 1.25, 2) mm, origin (-20, -22.5, -24) mm") in message
+    assert not (nnunet_env / "Dataset504_HECKTOR2022").exists()
 
 
 def test_label_without_images_and_missing_label_are_incomplete(hecktor_source, nnunet_env):

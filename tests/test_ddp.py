@@ -27,14 +27,16 @@ def _worker(rank: int, world_size: int, init_file: str, out_file: str) -> None:
 
 
 # Trainer variants by the network they build (the beta variants build the CIML network): (messages, modality
-# dropout). With dropout each rank masks different modalities, the absent-primary gate bias included.
-VARIANTS = {"nnUNetTrainerCIML": (True, False), "nnUNetTrainerCIML_noMessages": (False, False),
-            "nnUNetTrainerCIML_modalityDropout": (True, True)}
+# dropout, shared branches). With dropout each rank masks different modalities, the absent-primary gate bias
+# included.
+VARIANTS = {"nnUNetTrainerCIML": (True, False, False), "nnUNetTrainerCIML_noMessages": (False, False, False),
+            "nnUNetTrainerCIML_modalityDropout": (True, True, True),
+            "grouped branches with modality dropout": (True, True, False)}
 
 
-def _train(rank: int, world_size: int, messages: bool, dropout: bool) -> dict:
+def _train(rank: int, world_size: int, messages: bool, dropout: bool, shared: bool) -> dict:
     torch.manual_seed(0)  # same initial weights on every rank, as DDP requires
-    net, _ = build(REGIONS, messages=messages)
+    net, _ = build(REGIONS, messages=messages, shared_branches=shared)
     ddp = DDP(net)
     # nnU-Net's region loss in its DDP form, with deep supervision, plus the KL term.
     seg_loss = DC_and_BCE_loss({}, {"batch_dice": True, "do_bg": True, "smooth": 1e-5, "ddp": True},

@@ -1,6 +1,9 @@
+import sys
+
 import pytest
 
 from nnunetv2_ciml.decomposition import DecompositionError, output_names, resolve_decomposition
+from helpers import REGIONS, hand_made_trainer
 
 BRATS = {"channel_names": {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"},
          "labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]},
@@ -96,6 +99,45 @@ def test_block_errors_name_the_problem_and_the_choices(block, message):
         assert "['T1', 'T1ce', 'T2', 'FLAIR']" in str(e.value)
     if "unknown output" in message:
         assert "['whole tumor', 'tumor core', 'enhancing tumor']" in str(e.value)
+
+
+CORE = {"primary": "T1ce", "outputs": ["tumor core", "enhancing tumor"]}
+
+
+@pytest.mark.parametrize("block, message", [
+    ({"subtasks": {"wt": {"primary": "FLAIR", "outputs": ["whole tumor"], "fallback": ["T2"]}, "core": CORE}},
+     "ciml subtask 'wt' has an unknown key 'fallback' (did you mean 'fallbacks'?); valid keys: 'primary', 'outputs', "
+     "'fallbacks'"),
+    ({"subtasks": {"wt": {"primary": "FLAIR", "outputs": ["whole tumor"]}, "core": CORE}, "fallbacks": ["T2"]},
+     "the 'ciml' block has an unknown key 'fallbacks'; valid keys: 'subtasks'"),
+    ({"subtasks": {"wt": {"primay": "FLAIR", "outputs": ["whole tumor"]}, "core": CORE}},
+     "ciml subtask 'wt' has an unknown key 'primay' (did you mean 'primary'?)"),
+])
+def test_an_unknown_key_of_the_block_is_refused_with_the_valid_ones(block, message):
+    """A misspelt key ("fallback") used to be ignored: the defaults applied (FLAIR's fallbacks T2, T1ce, T1) and
+    training went on with a decomposition the user did not write. Fails if any level of the block lets an unknown
+    key pass."""
+    with pytest.raises(DecompositionError) as e:
+        resolve_decomposition(dict(BRATS, ciml=block), 4)
+    assert str(e.value).startswith(f"dataset.json: {message}")
+
+
+def test_nnunetv2_train_reports_a_bad_block_in_one_line(nnunet_env, capsys, monkeypatch):
+    """The trainer's refusal of a bad block ended nnUNetv2_train with a full traceback. Uncaught, it now ends the
+    program with its one line (Python prints that through sys.excepthook), while code that catches it still gets the
+    error and other errors keep Python's report."""
+    from nnunetv2_ciml.training.trainers import nnUNetTrainerCIML
+
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # restored after the test
+    block = {"subtasks": {"x": {"primary": "FLAIR", "outputs": ["whole tumor", "tumor core"], "fallback": ["T2"]}}}
+    trainer, _ = hand_made_trainer(nnUNetTrainerCIML, nnunet_env, dict(REGIONS, ciml=block))
+    with pytest.raises(DecompositionError, match="unknown key 'fallback'") as e:
+        trainer.initialize()
+    capsys.readouterr()
+    sys.excepthook(e.type, e.value, e.tb)
+    assert capsys.readouterr().err == f"DecompositionError: {e.value}\n"
+    sys.excepthook(ValueError, ValueError("another error"), None)
+    assert capsys.readouterr().err.endswith("ValueError: another error\n")
 
 
 def test_wrong_channel_count_is_an_error():

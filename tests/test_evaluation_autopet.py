@@ -98,7 +98,8 @@ def test_folder_summary_uses_nan_means(tmp_path):
     assert summary["mean"]["Dice"] == pytest.approx((2 * 4 / 12 + 0.0) / 2)  # over cases with a lesion
     assert summary["mean"]["FPvol_ml"] == pytest.approx(0.096 / 3)  # over all cases
     assert summary["mean"]["FNvol_ml"] == pytest.approx(0.096 / 2)
-    assert (tmp_path / "out" / "per_case.csv").read_text().splitlines()[0] == "case,missing,Dice,FPvol_ml,FNvol_ml"
+    header = (tmp_path / "out" / "per_case.csv").read_text().splitlines()[0]
+    assert header == "case,prediction_missing,Dice,FPvol_ml,FNvol_ml"
 
 
 def test_rejects_labels_other_than_0_and_1(tmp_path):

@@ -118,9 +118,45 @@ def test_folder_with_real_segmentations(tmp_path):
     with open(tmp_path / "out" / "per_case.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["case"] for r in rows] == cases
-    assert list(rows[0]) == ["case", "missing", "WT_Dice", "WT_HD95", "TC_Dice", "TC_HD95", "ET_Dice", "ET_HD95"]
-    assert [r["missing"] for r in rows] == [str(c == "case_nobody") for c in cases]
+    assert list(rows[0]) == ["case", "prediction_missing", "WT_Dice", "WT_HD95", "TC_Dice", "TC_HD95", "ET_Dice",
+                            "ET_HD95"]
+    assert [r["prediction_missing"] for r in rows] == [str(c == "case_nobody") for c in cases]
     assert float(rows[0]["WT_HD95"]) == summary["per_case"]["case_hnfnetv1-20"]["WT"]["HD95"]
     # inputs untouched
     assert sorted(p.name for p in pred_dir.iterdir()) == sorted([f"case_{t}.nii.gz" for t in TEAMS] +
                                                                 ["not_a_reference_case.nii.gz", "notes.txt"])
+
+
+def test_labels_are_read_from_the_references_or_refused_as_lesion_wise(tmp_path, capsys):
+    """A real case's segmentations in nnU-Net's labels (1 edema, 2 NCR, 3 ET) with the ET merged into the NCR, so that
+    no file holds label 3: their values are valid BraTS 2020 labels, and without --labels the image-level evaluation
+    scored nnU-Net's oedema as the tumour core. Now it reads the convention from the references as the lesion-wise
+    evaluation does and refuses with the choice to make; with --labels nnunet its TC is the original TC. BraTS 2020
+    files are still read without --labels, and BraTS 2023 files (ET = 3) are read instead of refused. Fails if the
+    image-level evaluation assumes BraTS 2020 whenever the values allow it."""
+    from nnunetv2_ciml.cli import main
+
+    ref_2020, pred_2020 = read(DATA / f"{TEAMS[0]}.nii.gz"), read(DATA / f"{TEAMS[1]}.nii.gz")
+    conventions = {"nnunet": np.array([0, 2, 1, 0, 2], np.uint8), "brats2020": np.arange(5, dtype=np.uint8),
+                   "brats2023": np.array([0, 1, 2, 0, 3], np.uint8)}  # indexed by the BraTS 2020 labels
+    summaries = {}
+    for name, table in conventions.items():
+        for folder, array in (("ref", ref_2020), ("pred", pred_2020)):
+            (tmp_path / name / folder).mkdir(parents=True)
+            sitk.WriteImage(sitk.GetImageFromArray(table[array]), str(tmp_path / name / folder / "case.nii.gz"))
+        argv = ["evaluate", "brats", "-ref", str(tmp_path / name / "ref"), "-pred", str(tmp_path / name / "pred"),
+                "-o", str(tmp_path / name / "out")]
+        code = main(argv)
+        err = capsys.readouterr().err
+        if name == "nnunet":
+            assert code == 1 and "label 1 holds more voxels than label 2" in err and "--labels nnunet" in err
+            assert not (tmp_path / name / "out").exists()
+            code = main(argv + ["--labels", "nnunet"])
+        assert code == 0
+        summaries[name] = json.loads((tmp_path / name / "out" / "summary.json").read_text())
+    expected = brats_region_metrics(ref_2020, pred_2020, (1, 1, 1))
+    assert summaries["brats2020"]["per_case"]["case"] == summaries["brats2023"]["per_case"]["case"] == expected
+    nnunet = summaries["nnunet"]["per_case"]["case"]  # its ET was merged into the NCR: the same WT and TC
+    assert (nnunet["WT"], nnunet["TC"], nnunet["ET"]) == (expected["WT"], expected["TC"], {"Dice": 1.0, "HD95": 0.0})
+    assert "detected: label" in summaries["brats2020"]["label_convention"]
+    assert summaries["brats2023"]["label_convention"].startswith("BraTS brats2023; detected")

@@ -57,7 +57,7 @@ def test_2d_dataset_stored_as_single_slice_volumes(tmp_path):
     assert summary["foreground_mean"]["Dice"] == pytest.approx(
         np.mean([summary["mean"][n]["Dice"] for n in ("circle", "square")]))
     header = (tmp_path / "out" / "per_case.csv").read_text().splitlines()[0]
-    assert header == ("case,missing,circle_Dice,circle_HD95,circle_n_ref,circle_n_pred,circle_empty,"
+    assert header == ("case,prediction_missing,circle_Dice,circle_HD95,circle_n_ref,circle_n_pred,circle_empty,"
                       "square_Dice,square_HD95,square_n_ref,square_n_pred,square_empty")
 
 

@@ -17,7 +17,7 @@ import SimpleITK as sitk
 import torch
 
 from helpers import (assert_same_geometry, message_latent_layers, message_projection, set_message_projections,
-                     nnunet_variables, tree_digest, write_image)
+                     nnunet_variables, set_output_bias, tree_digest, write_image)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a model trained by nnU-Net (trained_regions_2d)
 
@@ -101,11 +101,6 @@ def _case_files(raw: Path, case: str = "case_005"):
     return [raw / "imagesTs" / f"{case}_{c:04d}.nii.gz" for c in range(3)]
 
 
-def _decoder_bias(network, subtask: int, value: float) -> None:
-    for layer in network.decoder[subtask].seg_layers:
-        torch.nn.init.constant_(layer.bias, value)
-
-
 def test_only_the_sender_with_messages_has_a_map(trained, predictor):
     """Zero T2's messages to subtask "FLAIR" (and give T1ce's clearly non-zero ones): T2's map is exactly zero,
     T1ce's is not and holds the whole share. Filtering senders changes what is returned, not the numbers."""
@@ -122,7 +117,7 @@ def test_only_the_sender_with_messages_has_a_map(trained, predictor):
             w = message_projection(network, stage, pair[t1ce])
             w.copy_(torch.randn(w.shape, generator=generator))
             message_projection(network, stage, pair[t2]).zero_()
-        _decoder_bias(network, flair, 10.0)  # predict the subtask everywhere: a target on every voxel
+        set_output_bias(network, 10.0, flair)  # predict the subtask everywhere: a target on every voxel
 
     result = explain_case(predictor, _case_files(raw), subtasks=["flair"])
     assert set(result.maps) == {("T1ce", "FLAIR"), ("T2", "FLAIR")}
@@ -139,7 +134,7 @@ def test_only_the_sender_with_messages_has_a_map(trained, predictor):
     assert only.shares == result.shares
 
     with torch.no_grad():
-        _decoder_bias(network, flair, -10.0)  # nothing predicted: nothing to explain
+        set_output_bias(network, -10.0, flair)  # nothing predicted: nothing to explain
     empty = explain_case(predictor, _case_files(raw), subtasks=["FLAIR"])
     assert empty.target_voxels["FLAIR"] == 0
     assert not any(m.any() for m in empty.maps.values())
@@ -334,10 +329,10 @@ def test_default_mirroring_targets_are_nnunets_mirrored_prediction(trained, tmp_
 
 def test_a_missing_modality_file_sends_nothing(trained, predictor):
     """Subtask "T1ce" receives random non-zero messages from T2 and FLAIR. With both files FLAIR has a map;
-    without the FLAIR file (``None``) the case is explained with FLAIR told missing: its map is exactly zero, its
-    share is None (it sent nothing: not "present, contributed nothing"), T2 holds the whole share, the case
-    records FLAIR as missing, and subtask "FLAIR" (whose primary is missing) is still predicted, reading T2.
-    Fails if a missing file is an error, or if it is read as a zero image that still sends messages."""
+    without the FLAIR file (``None``) the case is explained with FLAIR told missing: it has no map, its share is
+    None (it sent nothing: not "present, contributed nothing"), T2 holds the whole share, the case records FLAIR
+    as missing, and subtask "FLAIR" (whose primary is missing) is still predicted, reading T2. Fails if a missing
+    file is an error, or if it is read as a zero image that still sends messages."""
     from nnunetv2_ciml.interpretability import ciml_network, explain_case
 
     _, raw, _ = trained
@@ -349,13 +344,13 @@ def test_a_missing_modality_file_sends_nothing(trained, predictor):
             for pair in network.message_pairs:
                 w = stage.projection(pair)
                 w.copy_(torch.randn(w.shape, generator=generator))
-        _decoder_bias(network, t1ce, 10.0)  # predict the subtask everywhere: a target on every voxel
+        set_output_bias(network, 10.0, t1ce)  # predict the subtask everywhere: a target on every voxel
     files = _case_files(raw)
     full = explain_case(predictor, files, subtasks=["T1ce"])
     assert full.maps[("FLAIR", "T1ce")].max() > 0 and full.maps[("T2", "T1ce")].max() > 0
 
     result = explain_case(predictor, [files[0], files[1], None], case="case_005")
-    assert not result.maps[("FLAIR", "T1ce")].any() and result.maps[("T2", "T1ce")].max() > 0
+    assert ("FLAIR", "T1ce") not in result.maps and result.maps[("T2", "T1ce")].max() > 0
     assert result.shares["T1ce"] == {"T2": 1.0, "FLAIR": None}
     assert (result.present, result.missing) == (["T1ce", "T2"], ["FLAIR"])
     assert result.reads == {"FLAIR": ["T2"], "T1ce": ["T1ce"]}
@@ -446,12 +441,12 @@ def test_the_demo_prediction_names_case_and_files(trained, predictor, tmp_path):
     assert not list(tmp_path.glob("case_*.nii.gz"))
 
 
-def test_explain_json_records_missing_modalities_and_leaves_absent_senders_out_of_the_means(trained, tmp_path):
+def test_explain_json_records_missing_modalities_and_counts_absent_senders_as_sending_nothing(trained, tmp_path):
     """A folder with case_005 complete and case_006 without its FLAIR file: explain.json says per case which
     modalities were present, which missing and which branch each subtask read (FLAIR's subtask reads T2, its
-    fallback); FLAIR's share in case_006 is None (it sent nothing), and the mean share of FLAIR over the cases is
-    that of the cases where it existed. Fails if an absent sender reads as "present, contributed nothing" (share
-    0.0) and is averaged in."""
+    fallback); FLAIR's share in case_006 is None (it sent nothing: not "present, contributed nothing"), and in the
+    mean shares over the cases it counts 0 there, so that they add up to 1. Fails if an absent sender is given a
+    share of its own, or left out of the means (they then add up to more than 1)."""
     from nnunetv2_ciml.interpretability import explain_folder
 
     _, raw, model = trained
@@ -467,4 +462,8 @@ def test_explain_json_records_missing_modalities_and_leaves_absent_senders_out_o
     assert (missing["present"], missing["missing"]) == (["T1ce", "T2"], ["FLAIR"])
     assert missing["subtasks"]["FLAIR"]["reads"] == ["T2"] and missing["subtasks"]["T1ce"]["reads"] == ["T1ce"]
     assert missing["subtasks"]["T1ce"]["senders"]["FLAIR"]["share"] is None
-    assert summary["mean_share"]["T1ce"]["FLAIR"] == complete["subtasks"]["T1ce"]["senders"]["FLAIR"]["share"]
+    senders = [case["subtasks"]["T1ce"]["senders"] for case in (complete, missing)]
+    predicted = [e for e in senders if any(v["share"] is not None for v in e.values())]  # the cases with a target
+    assert predicted and summary["mean_share"]["T1ce"]["FLAIR"] == pytest.approx(
+        np.mean([e["FLAIR"]["share"] or 0.0 for e in predicted]))
+    assert sum(summary["mean_share"]["T1ce"].values()) == pytest.approx(1.0)

@@ -32,16 +32,16 @@ def prepare(workspace, dataset_id: int, regions: bool, configuration: str, shape
     return raw
 
 
-def train(workspace, dataset_id: int, configuration: str, *extra: str) -> str:
+def train(workspace, dataset_id: int, configuration: str, *extra: str, trainer: str = TRAINER) -> str:
     _, env = workspace
     return nnunet(dict(env, nnUNet_n_proc_DA="0"), "nnUNetv2_train", str(dataset_id), configuration, "0",
-                  "-tr", TRAINER, "-device", "cpu", *extra)
+                  "-tr", trainer, "-device", "cpu", *extra)
 
 
-def predict(workspace, raw: Path, dataset_id: int, configuration: str, out: Path) -> None:
+def predict(workspace, raw: Path, dataset_id: int, configuration: str, out: Path, trainer: str = TRAINER) -> None:
     _, env = workspace
     nnunet(env, "nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", str(dataset_id), "-c",
-           configuration, "-tr", TRAINER, "-f", "0", "-device", "cpu", "-npp", "0", "-nps", "0")
+           configuration, "-tr", trainer, "-f", "0", "-device", "cpu", "-npp", "0", "-nps", "0")
 
 
 def interrupt_after_first_epoch(fold: Path) -> dict:
@@ -71,7 +71,7 @@ def test_regions_3d_train_predict_resume_validate_best_configuration(workspace, 
     assert list((fold / "validation").glob("*.npz"))
     logging = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["logging"]
     assert len(logging["ciml_kl"]) == 2 and len(logging["ciml_message_kl"][0]) == 4  # 2 senders x 2 subtasks
-    assert logging["ciml_beta"] == [0.0, 1e-3]  # warm-up over max(1, 0.1 x 2 epochs) = 1 epoch
+    assert logging["ciml_beta"] == [1e-3, 1e-3]  # nnUNetTrainerCIML's beta from the first iteration
 
     predict(workspace, raw, 901, "3d_fullres", tmp_path / "pred")
     for case in ("case_006", "case_007"):
@@ -86,7 +86,7 @@ def test_regions_3d_train_predict_resume_validate_best_configuration(workspace, 
     assert resumed["current_epoch"] == 2 and not (fold / "checkpoint_latest.pth").exists()
     after = resumed["logging"]
     assert after["train_losses"][0] == before["train_losses"][0] and len(after["train_losses"]) == 2
-    assert after["ciml_beta"] == [0.0, 1e-3] and after["ciml_kl"][0] == before["ciml_kl"][0]
+    assert after["ciml_beta"] == [1e-3, 1e-3] and after["ciml_kl"][0] == before["ciml_kl"][0]
     assert len(after["ciml_message_kl"]) == len(after["ciml_message_magnitude"]) == 2
 
     # --val --npz recomputes the validation from the final checkpoint: one segmentation and one npz of
@@ -142,3 +142,22 @@ def test_labels_2d_train_and_predict_cli_and_python_api(workspace, tmp_path):
     seg = predictor.predict_single_npy_array(image, props)
     cli = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "pred" / "case_006.nii.gz")))
     np.testing.assert_array_equal(seg, cli)
+
+
+@pytest.mark.parametrize("trainer, shared", [("nnUNetTrainerCIML_groupedBranches_CPUtest", False),
+                                             ("nnUNetTrainerCIML_modalityDropout_CPUtest", True)])
+def test_branch_variants_train_and_predict_through_the_stock_commands(workspace, tmp_path, trainer, shared):
+    """``nnUNetv2_train`` and ``nnUNetv2_predict`` (fresh processes) with the grouped-branch and modality-dropout
+    trainers: the plans saved with the model record which encoder it has, the predictor rebuilds it from them,
+    every case is predicted."""
+    root, _ = workspace
+    raw = root / "raw" / "Dataset903_Labels"
+    if not raw.is_dir():
+        raw = prepare(workspace, 903, False, "2d", (32, 32))
+    train(workspace, 903, "2d", trainer=trainer)
+    predict(workspace, raw, 903, "2d", tmp_path / "pred", trainer=trainer)
+    for case in ("case_006", "case_007"):
+        assert_same_geometry(tmp_path / "pred" / f"{case}.nii.gz", raw / "imagesTs" / f"{case}_0000.nii.gz", {0, 1, 2})
+    model = root / "results" / raw.name / f"{trainer}__nnUNetPlans__2d"
+    kwargs = json.loads((model / "plans.json").read_text())["configurations"]["2d"]["architecture"]["arch_kwargs"]
+    assert kwargs["shared_branches"] is shared and kwargs["modality_conditioning"] == "norm_affine"

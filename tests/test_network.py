@@ -6,7 +6,8 @@ from dynamic_network_architectures.building_blocks.plain_conv_encoder import Pla
 from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-from helpers import LABELS, REGIONS, build_ciml_network as build, plain_architecture, randomize_messages
+from helpers import (LABELS, REGIONS, build_ciml_network as build, compare_branches_and_backprop, plain_architecture,
+                     randomize_messages)
 from nnunetv2_ciml.decomposition import resolve_decomposition
 from nnunetv2_ciml.network import CIMLUNet, MessagePair, StageMessages
 from nnunetv2_ciml.network.message import GATE_INIT_LOGIT
@@ -65,13 +66,13 @@ def test_stage_messages_match_the_per_pair_definition(dim):
     torch.nn.init.normal_(module.receiver_attention.bias)
     features = torch.randn(2, 3 * c, *(5,) * dim)
     module.eval()
-    message, kl, rms = module(features)
-    assert kl is None and rms is None
+    message, kl, rms, gate = module(features)
+    assert kl is None and rms is None and gate is None
     expected_message, expected_kl = messages_per_pair(module, features)
     torch.testing.assert_close(message, expected_message)
     module.train()
     torch.manual_seed(1)
-    _, kl, rms = module(features)
+    _, kl, rms, gate = module(features)
     torch.testing.assert_close(kl, expected_kl)
     # The training-mode RMS is that of the sampled message: check it against the same sample.
     torch.manual_seed(1)
@@ -119,12 +120,7 @@ def test_grouped_encoder_equals_separate_modality_encoders(dim, residual):
     x = torch.randn(2, 3, *(16,) * dim, dtype=torch.float64)
     grouped_features = net.encoder(x)
     separate_features = [e(x[:, c:c + 1]) for c, e in enumerate(separate)]
-    for s, f in enumerate(grouped_features):
-        for c in range(3):
-            torch.testing.assert_close(net.modality_features(f, s, c), separate_features[c][s])
-    weights = [torch.randn_like(f) for f in grouped_features]
-    sum((w * f).sum() for w, f in zip(weights, grouped_features)).backward()
-    sum((w.chunk(3, 1)[c] * f).sum() for c in range(3) for w, f in zip(weights, separate_features[c])).backward()
+    compare_branches_and_backprop(net, grouped_features, separate_features)
     grads = dict(net.encoder.named_parameters())
     for name, _ in separate[0].named_parameters():
         torch.testing.assert_close(grads[name].grad, torch.cat([dict(e.named_parameters())[name].grad
@@ -169,10 +165,11 @@ def test_message_pairs_are_named_and_kl_follows_their_order():
 
 
 @pytest.mark.slow  # torch.compile (dynamo tracing)
-@pytest.mark.parametrize("training", [True, False])
-def test_no_graph_breaks_under_torch_compile(training):
-    """torch.compile sees the whole network (grouped encoder, stage messages, recomputed stages) as one graph."""
-    net, arch = build(LABELS, dim=2, deep_supervision=False)
+@pytest.mark.parametrize("training, shared", [(True, False), (False, False), (True, True), (False, True)])
+def test_no_graph_breaks_under_torch_compile(training, shared):
+    """torch.compile sees the whole network (grouped or shared encoder, stage messages, recomputed stages) as one
+    graph."""
+    net, arch = build(LABELS, dim=2, deep_supervision=False, shared_branches=shared)
     arch["arch_kwargs"]["recomputed_stages"] = [0, 1]
     net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], 2, 3,
                                  allow_init=True, deep_supervision=False)

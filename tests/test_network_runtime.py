@@ -76,15 +76,15 @@ def test_torch_compile_traces_the_network_for_inference_and_training():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in network.parameters())
 
 
-@pytest.mark.parametrize("residual", [False, True])
-def test_recomputed_stages_give_the_same_loss_and_gradients_and_keep_less(residual):
+@pytest.mark.parametrize("residual, shared", [(False, False), (True, False), (False, True)])
+def test_recomputed_stages_give_the_same_loss_and_gradients_and_keep_less(residual, shared):
     """A training step with the encoder and decoder stages 0 and 1 recomputed in the backward pass vs kept: the
     same loss and gradients for every parameter, the stage-0 encoder convolution really runs twice, and
     autograd keeps fewer bytes. Fails if recomputation is ignored (bytes), runs other inputs or draws other
     latent noise (gradients), or if a recomputed decoder stage skips its transposed convolution or skip."""
     from nnunetv2_ciml.costs import saved_activation_bytes
 
-    kept, arch = build_ciml_network(REGIONS, dim=3, residual=residual)
+    kept, arch = build_ciml_network(REGIONS, dim=3, residual=residual, shared_branches=shared)
     recomputed = _rebuilt(arch, recomputed_stages=[0, 1])
     assert recomputed.recomputed_stages == [0, 1] and all(d.recomputed_stages == [0, 1] for d in recomputed.decoder)
     _with_messages(kept)

@@ -94,17 +94,19 @@ def test_recomputed_stages_are_the_fewest_that_bound_the_activations():
     assert small["arch_kwargs"]["recomputed_stages"] == []
 
 
-@pytest.mark.parametrize("residual, width, recompute", [(False, 1.0, True), (False, 1.0, False),
-                                                        (False, None, False), (True, 1.0, True)])
-def test_feature_map_size_ratio_agrees_with_saved_activations(residual, width, recompute):
+@pytest.mark.parametrize("residual, width, recompute, shared", [
+    (False, 1.0, True, False), (False, 1.0, False, False), (False, None, False, False), (True, 1.0, True, False),
+    (False, 1.0, True, True), (False, 0.75, False, True)])
+def test_feature_map_size_ratio_agrees_with_saved_activations(residual, width, recompute, shared):
     """``CIMLUNet.compute_conv_feature_map_size`` (what nnU-Net's planners size patch and batch by) relative to
     the plain U-Net's agrees within 15 % with the ratio of bytes autograd keeps, on nnU-Net's BraTS plan, with
     and without recomputed stages. Fails if recomputed stages are counted as kept, or the branches are not
-    counted M times."""
+    counted M times (shared branches: the one encoder once per modality)."""
     from nnunetv2_ciml.costs import build_on_meta
 
     d, plain = _brats_decomposition(), nnunet_brats_architecture(residual)
-    arch = ciml_architecture(plain, d, (128,) * 3, 3, width_factor=width, recompute=recompute, batch_size=2)
+    arch = ciml_architecture(plain, d, (128,) * 3, 3, width_factor=width, recompute=recompute, batch_size=2,
+                             shared_branches=shared)
     sizes = [build_on_meta(a, 4, 3, True).compute_conv_feature_map_size((128,) * 3) for a in (arch, plain)]
     assert abs((sizes[0] / sizes[1]) / _brats_costs(arch, plain) - 1) <= 0.15
 

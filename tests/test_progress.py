@@ -124,3 +124,29 @@ def test_ciml_progress_plot_is_skipped_without_messages(tmp_path):
                "ciml_message_magnitude": [[0.1, 0.0], [0.2, 0.01]]}
     assert plot_ciml_progress(logging, ["B->circle", "C->circle"], str(tmp_path / "two.png"))
     assert (tmp_path / "two.png").stat().st_size > 10_000
+
+
+def test_learning_curves_and_how_far_a_model_was_from_its_plateau(tmp_path):
+    """epochs.jsonl -> per-epoch curves (pseudo Dice averaged over labels); the report says a model whose last 3
+    epochs rose by more than the threshold over the 3 before is still rising, and one that did not is not. Fails if
+    the curves take one label's Dice, or the gain compares single epochs (the noisy last one here dips)."""
+    from nnunetv2.training.logging.nnunet_logger import MetaLogger
+
+    from nnunetv2_ciml.demo.epoch_log import learning_curves, recent_gain
+    from nnunetv2_ciml.demo.report import _plateau_lines
+
+    meta = MetaLogger(str(tmp_path), resume=False)
+    meta.loggers.append(EpochLineLogger(str(tmp_path / "epochs.jsonl"), 8))
+    rising = [0.80, 0.84, 0.88, 0.90, 0.92, 0.95, 0.96, 0.94]  # last epoch dips, the trend still rises
+    for epoch, d in enumerate(rising):
+        log_epoch(meta, epoch, 100.0 + epoch, [d - 0.02, d + 0.02])
+    curves = learning_curves(str(tmp_path / "epochs.jsonl"))
+    assert curves["pseudo_dice"] == pytest.approx(rising)
+    assert curves["train_loss"] == pytest.approx([-0.1 * (e + 1) for e in range(8)])
+    assert recent_gain(rising) == pytest.approx((0.95 + 0.96 + 0.94 - 0.88 - 0.90 - 0.92) / 3)
+    assert recent_gain(rising[:5]) is None
+    flat = [0.9, 0.95, 0.99, 0.991, 0.990, 0.992, 0.991, 0.991]
+    lines = "\n".join(_plateau_lines({"CIML": {"curves": {"pseudo_dice": rising}},
+                                      "nnUNet": {"curves": {"pseudo_dice": flat}}}))
+    assert "- CIML: pseudo Dice 0.9400 at its last epoch" in lines and "**still rising**" in lines.split("- nnUNet")[0]
+    assert "**no longer rising**" in lines.split("- nnUNet")[1]

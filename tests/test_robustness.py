@@ -3,8 +3,9 @@ nothing written or overwritten. One test per kind of fault (truncated or corrupt
 voxels, a bad second case in ``export``, ``evaluate -o`` misuse and failed writes, empty input folders),
 plus the reading path itself, the CLI's error reporting and errors crossing process boundaries. Explain's
 rows (NaN channel, missing channel, a bad second case) are in ``test_explain.py``, predict's in
-``test_predict_missing.py``, the training rows in ``test_training_guards.py``, the autoPET container's
-``.mha`` inputs in ``test_submission_autopet.py``.
+``test_predict_missing.py``, the output folders of both and a full disk in ``test_predict_explain_outputs.py``,
+the training rows in ``test_training_guards.py``, the autoPET container's ``.mha`` inputs in
+``test_submission_autopet.py``.
 """
 import gzip
 import importlib
@@ -235,9 +236,10 @@ def test_a_bad_second_prediction_makes_export_write_nothing(dataset, fault, reas
     assert f"nothing was written to '{out}'" in err and "Traceback" not in err
     assert not out.exists()  # the folder the export created is gone again
 
-    out.mkdir()  # an earlier export: its files must survive a failed --overwrite run byte for byte
+    out.mkdir()  # an earlier export (its record lists its files): they must survive a failed --overwrite run
     for p in pred.iterdir():
         (out / p.name).write_bytes(b"earlier export of " + p.name.encode())
+    (out / ".export.json").write_text(json.dumps({"files": sorted(p.name for p in pred.iterdir()) + [".export.json"]}))
     before = tree_digest(out)
     code, _, err = run(capsys, "export", dataset, pred, out, "-np", 1, "--overwrite", *extra)
     assert code == 1 and f"case '{second}': prediction file" in err
@@ -327,6 +329,24 @@ def test_a_failed_write_replaces_neither_output(eval_folders, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == [".summary.json.partial", "per_case.csv.stale",
                                                      "summary.json.stale"]
     assert {name: (out / f"{name}.stale").read_bytes() for name in old} == old
+
+
+def test_earlier_results_that_cannot_be_marked_stale_are_named_with_the_real_error(eval_folders, tmp_path, capsys):
+    """The results cannot be written and the earlier ones cannot be renamed either (as in a read-only folder; here
+    a folder holds each name). Before, the message reported the failed rename of the earlier results instead of the
+    real error, and said nothing about those results. Now it reports the failed write and says that the earlier
+    results, left as they were, are not from this run."""
+    ref, pred = eval_folders
+    out = tmp_path / "out"
+    assert run(capsys, "evaluate", "brats", "-ref", ref, "-pred", pred, "-o", out)[0] == 0
+    for name in (".summary.json.partial", "summary.json.stale/x", "per_case.csv.stale/x"):
+        (out / name).mkdir(parents=True)
+    before = tree_digest(out)
+    code, _, err = run(capsys, "evaluate", "brats", "-ref", ref, "-pred", pred, "-o", out)
+    assert code == 1 and err.startswith(f"nnunetv2_ciml evaluate: error: cannot write the results into '{out}': ")
+    assert "the earlier results per_case.csv (" in err and ", summary.json (" in err
+    assert f"in '{out}' could not be renamed to *.stale: they are not from this run" in err
+    assert tree_digest(out) == before
 
 
 # ------------------------------------------------------------------------------------- empty inputs
@@ -424,37 +444,111 @@ def test_every_error_survives_pickling():
             "TrainingStoppedError", "SubmissionError"} <= {c.__name__ for c in errors}
 
 
+NAMES = ["T1ce", "T2", "FLAIR"]
+
+
+def write_cases(folder: Path, cases: str, scale: dict = None) -> np.ndarray:
+    """The three channel files of each case (one letter each: ``case_a``, ...), the same cube in each (times
+    ``scale[file name]``); returns the cube."""
+    cube = np.random.default_rng(0).random((4, 5, 6)).astype(np.float32)
+    for case in cases:
+        for c in range(3):
+            name = f"case_{case}_{c:04d}.nii.gz"
+            write_image(folder / name, cube * (scale or {}).get(name, 1))
+    return cube
+
+
+def read_cases(folder: Path) -> tuple:
+    """Each case of ``folder`` as predict reads it (find_case_files, then the checked read_case for a 3-modality
+    .nii.gz model): ({case: (image, present)}, {case: error message})."""
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    from nnunetv2_ciml.missing_modalities import CaseError, find_case_files, read_case
+
+    read, errors = {}, {}
+    for case, files in find_case_files(folder, ".nii.gz", 3, modality_names=NAMES).items():
+        try:
+            image, _, present = read_case(SimpleITKIO(), case, files, 3, NAMES, ".nii.gz", dimension=3)
+            read[case] = image, present
+        except CaseError as e:
+            errors[case] = str(e)
+    return read, errors
+
+
 def test_a_case_with_a_wrong_file_is_refused_by_name_and_the_others_are_read(tmp_path):
     """An input folder of ``.nii.gz`` cases: case_a has its T2 as ``.nii`` (another image type), case_b a channel
     beyond the model's (_0007), case_c a 4D FLAIR, case_d is complete. Each bad case is refused by the checked
     reader naming its file (and the 4D image's size), per case; case_d reads. Fails if the ``.nii`` file counts as
     a missing modality, if _0007 ends the whole run, or if the 4D file gets past the reader (nnU-Net's preprocessor
     then fails with an IndexError) or the error blames a healthy file."""
-    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
-
-    from nnunetv2_ciml.missing_modalities import CaseError, find_case_files, read_case
-
-    cube = np.random.default_rng(0).random((4, 5, 6)).astype(np.float32)
-    for case in "abcd":
-        for c in range(3):
-            write_image(tmp_path / f"case_{case}_{c:04d}.nii.gz", cube)
+    cube = write_cases(tmp_path, "abcd")
     (tmp_path / "case_a_0001.nii.gz").unlink()
     write_image(tmp_path / "case_a_0001.nii", cube)
     write_image(tmp_path / "case_b_0007.nii.gz", cube)
     four_d = sitk.JoinSeries([sitk.GetImageFromArray(cube)] * 2)
     sitk.WriteImage(four_d, str(tmp_path / "case_c_0002.nii.gz"))
 
-    names = ["T1ce", "T2", "FLAIR"]
-    cases = find_case_files(tmp_path, ".nii.gz", 3, modality_names=names)
-    assert sorted(cases) == ["case_a", "case_b", "case_c", "case_d"]
-    errors = {}
-    for case, files in cases.items():
-        try:
-            image, _, present = read_case(SimpleITKIO(), case, files, 3, names, ".nii.gz", dimension=3)
-        except CaseError as e:
-            errors[case] = str(e)
-    assert set(errors) == {"case_a", "case_b", "case_c"} and image.shape == (3, 4, 5, 6) and present.all()
+    read, errors = read_cases(tmp_path)
+    assert set(errors) == {"case_a", "case_b", "case_c"} and set(read) == {"case_d"}
+    assert read["case_d"][0].shape == (3, 4, 5, 6) and read["case_d"][1].all()
     assert "case_a_0001.nii'" in errors["case_a"] and "ends in '.nii'" in errors["case_a"]
     assert "case_b_0007.nii.gz" in errors["case_b"] and "channel 7, but the model has 3 modalities" in errors["case_b"]
     assert "case_c_0002.nii.gz" in errors["case_c"] and "4D image of size 6x5x4x2" in errors["case_c"]
     assert "case_c_0000" not in errors["case_c"] and "case_c_0001" not in errors["case_c"]
+
+
+def test_a_channel_name_that_is_not_a_readable_file_is_an_error_not_a_missing_modality(tmp_path):
+    """case_a's FLAIR is a broken symbolic link, case_b's a folder, both named like channel files. Before, both read
+    as a missing FLAIR (predict and explain exit 0: "without FLAIR (FLAIR reads T2)"). Now each case is refused
+    naming the name and what it is, in predict's reading and in explain's check of the folder; case_c, without a
+    FLAIR file at all, is read with FLAIR missing."""
+    from nnunetv2_ciml.interpretability import ExplainError, find_cases
+
+    write_cases(tmp_path, "abc")
+    for case in "abc":
+        (tmp_path / f"case_{case}_0002.nii.gz").unlink()
+    (tmp_path / "case_a_0002.nii.gz").symlink_to(tmp_path / "gone.nii.gz")
+    (tmp_path / "case_b_0002.nii.gz").mkdir()
+    read, errors = read_cases(tmp_path)
+    assert set(errors) == {"case_a", "case_b"} and read["case_c"][1].tolist() == [True, True, False]
+    assert (f"case 'case_a': '{tmp_path / 'case_a_0002.nii.gz'}' (FLAIR) is a broken symbolic link (to "
+            f"'{tmp_path / 'gone.nii.gz'}')") in errors["case_a"]
+    assert f"case 'case_b': '{tmp_path / 'case_b_0002.nii.gz'}' (FLAIR) is a folder" in errors["case_b"]
+    with pytest.raises(ExplainError, match=r"case 'case_a': .*case_a_0002\.nii\.gz' \(FLAIR\) is a broken symbolic"):
+        find_cases(tmp_path, ".nii.gz", NAMES)
+
+
+def test_values_too_large_to_normalise_are_refused_by_name(tmp_path):
+    """case_a's T2 times 1e30: finite, but nnU-Net's z-score in float32 overflows and turns the channel into zeros
+    that the network is told are a present modality. Now the case is refused naming the file; case_b's T2 times 1e6
+    (large, and normalisable) is read. Fails for a check of NaN/Inf or of the float32 range alone."""
+    write_cases(tmp_path, "ab", {"case_a_0001.nii.gz": 1e30, "case_b_0001.nii.gz": 1e6})
+    read, errors = read_cases(tmp_path)
+    assert set(errors) == {"case_a"} and read["case_b"][1].all()
+    assert errors["case_a"].startswith(f"case 'case_a': channel 1 (T2) file '{tmp_path / 'case_a_0001.nii.gz'}' holds "
+                                       "values too large to normalise (largest magnitude 9.")
+
+
+def test_a_file_ending_in_other_letter_case_is_named_as_such(tmp_path):
+    """``CASE_0001.NII.GZ`` for a model of ``.nii.gz`` files: the message said "ends in '.nii.gz', but this model
+    reads '.nii.gz' files". Now it says that the letter case matters and the name to give the file."""
+    write_cases(tmp_path, "a")
+    (tmp_path / "case_a_0001.nii.gz").rename(tmp_path / "case_a_0001.NII.GZ")
+    errors = read_cases(tmp_path)[1]
+    assert errors["case_a"] == (f"case 'case_a': file '{tmp_path / 'case_a_0001.NII.GZ'}' (T2) ends in '.NII.GZ', and "
+                                "file endings are case-sensitive: this model reads '.nii.gz' files; rename it to "
+                                "'case_a_0001.nii.gz'")
+
+
+@pytest.mark.parametrize("argv", [
+    ["predict", "-i", "in", "-o", "out", "-m", "model"],
+    ["explain", "-i", "in", "-o", "out", "-m", "model"],
+    ["submission", "autopet", "-o", "out", "-m", "model"],
+])
+def test_every_command_parses_a_fold_one_way(argv, capsys):
+    """``-f x`` was an internal error in predict (ValueError: invalid literal for int()), a message in explain. One
+    parser now refuses it in every command before anything runs, with explain's message."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv + ["-f", "0", "x"] if argv[0] != "explain" else argv + ["-f", "x"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "argument -f: fold must be an integer or 'all', not 'x'" in err

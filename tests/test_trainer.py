@@ -12,6 +12,7 @@ from helpers import (make_dataset, message_latent_layers, nnunet_environment, nn
                      read_array, write_image)
 from nnunetv2_ciml.decomposition import resolve_decomposition
 from nnunetv2_ciml.planning import CIML_NETWORK, ciml_architecture, stage_widths
+from nnunetv2_ciml.training.kl_schedule import KLSchedule
 from nnunetv2_ciml.training.trainers import (nnUNetTrainerCIML, nnUNetTrainerCIML_beta1e2, nnUNetTrainerCIML_beta1e4,
                                              nnUNetTrainerCIML_fullWidth, nnUNetTrainerCIML_MACmatched,
                                              nnUNetTrainerCIML_noMessages)
@@ -24,7 +25,7 @@ class nnUNetTrainerCIML_halfWidth(nnUNetTrainerCIML):
 
 
 class nnUNetTrainerCIML_halfWarmup(nnUNetTrainerCIML):
-    kl_warmup_fraction = 0.5
+    kl_schedule = KLSchedule(warmup_fraction=0.5, per_epoch=True)
 
 
 def load_plans(env: dict, raw: Path) -> dict:
@@ -138,13 +139,12 @@ def _deep_supervision_target(outputs, seed=0):
 @pytest.mark.parametrize("cls, beta", [(nnUNetTrainerCIML, 1e-3), (nnUNetTrainerCIML_beta1e2, 1e-2),
                                        (nnUNetTrainerCIML_beta1e4, 1e-4)])
 def test_loss_is_nnunet_loss_plus_beta_times_the_kl_of_the_same_forward(planned_regions_2d, ciml_plans, cls, beta):
-    """After the warm-up the training loss is nnU-Net's own deep-supervision loss (built by ``nnUNetTrainer``'s
-    ``_build_loss``) plus ``kl_weight`` x the network's KL of that forward pass. Fails if the KL is left out,
-    unweighted or weighted by another beta (e.g. a variant's ``kl_weight`` not used)."""
+    """The training loss is nnU-Net's own deep-supervision loss (built by ``nnUNetTrainer``'s ``_build_loss``) plus
+    ``kl_weight`` x the network's KL of that forward pass. Fails if the KL is left out, unweighted or weighted by
+    another beta (e.g. a variant's ``kl_weight`` not used)."""
     env, raw = planned_regions_2d
     trainer, _ = initialized(cls, env, raw, ciml_plans)
-    trainer.current_epoch = trainer.num_epochs - 1  # past the warm-up
-    trainer.on_train_epoch_start()
+    trainer.loss.beta = trainer.kl_beta(trainer.num_epochs * trainer.num_iterations_per_epoch - 1)
     assert trainer.loss.beta == beta
     nnunet_loss = nnUNetTrainer._build_loss(trainer)
     network = trainer.network
@@ -158,31 +158,30 @@ def test_loss_is_nnunet_loss_plus_beta_times_the_kl_of_the_same_forward(planned_
     assert not torch.isclose(loss, nnunet_loss(outputs, target))
 
 
-@pytest.mark.parametrize("cls, weight, warmup_epochs", [
-    (nnUNetTrainerCIML, 1e-3, 100), (nnUNetTrainerCIML_beta1e2, 1e-2, 100), (nnUNetTrainerCIML_beta1e4, 1e-4, 100),
-    (nnUNetTrainerCIML_halfWarmup, 1e-3, 500)])
-def test_kl_warmup_is_linear_over_the_warmup_fraction_of_the_epochs(planned_regions_2d, ciml_plans, cls, weight, warmup_epochs):
-    """beta(epoch) = kl_weight x min(1, epoch / (kl_warmup_fraction x num_epochs)); nnU-Net's 1000 epochs.
-    Fails on a warm-up that ignores ``kl_warmup_fraction``, is off by one epoch, or ends at another weight."""
+@pytest.mark.parametrize("cls, weight", [(nnUNetTrainerCIML, 1e-3), (nnUNetTrainerCIML_beta1e2, 1e-2),
+                                         (nnUNetTrainerCIML_beta1e4, 1e-4), (nnUNetTrainerCIML_halfWarmup, 1e-3)])
+def test_beta_per_iteration_over_nnunets_budget(planned_regions_2d, ciml_plans, cls, weight):
+    """beta at training iteration i of nnU-Net's 1000 epochs x 250 iterations: kl_weight throughout for the shipped
+    trainers; for a half-training warm-up stepped per epoch, kl_weight x min(1, epoch / 500). Fails on a schedule
+    that ignores ``kl_schedule``, counts iterations within the epoch, or ends at another weight."""
     env, raw = planned_regions_2d
     trainer, _ = initialized(cls, env, raw, ciml_plans)
-    assert trainer.num_epochs == 1000
-    betas = {}
-    for epoch in (0, 1, warmup_epochs // 2, warmup_epochs - 1, warmup_epochs, 999):
-        trainer.current_epoch = epoch
-        trainer.on_train_epoch_start()
-        betas[epoch] = trainer.loss.beta
-    expected = {0: 0.0, 1: weight / warmup_epochs, warmup_epochs // 2: weight / 2,
-                warmup_epochs - 1: weight * (warmup_epochs - 1) / warmup_epochs, warmup_epochs: weight, 999: weight}
+    assert (trainer.num_epochs, trainer.num_iterations_per_epoch) == (1000, 250)
+    epochs = (0, 1, 250, 499, 500, 999)
+    betas = {e: trainer.kl_beta(e * 250 + 249) for e in epochs}
+    if cls is nnUNetTrainerCIML_halfWarmup:
+        expected = {e: weight * min(1.0, e / 500) for e in epochs}
+    else:
+        expected = {e: weight for e in epochs}
     assert betas == pytest.approx(expected, rel=1e-12, abs=0)
 
 
 def test_loss_without_beta_is_exactly_nnunets(planned_regions_2d, ciml_plans):
-    """Epoch 0 (beta 0): the loss is nnU-Net's, bit for bit."""
+    """beta 0 (a warm-up's first epoch): the loss is nnU-Net's, bit for bit."""
     env, raw = planned_regions_2d
-    trainer, _ = initialized(nnUNetTrainerCIML, env, raw, ciml_plans)
-    trainer.current_epoch = 0
-    trainer.on_train_epoch_start()
+    trainer, _ = initialized(nnUNetTrainerCIML_halfWarmup, env, raw, ciml_plans)
+    trainer.loss.beta = trainer.kl_beta(0)
+    assert trainer.loss.beta == 0
     outputs = trainer.network(torch.randn(2, 3, *trainer.configuration_manager.patch_size))
     target = _deep_supervision_target(outputs)
     assert torch.equal(trainer.loss(outputs, target), nnUNetTrainer._build_loss(trainer)(outputs, target))

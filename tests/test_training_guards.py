@@ -26,7 +26,8 @@ from nnunetv2_ciml.planning import CIML_NETWORK
 from nnunetv2_ciml.cpu_test_trainers import nnUNetTrainerCIML_CPUtest
 from nnunetv2_ciml.demo.trainers import nnUNetTrainer_ShapeCompositionDemoQuick
 from nnunetv2_ciml.training.guards import CheckpointError, GuardedTraining, TrainingStoppedError, save_atomically
-from nnunetv2_ciml.training.trainers import kl_beta, nnUNetTrainerCIML, validate_ciml_attributes
+from nnunetv2_ciml.training.kl_schedule import CONSTANT
+from nnunetv2_ciml.training.trainers import nnUNetTrainerCIML, validate_ciml_attributes
 from helpers import REGIONS, TRAINER_MODULES, hand_made_trainer, make_dataset, shrink_plans
 
 DATASET_ID = 963
@@ -40,24 +41,12 @@ def sha256(path: Path) -> str:
 # ------------------------------------------------------------------------------------ settings, no training
 
 
-def test_kl_beta_schedule():
-    """Values by hand. Fails for the old rule max(1, fraction * epochs), which gave beta 0 in epoch 0 for
-    fraction 0, and for a warm-up that ignores the fraction."""
-    assert kl_beta(0, 100, 1e-3, 0.0) == 1e-3  # no warm-up: full beta from epoch 0
-    assert kl_beta(0, 100, 1e-3, 0.1) == 0.0
-    assert kl_beta(5, 100, 1e-3, 0.1) == pytest.approx(5e-4)
-    assert kl_beta(10, 100, 1e-3, 0.1) == pytest.approx(1e-3) == kl_beta(99, 100, 1e-3, 0.1)
-    assert kl_beta(1, 2, 0.5, 0.1) == 0.5 and kl_beta(0, 2, 0.5, 0.1) == 0.0  # a warm-up lasts >= 1 epoch
-    assert kl_beta(50, 100, 1e-2, 1.0) == pytest.approx(5e-3)
-
-
 @pytest.mark.parametrize("attribute, value, message", [
     ("kl_weight", float("inf"), r"kl_weight = inf: must be a finite number"),
     ("kl_weight", float("nan"), r"kl_weight = nan: must be a finite number"),
     ("kl_weight", -1e-3, r"kl_weight = -0.001: the KL weight \(beta\) must be >= 0"),
     ("kl_weight", "1e-3", r"kl_weight = '1e-3': must be a finite number"),
-    ("kl_warmup_fraction", 1.5, r"kl_warmup_fraction = 1.5: must lie in \[0, 1\]"),
-    ("kl_warmup_fraction", -0.1, r"kl_warmup_fraction = -0.1: must lie in \[0, 1\]"),
+    ("kl_schedule", 0.1, r"kl_schedule = 0.1: must be a nnunetv2_ciml.training.kl_schedule.KLSchedule"),
     ("branch_width_factor", 0.0, r"branch_width_factor = 0.0: must be > 0"),
     ("branch_width_factor", float("inf"), r"branch_width_factor = inf: must be a finite number"),
     ("messages", "yes", r"messages = 'yes': must be True or False"),
@@ -118,7 +107,7 @@ def test_every_exported_trainer_is_guarded():
 
 def test_valid_settings_pass():
     class Fine:
-        kl_weight, kl_warmup_fraction, messages, branch_width_factor = 0, 0, False, 0.5
+        kl_weight, kl_schedule, messages, branch_width_factor = 0, CONSTANT, False, 0.5
     validate_ciml_attributes(Fine())
     validate_ciml_attributes(nnUNetTrainerCIML_CPUtest)
 
@@ -180,10 +169,9 @@ def test_sigkill_while_writing_checkpoints_never_leaves_a_torn_file(tmp_path):
 
 
 class nnUNetTrainerCIML_guardTest(nnUNetTrainerCIML_CPUtest):
-    """CPU-test budget with full beta from epoch 0 (no warm-up)."""
+    """CPU-test budget, beta 1e-2 from the first iteration."""
 
     kl_weight = 1e-2
-    kl_warmup_fraction = 0.0
 
 
 class nnUNetTrainerCIML_nanDataTest(nnUNetTrainerCIML_guardTest):
@@ -253,8 +241,8 @@ def trained(prepared):
 
 @pytest.mark.integration
 @pytest.mark.slow  # nnU-Net trains a model for the module
-def test_no_warmup_gives_full_beta_from_epoch_0(trained):
-    """kl_warmup_fraction = 0 used to give beta 0 in epoch 0."""
+def test_the_constant_schedule_gives_full_beta_from_epoch_0(trained):
+    """The logged beta of every epoch of a real training is kl_weight (a warm-up would log 0 for epoch 0)."""
     logging = torch.load(trained / "checkpoint_final.pth", map_location="cpu", weights_only=False)["logging"]
     assert logging["ciml_beta"] == [1e-2, 1e-2]
     assert not list(trained.glob(".*.partial"))  # atomic writes leave no temporary file

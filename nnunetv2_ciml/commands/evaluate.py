@@ -22,9 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", required=True, metavar="OUT_DIR", help="where per_case.csv and summary.json go")
     parser.add_argument("-np", type=int, default=1, metavar="N", help="worker processes (default 1)")
     parser.add_argument("--labels", choices=["brats2020", "brats2023", "brats2024", "nnunet"], default=None,
-                        help="brats only: label convention, brats2020 (1 NCR/NET, 2 edema, 4 ET; default), "
-                             "brats2023 (ET = 3), brats2024 (2023 plus 4 resection cavity; default with "
-                             "--lesionwise) or nnunet (1 edema, 2 NCR, 3 ET)")
+                        help="brats only: label convention, brats2020 (1 NCR/NET, 2 edema, 4 ET), brats2023 (ET = "
+                             "3), brats2024 (2023 plus 4 resection cavity) or nnunet (1 edema, 2 NCR, 3 ET); "
+                             "default: read from the references, refused where their labels cannot tell")
     parser.add_argument("--lesionwise", nargs="?", const="gli", choices=["gli", "mets"], default=None,
                         help="brats only: the BraTS 2023+ leaderboards' lesion-wise Dice, HD95, NSD and lesion "
                              "detection (TP/FP/FN, F1) as the official brats-evaluation package computes them; "

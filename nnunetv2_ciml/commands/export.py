@@ -38,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 "--source)")
         p.add_argument("-np", dest="num_processes", type=int, default=None,
                        help="worker processes (default: nnU-Net's default, env nnUNet_def_n_proc)")
-        p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace an earlier export in OUT_DIR as a whole (the files its .export.json lists; files "
+                            "no export recorded are never replaced) and an existing --zip archive")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -48,10 +50,11 @@ def main(args: argparse.Namespace) -> int:
     if getattr(args, "allow_missing", False) and zip_file is None:
         print(f"nnunetv2_ciml export {args.dataset}: error: --allow-missing applies to --zip only", file=sys.stderr)
         return 2
-    if zip_file is not None:  # every check before the first write
+    if zip_file is not None:  # every check before the first write; the export writes the archive
         from nnunetv2_ciml.dataset_conversion.submission import check_complete, check_zip_target
         check_zip_target(zip_file, args.overwrite)
         missing = check_complete(_source_cases(args.dataset, args.source), args.pred_dir, args.allow_missing)
+        kwargs["zip_file"] = zip_file
     if args.dataset == "brats":
         from nnunetv2_ciml.dataset_conversion.brats import export_brats
         report = export_brats(args.pred_dir, args.out_dir, labels=args.labels, source=args.source, **kwargs)
@@ -61,9 +64,6 @@ def main(args: argparse.Namespace) -> int:
     else:
         from nnunetv2_ciml.dataset_conversion.hecktor import export_hecktor
         report = export_hecktor(args.pred_dir, args.out_dir, source=args.source, **kwargs)
-    if zip_file is not None:
-        from nnunetv2_ciml.dataset_conversion.submission import write_zip
-        write_zip(report.written, zip_file, overwrite=args.overwrite)
     print(report.summary())
     if zip_file is not None:
         print(f"Archive: {zip_file} ({len(report.written)} cases)")

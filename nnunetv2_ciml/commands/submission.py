@@ -2,6 +2,8 @@
 import argparse
 import sys
 
+from nnunetv2_ciml.folds import fold_argument
+
 HELP = "Build the folder of a challenge algorithm container (autoPET III: Dockerfile, package, model, entry point)."
 
 
@@ -14,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("-m", dest="model_folder", required=True, metavar="MODEL_FOLDER",
                    help="nnU-Net training output folder (nnUNet_results/DatasetXXX/TRAINER__PLANS__CONFIG) of a model "
                         "with one CT and one PET channel (nnunetv2_ciml convert autopet)")
-    p.add_argument("-f", dest="folds", nargs="+", required=True, metavar="FOLD",
+    p.add_argument("-f", dest="folds", nargs="+", required=True, type=fold_argument, metavar="FOLD",
                    help="folds to ensemble, e.g. 0 1 2 3 4")
     p.add_argument("-o", dest="out_dir", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("-chk", "--checkpoint", dest="checkpoint", default="checkpoint_final.pth",

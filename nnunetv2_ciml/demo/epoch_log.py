@@ -14,7 +14,7 @@ import json
 import os
 from typing import Any, Dict, Optional
 
-__all__ = ["EpochLineLogger", "EPOCH_LOG_NAME", "read_epoch_lines"]
+__all__ = ["EpochLineLogger", "EPOCH_LOG_NAME", "read_epoch_lines", "learning_curves", "recent_gain"]
 
 EPOCH_LOG_NAME = "epochs.jsonl"
 
@@ -74,3 +74,19 @@ def read_epoch_lines(path: str, offset: int = 0) -> tuple:
     complete = data[:data.rfind(b"\n") + 1]
     lines = [json.loads(line) for line in complete.decode().splitlines() if line.strip()]
     return lines, offset + len(complete)
+
+
+def learning_curves(path: str) -> Dict[str, list]:
+    """Per epoch of a finished ``epochs.jsonl``: ``train_loss``, ``val_loss`` and ``pseudo_dice`` (nnU-Net's
+    validation Dice, mean over its labels or regions)."""
+    lines, _ = read_epoch_lines(path)
+    return {"train_loss": [line["train_loss"] for line in lines], "val_loss": [line["val_loss"] for line in lines],
+            "pseudo_dice": [sum(line["pseudo_dice"]) / len(line["pseudo_dice"]) for line in lines]}
+
+
+def recent_gain(values: list, window: int = 3) -> Optional[float]:
+    """How much a curve still rose at its end: the mean of its last ``window`` values minus the mean of the
+    ``window`` before them (None if it is shorter than ``2 * window``)."""
+    if len(values) < 2 * window:
+        return None
+    return sum(values[-window:]) / window - sum(values[-2 * window:-window]) / window

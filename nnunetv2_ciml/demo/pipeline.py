@@ -236,14 +236,16 @@ def _train_models(out_dir: Path, settings: DemoSettings, device: str, parallel: 
 
 
 def _training_record(trainer: str, folder: Path, seconds: float) -> dict:
+    from nnunetv2_ciml.demo.epoch_log import EPOCH_LOG_NAME, learning_curves
     from nnunetv2_ciml.registration import trainer_class
 
     cls = trainer_class(trainer)
     record = {"trainer": trainer, "epochs": cls.budget_epochs, "iterations_per_epoch": cls.budget_iterations,
-              "model_folder": str(folder), "seconds": seconds}
+              "model_folder": str(folder), "seconds": seconds,
+              "curves": learning_curves(str(folder / f"fold_{FOLD}" / EPOCH_LOG_NAME))}
     if hasattr(cls, "kl_weight"):  # without messages there is no KL, so no beta to record
         record.update(messages=cls.messages, beta=cls.kl_weight if cls.messages else None,
-                      beta_warmup_fraction=cls.kl_warmup_fraction if cls.messages else None)
+                      beta_schedule=cls.kl_schedule.describe() if cls.messages else None)
     return record
 
 

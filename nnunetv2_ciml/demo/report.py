@@ -6,6 +6,7 @@ from typing import List, Mapping
 
 import numpy as np
 
+from nnunetv2_ciml.demo.epoch_log import recent_gain
 from nnunetv2_ciml.demo.figures import FAINT, message_log_summary
 
 __all__ = ["write_report"]
@@ -42,6 +43,28 @@ def _breakdown_lines(breakdown, num_modalities: int) -> List[str]:
             f"Grad-CAM weighs each message channel by its gradient averaged over the image, so a channel that matters "
             f"at the pairs also shows wherever else it is active, and maps of the coarse skip levels spread further "
             f"when upsampled." + owner, ""]
+
+
+PLATEAU_GAIN = 0.002  # pseudo Dice: a model whose last 3 epochs rose less than this over the 3 before is at a plateau
+
+
+def _plateau_lines(training: Mapping[str, dict]) -> List[str]:
+    """How far each model was from its plateau at its last epoch, from its pseudo Dice per epoch."""
+    lines = []
+    for model, t in training.items():
+        curve = t.get("curves", {}).get("pseudo_dice") or []
+        gain = recent_gain(curve)
+        if gain is None:
+            continue
+        state = "still rising" if gain > PLATEAU_GAIN else "no longer rising"
+        lines.append(f"- {model}: pseudo Dice {curve[-1]:.4f} at its last epoch; the mean of its last 3 epochs differs "
+                     f"by {gain:+.4f} from that of the 3 before: **{state}**.")
+    if not lines:
+        return []
+    return ["## How far training got", "",
+            "nnU-Net's pseudo Dice (its validation Dice during training, mean over the labels; a few validation "
+            "batches per epoch, so it moves by about 0.01 from epoch to epoch) per model, and how much it still rose "
+            f"at the end of the budget (a gain of {PLATEAU_GAIN} or less counts as no longer rising):", "", *lines, ""]
 
 
 def write_report(results: dict, out_dir: Path) -> Path:
@@ -82,8 +105,7 @@ def write_report(results: dict, out_dir: Path) -> Path:
               f"fold {results['plans']['fold']} of nnU-Net's 5-fold split; nnU-Net's predictor on the held-out cases.",
               "- **Models**, all with the same budget (no mirroring; otherwise nnU-Net's training):"]
     for model, t in training.items():
-        ciml = "" if "beta" not in t else (f", KL weight beta {t['beta']:g} (linear warm-up over the first "
-                                           f"{100 * t['beta_warmup_fraction']:.0f} % of epochs)" if t["messages"]
+        ciml = "" if "beta" not in t else (f", KL weight beta {t['beta']:g} ({t['beta_schedule']})" if t["messages"]
                                            else ", no messages")
         lines.append(f"  - {model}: `{t['trainer']}`, {t['epochs']} epochs x {t['iterations_per_epoch']} iterations"
                      + ciml + f"; trained in {t['seconds'] / 60:.1f} min")
@@ -96,6 +118,7 @@ def write_report(results: dict, out_dir: Path) -> Path:
               "over cases (predicting both members of every pair gives 0.667). Pair accuracy: share of pair "
               "objects decided right (twin predicted, decoy not; chance 0.5).", ""]
 
+    lines += _plateau_lines(training)
     lines += ["## Claims", "",
               "Training is not seeded: a rerun moves every number. Each claim states how far, measured as the "
               "standard deviation over five data seeds (`benchmarks/demo_seeds.py`, docs/demo.md); claim 1 is "

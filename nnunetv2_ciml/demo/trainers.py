@@ -18,16 +18,20 @@ any trainer::
     nnUNetv2_train DATASET 2d 0 -tr nnUNetTrainerCIML_ShapeCompositionDemo
 
 The studies on the demo's data (``benchmarks/demo_width_study.py``: CIML's widths;
-``benchmarks/missing_modalities.py``: modality dropout and fallback primaries) train the same budget with the
-variants below. Why the demo's beta is 0.1 rather than ``nnUNetTrainerCIML``'s 1e-3: docs/demo.md.
+``benchmarks/missing_modalities.py``: modality dropout and fallback primaries; ``benchmarks/kl_schedule_study.py``:
+the KL schedule) train the same budget with the variants below. Why the demo's beta is 0.1 rather than ``nnUNetTrainerCIML``'s 1e-3: docs/demo.md.
 """
 import torch
 from batchgenerators.utilities.file_and_folder_operations import join
+from torch import nn
 from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring import \
     nnUNetTrainerNoMirroring
 
 from nnunetv2_ciml.training.budget import TrainingBudget
 from nnunetv2_ciml.demo.epoch_log import EPOCH_LOG_NAME, EpochLineLogger
+from nnunetv2_ciml.demo.iteration_log import IterationLog
+from nnunetv2_ciml.network import unwrap
+from nnunetv2_ciml.training import kl_schedule
 from nnunetv2_ciml.training.guards import GuardedTraining
 from nnunetv2_ciml.training.modality_dropout import nnUNetTrainer_modalityDropout, nnUNetTrainerCIML_modalityDropout
 from nnunetv2_ciml.training.trainers import nnUNetTrainerCIML, nnUNetTrainerCIML_noMessages
@@ -46,7 +50,18 @@ __all__ = ["nnUNetTrainer_ShapeCompositionDemo", "nnUNetTrainerCIML_ShapeComposi
            "nnUNetTrainerCIML_modalityDropout_keepPrimaries_ShapeCompositionDemo",
            "nnUNetTrainer_modalityDropout_ShapeCompositionDemo",
            "nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemoQuick",
-           "nnUNetTrainer_modalityDropout_ShapeCompositionDemoQuick"]
+           "nnUNetTrainer_modalityDropout_ShapeCompositionDemoQuick",
+           "nnUNetTrainerCIML_constantBeta_ShapeCompositionDemo", "nnUNetTrainerCIML_epochWarmup_ShapeCompositionDemo",
+           "nnUNetTrainerCIML_iterationWarmup_ShapeCompositionDemo",
+           "nnUNetTrainerCIML_floorWarmup_ShapeCompositionDemo", "nnUNetTrainerCIML_freeBits_ShapeCompositionDemo",
+           "nnUNetTrainerCIML_klPerLatentChannel_ShapeCompositionDemo", "nnUNetTrainerCIML_priorStart_ShapeCompositionDemo",
+           "nnUNetTrainerCIML_klOnMessages_ShapeCompositionDemo",
+           "nnUNetTrainerCIML_epochWarmup_ShapeCompositionDemoQuick",
+           "nnUNetTrainerCIML_groupedBranches_ShapeCompositionDemo",
+           "nnUNetTrainerCIML_groupedBranches_fullWidth_ShapeCompositionDemo",
+           "nnUNetTrainerCIML_inputEmbedding_ShapeCompositionDemo",
+           "nnUNetTrainerCIML_groupedBranches_modalityDropout_ShapeCompositionDemo",
+           "nnUNetTrainerCIML_inputEmbedding_modalityDropout_ShapeCompositionDemo"]
 
 
 class DemoBudget(TrainingBudget, nnUNetTrainerNoMirroring):
@@ -125,13 +140,21 @@ class nnUNetTrainerCIML_noMessages_ShapeCompositionDemoQuick(nnUNetTrainerCIML_n
 
 
 class nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemo(nnUNetTrainerCIML_modalityDropout, DemoBudget):
-    """CIML with modality dropout on the demonstration's budget, beta 0.1 as the demo's CIML."""
+    """CIML with modality dropout (its shared branches) on the demonstration's budget, beta 0.1 as the demo's CIML."""
 
     kl_weight = 1e-1
 
 
-class nnUNetTrainerCIML_modalityDropout_fallbackAffine_ShapeCompositionDemo(
+class nnUNetTrainerCIML_groupedBranches_modalityDropout_ShapeCompositionDemo(
         nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemo):
+    """The missing-modality study (``benchmarks/missing_modalities.py``): modality dropout with the grouped encoder
+    (one weight set per modality, ``nnUNetTrainerCIML_groupedBranches``'); the fallback and dropout-rate studies below build on it."""
+
+    shared_branches = False
+
+
+class nnUNetTrainerCIML_modalityDropout_fallbackAffine_ShapeCompositionDemo(
+        nnUNetTrainerCIML_groupedBranches_modalityDropout_ShapeCompositionDemo):
     """The fallback study (``benchmarks/missing_modalities.py``): the first present fallback's skip features
     through a learnt per-(subtask, fallback) scale and shift."""
 
@@ -139,28 +162,28 @@ class nnUNetTrainerCIML_modalityDropout_fallbackAffine_ShapeCompositionDemo(
 
 
 class nnUNetTrainerCIML_modalityDropout_meanFallback_ShapeCompositionDemo(
-        nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemo):
+        nnUNetTrainerCIML_groupedBranches_modalityDropout_ShapeCompositionDemo):
     """The fallback study: the mean of the present fallbacks' skip features (as HeMIS fuses modalities)."""
 
     fallback_mode, fallback_affine = "mean", False
 
 
 class nnUNetTrainerCIML_modalityDropout_rate025_ShapeCompositionDemo(
-        nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemo):
+        nnUNetTrainerCIML_groupedBranches_modalityDropout_ShapeCompositionDemo):
     """The dropout study (``benchmarks/missing_modalities.py``): a quarter of the samples lose modalities."""
 
     modality_dropout_rate = 0.25
 
 
 class nnUNetTrainerCIML_modalityDropout_rate075_ShapeCompositionDemo(
-        nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemo):
+        nnUNetTrainerCIML_groupedBranches_modalityDropout_ShapeCompositionDemo):
     """The dropout study: three quarters of the samples lose modalities."""
 
     modality_dropout_rate = 0.75
 
 
 class nnUNetTrainerCIML_modalityDropout_keepPrimaries_ShapeCompositionDemo(
-        nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemo):
+        nnUNetTrainerCIML_groupedBranches_modalityDropout_ShapeCompositionDemo):
     """The dropout study: only modalities that are nobody's primary are removed."""
 
     primaries_droppable = False
@@ -179,3 +202,124 @@ class nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemoQuick(nnUNetTrainerC
 
 class nnUNetTrainer_modalityDropout_ShapeCompositionDemoQuick(nnUNetTrainer_modalityDropout, QuickDemoBudget):
     """Plain nnU-Net with modality dropout on the ``--quick`` budget."""
+
+
+# The KL-schedule study (benchmarks/kl_schedule_study.py): the demo's CIML with one schedule or KL term each, and
+# every training iteration logged (fold_0/iterations.jsonl, nnunetv2_ciml.demo.iteration_log). The candidates
+# but the last keep the first version's KL, whose gradient also reached the branches (KLIntoBranches). All keep
+# the grouped encoder the study ran on, so that it reproduces.
+
+FREE_NATS = 0.1  # nats per voxel per message and stage: about a third of a trained demo message's KL
+
+
+class KLIntoBranches(nnUNetTrainerCIML):
+    """Mixin: the first version's KL, whose gradient also reaches the modality branches
+    (``StageMessages.kl_reaches_branches``), on the grouped encoder that the study measured."""
+
+    shared_branches = False
+
+    def initialize(self):
+        super().initialize()
+        for module in unwrap(self.network).messages.values():
+            module.kl_reaches_branches = True
+
+
+class nnUNetTrainerCIML_constantBeta_ShapeCompositionDemo(KLIntoBranches, IterationLog,
+                                                          nnUNetTrainerCIML_ShapeCompositionDemo):
+    """The KL-schedule study: beta 0.1 from the first iteration (``kl_schedule.CONSTANT``), the first version's KL."""
+
+    kl_schedule = kl_schedule.CONSTANT
+
+
+class nnUNetTrainerCIML_epochWarmup_ShapeCompositionDemo(KLIntoBranches, IterationLog,
+                                                         nnUNetTrainerCIML_ShapeCompositionDemo):
+    """The KL-schedule study: the first version: beta 0 in epoch 0, rising once per epoch to 0.1 at 10 % of the
+    epochs (``kl_schedule.EPOCH_WARMUP``), the KL's gradient reaching the branches."""
+
+    kl_schedule = kl_schedule.EPOCH_WARMUP
+
+
+class nnUNetTrainerCIML_iterationWarmup_ShapeCompositionDemo(KLIntoBranches, IterationLog,
+                                                             nnUNetTrainerCIML_ShapeCompositionDemo):
+    """The KL-schedule study: beta rising every iteration from 0 to 0.1 over the first 10 % of the iterations."""
+
+    kl_schedule = kl_schedule.ITERATION_WARMUP
+
+
+class nnUNetTrainerCIML_floorWarmup_ShapeCompositionDemo(KLIntoBranches, IterationLog,
+                                                         nnUNetTrainerCIML_ShapeCompositionDemo):
+    """The KL-schedule study: the epoch warm-up from a tenth of beta instead of 0."""
+
+    kl_schedule = kl_schedule.FLOOR_WARMUP
+
+
+class nnUNetTrainerCIML_freeBits_ShapeCompositionDemo(nnUNetTrainerCIML_constantBeta_ShapeCompositionDemo):
+    """The KL-schedule study: constant beta; each message's KL at each stage costs nothing up to
+    :data:`FREE_NATS` ("free bits")."""
+
+    def kl_term(self, network: nn.Module) -> torch.Tensor:
+        return network.stage_kl.clamp_min(FREE_NATS).mean()
+
+
+class nnUNetTrainerCIML_klPerLatentChannel_ShapeCompositionDemo(nnUNetTrainerCIML_epochWarmup_ShapeCompositionDemo):
+    """The KL-schedule study: the epoch warm-up, with each message's KL divided by its latent channels (the stages'
+    KLs weigh alike whatever their width; a weaker bottleneck overall)."""
+
+    def kl_term(self, network: nn.Module) -> torch.Tensor:
+        latent = torch.tensor([float(network.messages[str(s)].latent_channels) for s in network.message_stages],
+                              device=network.stage_kl.device)
+        return (network.stage_kl / latent[:, None]).mean()
+
+
+class nnUNetTrainerCIML_priorStart_ShapeCompositionDemo(nnUNetTrainerCIML_constantBeta_ShapeCompositionDemo):
+    """The KL-schedule study: constant beta, and every message's posterior starting near the prior (KL near 0
+    at the first iteration instead of tens of nats per voxel: ``StageMessages.start_posteriors_near_the_prior``)."""
+
+    def initialize(self):
+        super().initialize()
+        for module in unwrap(self.network).messages.values():
+            module.start_posteriors_near_the_prior()
+
+
+class nnUNetTrainerCIML_klOnMessages_ShapeCompositionDemo(IterationLog, nnUNetTrainerCIML_ShapeCompositionDemo):
+    """The KL-schedule study: constant beta, the KL's gradient stopped at the modality branches' features (the
+    bottleneck shapes the message modules; the branches learn from the segmentation loss alone): the method as
+    ``nnUNetTrainerCIML`` trains it, on the grouped encoder that the study measured."""
+
+    kl_schedule = kl_schedule.CONSTANT
+    shared_branches = False
+
+
+class nnUNetTrainerCIML_epochWarmup_ShapeCompositionDemoQuick(KLIntoBranches, IterationLog,
+                                                              nnUNetTrainerCIML_ShapeCompositionDemoQuick):
+    """The first version's schedule and KL on the ``--quick`` budget, logged per iteration (a smoke test)."""
+
+    kl_schedule = kl_schedule.EPOCH_WARMUP
+
+
+# Shared against grouped modality branches (benchmarks/demo_width_study.py, benchmarks/missing_modalities.py)
+
+class nnUNetTrainerCIML_groupedBranches_ShapeCompositionDemo(nnUNetTrainerCIML_ShapeCompositionDemo):
+    """``nnUNetTrainerCIML_groupedBranches`` on the demonstration's budget: one weight set per modality."""
+
+    shared_branches = False
+
+
+class nnUNetTrainerCIML_groupedBranches_fullWidth_ShapeCompositionDemo(
+        nnUNetTrainerCIML_groupedBranches_ShapeCompositionDemo):
+    """The width study: grouped branches as wide as the plain U-Net's."""
+
+    branch_width_factor = 1.0
+
+
+class nnUNetTrainerCIML_inputEmbedding_ShapeCompositionDemo(nnUNetTrainerCIML_ShapeCompositionDemo):
+    """The width study: the shared encoder told each modality by a learnt code at the input instead of affines."""
+
+    modality_conditioning = "input_embedding"
+
+
+class nnUNetTrainerCIML_inputEmbedding_modalityDropout_ShapeCompositionDemo(
+        nnUNetTrainerCIML_modalityDropout_ShapeCompositionDemo):
+    """The missing-modality study: modality dropout, the shared encoder told each modality by a learnt input code."""
+
+    modality_conditioning = "input_embedding"

@@ -12,7 +12,9 @@ convention      labels                                      WT             TC   
 ==============  ==========================================  =============  ==========  ======
 
 Any other label value in a reference or prediction is an error (a wrong convention would
-silently give wrong regions).
+silently give wrong regions). Without ``labels`` the evaluation reads the convention from the references
+(:func:`detect_brats_labels`), or refuses where their values cannot tell: nnU-Net's labels without any ET share
+their values with BraTS 2020's and 2023's, and only which of labels 1 and 2 is larger tells them apart.
 
 Per case and region (nnU-Net's re-implementation of the BraTS/CaPTk scheme,
 ``compute_BraTS_dice``/``compute_BraTS_HD95`` in nnU-Net v1's ``Task082_BraTS_2020.py``):
@@ -42,6 +44,7 @@ prediction file is scored as an empty prediction and listed under ``missing`` by
 unless ``variant="corrected"``.
 """
 from functools import partial
+from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -51,7 +54,7 @@ from nnunetv2_ciml.evaluation.base import (EvaluationError, EvaluationMode, case
 from nnunetv2_ciml.evaluation.surface_distance import hd95
 
 __all__ = ["BRATS_HD95_PENALTY_MM", "BRATS_LABEL_CONVENTIONS", "dice_and_hd95", "brats_region_metrics",
-           "make_brats_mode"]
+           "detect_brats_labels", "make_brats_mode"]
 
 BRATS_HD95_PENALTY_MM = 373.12866
 REGION_NAMES = ("WT", "TC", "ET")
@@ -72,6 +75,45 @@ def dice_and_hd95(ref_mask: np.ndarray, pred_mask: np.ndarray, spacing: Sequence
     if ref_empty or pred_empty:
         return {"Dice": 0.0, "HD95": BRATS_HD95_PENALTY_MM}
     return {"Dice": dice(ref_mask, pred_mask), "HD95": hd95(ref_mask, pred_mask, spacing)}
+
+
+def detect_brats_labels(reference_files: Sequence[Path], lesionwise: bool, sample: int = 20) -> Tuple[str, str]:
+    """The label convention of a folder of BraTS references, from the voxels per label of (an evenly spaced sample
+    of at most ``sample``) files: ``(convention, why)``.
+
+    Label 4 with label 3: BraTS 2024+ (4 = resection cavity). Label 4 without 3: BraTS 2020 (4 = ET) for the
+    image-level metrics, where it is the default; refused for the ``lesionwise`` ones, whose default is BraTS 2024
+    (4 = resection cavity, and no ET anywhere?). Label 1 larger than label 2: refused (nnU-Net's 1 = oedema, or BraTS
+    2023's 1 = NETC?), since the oedema is the largest region in BraTS data. Otherwise BraTS 2023 (labels 1-3; the
+    image-level metrics call labels 0-2 alone BraTS 2020, whose regions are the same for them). Raises
+    :class:`EvaluationError` with the ``--labels`` choice to make where the values cannot tell."""
+    from nnunetv2_ciml.evaluation.label_images import read_label_image
+
+    files = list(reference_files)[::max(1, -(-len(reference_files) // sample))]
+    counts = np.zeros(5, np.int64)
+    for path in files:
+        _, array = read_label_image(path, Path(path).name, "reference")
+        counts += np.bincount(array.ravel().clip(0, 4).astype(np.intp), minlength=5)[:5]
+    sampled = f"{len(files)} reference file(s) of {len(reference_files)}"
+    if counts[4] and not counts[3]:
+        if not lesionwise:
+            return "brats2020", (f"label 4 without 3 in {sampled}: BraTS 2020 (4 = enhancing tumour); pass --labels "
+                                 f"brats2024 if 4 is a resection cavity")
+        raise EvaluationError(f"the references hold label 4 but no label 3 ({sampled}): BraTS 2020 labels "
+                              f"(4 = enhancing tumour) or BraTS 2024 labels (4 = resection cavity, and no enhancing "
+                              f"tumour anywhere)? Pass --labels brats2020 or --labels brats2024")
+    if counts[4]:
+        return "brats2024", f"labels 1-4 with 3 and 4 present in {sampled}: BraTS 2024+ (4 = resection cavity)"
+    if counts[1] > counts[2]:
+        raise EvaluationError(f"in the references label 1 holds more voxels than label 2 ({sampled}), as the oedema "
+                              f"does in nnU-Net's BraTS labels (1 edema, 2 NCR, 3 ET), not in BraTS's (1 NCR/NETC, "
+                              f"2 edema/SNFH). Pass --labels nnunet or --labels brats2023 (brats2020 for BraTS 2020 "
+                              f"files)")
+    if not counts[3] and not lesionwise:
+        return "brats2020", (f"labels 1-2 with label 2 (the oedema) the largest in {sampled}: BraTS 2020 (the same "
+                             f"regions as BraTS 2023 for these labels; pass --labels to choose another)")
+    return "brats2023", (f"labels 1-3 with label 2 (SNFH, the oedema) the largest in {sampled}: BraTS 2023 "
+                         f"(pass --labels to choose another)")
 
 
 def _check_convention(labels: str) -> None:

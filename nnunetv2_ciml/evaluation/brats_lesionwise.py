@@ -83,7 +83,6 @@ counts) and ``mean``/``std``/``median`` over cases per region and metric, NaN sk
 ``ddof=1`` (the official parser's pandas).
 """
 from functools import partial
-from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import cc3d
@@ -94,8 +93,7 @@ from scipy.optimize import linear_sum_assignment
 from nnunetv2_ciml.evaluation.base import EvaluationError, case_statistics, format_grouped_table
 from nnunetv2_ciml.evaluation.surface_distance import bounding_box, directed_surface_distances
 
-__all__ = ["LESIONWISE_CONFIGS", "LESIONWISE_HD95_PENALTY", "detect_lesionwise_labels", "to_brats2023_labels",
-           "match_lesions",
+__all__ = ["LESIONWISE_CONFIGS", "LESIONWISE_HD95_PENALTY", "to_brats2023_labels", "match_lesions",
            "lesionwise_region_metrics", "brats_lesionwise_metrics", "missing_prediction_metrics",
            "summarize_lesionwise", "format_lesionwise_table"]
 
@@ -115,35 +113,6 @@ _TO_BRATS2023 = {
     "nnunet": np.array([0, 2, 1, 3], dtype=np.uint8),  # 1 edema -> 2, 2 NCR -> 1
 }
 VARIANTS = ("official", "corrected")
-
-
-def detect_lesionwise_labels(reference_files: Sequence[Path], sample: int = 20) -> Tuple[str, str]:
-    """The label convention of a folder of BraTS references, from the voxels per label of (an evenly spaced sample
-    of at most ``sample``) files: ``(convention, why)``. Label 4 with label 3: BraTS 2024+ (4 = resection
-    cavity); labels 1-3 with label 2 the largest: BraTS 2023 (2 = SNFH, the oedema). Raises
-    :class:`EvaluationError` where the values cannot tell: label 4 without any 3 (BraTS 2020's enhancing tumour,
-    or BraTS 2024 without one?), or label 1 larger than 2 (nnU-Net's 1 = oedema?); ``--labels`` then decides."""
-    from nnunetv2_ciml.evaluation.label_images import read_label_image
-
-    files = list(reference_files)[::max(1, -(-len(reference_files) // sample))]
-    counts = np.zeros(5, np.int64)
-    for path in files:
-        _, array = read_label_image(path, Path(path).name, "reference")
-        values = np.bincount(array.ravel().clip(0, 4).astype(np.intp), minlength=5)
-        counts += values[:5]
-    sampled = f"{len(files)} reference file(s) of {len(reference_files)}"
-    if counts[4] and not counts[3]:
-        raise EvaluationError(f"the references hold label 4 but no label 3 ({sampled}): BraTS 2020 labels "
-                              f"(4 = enhancing tumour) or BraTS 2024 labels (4 = resection cavity, and no enhancing "
-                              f"tumour anywhere)? Pass --labels brats2020 or --labels brats2024")
-    if counts[4]:
-        return "brats2024", f"labels 1-4 with 3 and 4 present in {sampled}: BraTS 2024+ (4 = resection cavity)"
-    if counts[1] > counts[2]:
-        raise EvaluationError(f"in the references label 1 holds more voxels than label 2 ({sampled}), as the oedema "
-                              f"does in nnU-Net's BraTS labels (1 edema, 2 NCR, 3 ET), not in BraTS 2023's (1 NETC, "
-                              f"2 SNFH, 3 ET). Pass --labels nnunet or --labels brats2023")
-    return "brats2023", (f"labels 1-3 with label 2 (SNFH, the oedema) the largest in {sampled}: BraTS 2023 "
-                         f"(pass --labels to choose another)")
 
 
 def to_brats2023_labels(seg: np.ndarray, labels: str) -> np.ndarray:

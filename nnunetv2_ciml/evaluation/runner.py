@@ -4,7 +4,7 @@
   the case name is the file name without that ending, and the prediction of case ``X`` is
   ``pred_dir/X<file ending>``. A reference case without a prediction is scored as an empty
   prediction (or by the mode's own rule for missing cases, e.g. the official one of the lesion-wise
-  BraTS metrics) and listed under ``missing`` (in ``summary.json`` and as a ``missing`` column of
+  BraTS metrics) and listed under ``missing`` in ``summary.json`` (the ``prediction_missing`` column of
   ``per_case.csv``). Predictions without a reference are ignored and listed under
   ``unmatched_predictions``. If no prediction matches any reference, that is an error (most
   likely a wrong folder or file ending), not a set of empty predictions.
@@ -18,7 +18,8 @@
   before anything is read). Both outputs are written to temporary files in ``out_dir`` and fsynced, and
   only then renamed, so neither is ever half written nor one from another run than the other; a run that
   fails (reading, computing or writing) renames an earlier run's ``summary.json`` and
-  ``per_case.csv`` to ``*.stale`` (and says so), so that no result that looks current is left behind:
+  ``per_case.csv`` to ``*.stale`` (and says so; where the folder does not let them be renamed, the message says
+  that they are not from this run), so that no result that looks current is left behind:
   ``per_case.csv`` (one row per case,
   nested metrics flattened as ``WT_Dice``), ``summary.json`` (``per_case``, the mode's summary,
   ``missing``, ``unmatched_predictions``, ``mode``, ``label_convention``), and a table on stdout.
@@ -149,18 +150,30 @@ def _replace_outputs(out: Path, writers: Dict[str, Callable[[Path], None]]) -> N
                 partial.unlink()
 
 
-def _mark_stale(out: Path) -> List[str]:
-    """Rename an earlier run's outputs in ``out`` to ``*.stale``; returns the new names."""
-    renamed = []
+def _mark_stale(out: Path) -> str:
+    """Rename an earlier run's outputs in ``out`` to ``*.stale``; returns what to add to the error message: the new
+    names, and the outputs that could not be renamed (a read-only folder), which must not pass for this run's."""
+    renamed, failed = [], []
     for name in OUTPUT_FILES:
         if (out / name).is_file():
-            os.replace(out / name, out / (name + STALE_SUFFIX))
-            renamed.append(name + STALE_SUFFIX)
-    return renamed
+            try:
+                os.replace(out / name, out / (name + STALE_SUFFIX))
+                renamed.append(name + STALE_SUFFIX)
+            except OSError as e:  # the error being reported is the run's, not this one
+                failed.append(f"{name} ({e.strerror or e})")
+    notes = []
+    if renamed:
+        notes.append(f"the earlier results in {str(out)!r} were renamed to {', '.join(renamed)}: they are not from "
+                     f"this run")
+    if failed:
+        notes.append(f"the earlier results {', '.join(failed)} in {str(out)!r} could not be renamed to "
+                     f"*{STALE_SUFFIX}: they are not from this run")
+    return "; ".join(notes)
 
 
 def _write_per_case_csv(path: Path, per_case: Dict[str, dict], missing: List[str], resampled: List[str]) -> None:
-    rows = [{"case": case, "missing": case in missing, **({"resampled": case in resampled} if resampled else {}),
+    rows = [{"case": case, "prediction_missing": case in missing,
+             **({"resampled": case in resampled} if resampled else {}),
              **_flatten(metrics)} for case, metrics in per_case.items()]
     columns = list(dict.fromkeys(k for row in rows for k in row))
     with open(path, "w", newline="") as f:
@@ -179,7 +192,8 @@ def evaluate_folder(mode: str, ref_dir: Union[str, Path], pred_dir: Union[str, P
         out_dir: where ``per_case.csv`` and ``summary.json`` go (created if needed).
         num_processes: worker processes (1: evaluate in this process).
         verbose: print the table (and warnings) to stdout, and progress to stderr (a bar on a terminal).
-        **mode_options: ``labels`` (brats: ``"brats2020"``, ``"brats2023"``, ``"nnunet"``), ``dataset_json``
+        **mode_options: ``labels`` (brats: ``"brats2020"``, ``"brats2023"``, ``"brats2024"``, ``"nnunet"``; default:
+            read from the references by :func:`~nnunetv2_ciml.evaluation.brats.detect_brats_labels`), ``dataset_json``
             (nnunet: path or dict), ``file_ending`` (default ``".nii.gz"``; nnunet: from ``dataset.json``).
     Returns:
         The summary written to ``summary.json`` (layout per mode in the mode's module docstring).
@@ -192,21 +206,21 @@ def evaluate_folder(mode: str, ref_dir: Union[str, Path], pred_dir: Union[str, P
         raise EvaluationError(f"output folder {str(out)!r} is a file; -o takes a folder for per_case.csv and "
                               "summary.json")
     try:
+        if num_processes < 1:
+            raise EvaluationError(f"num_processes must be at least 1, got {num_processes}")
         detected = None
-        if mode == "brats" and mode_options.get("lesionwise") and mode_options.get("labels") is None:
-            # the lesion-wise regions differ by convention, and BraTS 2020/2024 and nnU-Net labels share values:
-            # the convention is read from the references, or refused, never assumed
-            from nnunetv2_ciml.evaluation.brats_lesionwise import detect_lesionwise_labels
+        if mode == "brats" and mode_options.get("labels") is None:
+            # the regions differ by convention, and BraTS 2020/2023/2024 and nnU-Net labels share values: the
+            # convention is read from the references, or refused, never assumed
+            from nnunetv2_ciml.evaluation.brats import detect_brats_labels
             ending = mode_options.get("file_ending", ".nii.gz")
             references = list(find_cases(Path(ref_dir), Path(pred_dir), ending)[0].values())
-            labels, detected = detect_lesionwise_labels(references)
+            labels, detected = detect_brats_labels(references, lesionwise=bool(mode_options.get("lesionwise")))
             mode_options = dict(mode_options, labels=labels)
         evaluation_mode = make_mode(mode, **mode_options)
         if detected is not None:
             evaluation_mode = dataclasses.replace(
                 evaluation_mode, label_convention=f"{evaluation_mode.label_convention}; detected: {detected}")
-        if num_processes < 1:
-            raise EvaluationError(f"num_processes must be at least 1, got {num_processes}")
         refs, preds, unmatched = find_cases(Path(ref_dir), Path(pred_dir), evaluation_mode.file_ending)
         jobs = [(evaluation_mode, case, refs[case], preds[case]) for case in refs]
         with Progress(len(jobs), f"evaluate {mode}", enabled=verbose) as bar:
@@ -238,10 +252,9 @@ def evaluate_folder(mode: str, ref_dir: Union[str, Path], pred_dir: Union[str, P
         except OSError as e:  # disk full, permissions: the message names the file
             raise EvaluationError(f"cannot write the results into {str(out)!r}: {e}") from None
     except BaseException as e:
-        stale = _mark_stale(out) if out.is_dir() else []
-        if stale and isinstance(e, EvaluationError):
-            raise EvaluationError(f"{e}\n(the earlier results in {str(out)!r} were renamed to "
-                                  f"{', '.join(stale)}: they are not from this run)") from None
+        stale = _mark_stale(out) if out.is_dir() else ""
+        if stale and isinstance(e, (EvaluationError, OSError)):
+            raise EvaluationError(f"{e}\n({stale})") from None
         raise
 
     if verbose:

@@ -50,7 +50,7 @@ class CaseExplanation:
     """Message maps of one case, in the geometry of its input images.
 
     ``maps[(sender, subtask)]``: ``(*input_spatial)`` float32 (the reader's array order: for SimpleITK
-    ``sitk.GetArrayFromImage``, 2D images as ``(1, Y, X)``), for the selected senders.
+    ``sitk.GetArrayFromImage``, 2D images as ``(1, Y, X)``), for the selected senders that the case has.
     ``shares[subtask][sender]`` and ``masses[subtask][sender]``: for all senders of each selected
     subtask. ``target_voxels[subtask]``: predicted voxels of the subtask on nnU-Net's preprocessed grid
     (0: nothing to explain). ``segmentation``: nnU-Net's prediction ``(*input_spatial)``;
@@ -174,10 +174,11 @@ def _explain_image(predictor: nnUNetPredictor, network: CIMLUNet, image: np.ndar
         total = sum(m for s, m in masses.items() if s in sending)
         result.masses[subtask] = masses
         result.shares[subtask] = {s: (m / total if total > 0 and s in sending else None) for s, m in masses.items()}
-        result.senders[subtask] = [modalities[p.sender] for p in pairs if p in shown]
-        for p in pairs:
-            if p in shown:
-                result.maps[(modalities[p.sender], subtask)] = maps[computed.index(p)]
+        # A missing sender sent nothing: it gets no map (an all-zero map would read as "contributed nothing").
+        drawn = [p for p in pairs if p in shown and exists[p.sender]]
+        result.senders[subtask] = [modalities[p.sender] for p in drawn]
+        for p in drawn:
+            result.maps[(modalities[p.sender], subtask)] = maps[computed.index(p)]
     return result
 
 

@@ -1,6 +1,7 @@
 """The CIML model to explain: loading one fold with nnU-Net's predictor, and naming its message pairs."""
 import contextlib
 import io
+import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -9,6 +10,7 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from nnunetv2_ciml.devices import resolve_device
 from nnunetv2_ciml.errors import CIMLError
+from nnunetv2_ciml.folds import parse_fold
 from nnunetv2_ciml.network import CIMLUNet, MessagePair, unwrap
 
 __all__ = ["ExplainError", "load_predictor", "ciml_network", "select_pairs"]
@@ -21,10 +23,11 @@ class ExplainError(CIMLError, ValueError):
 def load_predictor(model_folder: Union[str, Path], fold: Union[int, str] = 0,
                    device: Union[str, torch.device, None] = None, checkpoint_name: str = "checkpoint_final.pth",
                    tile_step_size: float = 0.5, use_mirroring: bool = True,
-                   allow_tqdm: bool = True) -> nnUNetPredictor:
+                   allow_tqdm: Optional[bool] = None) -> nnUNetPredictor:
     """An ``nnUNetPredictor`` initialised from a CIML model folder (one fold), checked to hold a CIML network
     with messages. ``device``: :func:`nnunetv2_ciml.devices.resolve_device` (default auto: CUDA when available,
-    else CPU)."""
+    else CPU). ``allow_tqdm``: progress bars (nnU-Net's predictor's, the Grad-CAM tiles'); None: only when stderr
+    is a terminal, where they draw (elsewhere their escape sequences fill the log)."""
     model_folder = Path(model_folder)
     if not model_folder.is_dir():
         raise ExplainError(f"model folder {str(model_folder)!r} does not exist")
@@ -32,9 +35,12 @@ def load_predictor(model_folder: Union[str, Path], fold: Union[int, str] = 0,
         if not (model_folder / name).is_file():
             raise ExplainError(f"{str(model_folder)!r} is not an nnU-Net model folder: it has no {name} "
                                f"(expected $nnUNet_results/DatasetXXX_Name/TRAINER__PLANS__CONFIGURATION)")
-    fold = str(fold)
-    if fold != "all" and not fold.isdigit():
-        raise ExplainError(f"fold must be an integer or 'all', not {fold!r}")
+    try:
+        fold = str(parse_fold(fold))
+    except ValueError as e:
+        raise ExplainError(str(e)) from None
+    if allow_tqdm is None:
+        allow_tqdm = bool(getattr(sys.stderr, "isatty", lambda: False)())
     checkpoint = model_folder / f"fold_{fold}" / checkpoint_name
     if not checkpoint.is_file():
         available = sorted(p.parent.name for p in model_folder.glob(f"fold_*/{checkpoint_name}"))

@@ -43,25 +43,28 @@ def _window(image: np.ndarray) -> tuple:
 def render_subtask_overlay(path: Path, case: str, subtask: str, primary: str, images: Dict[str, np.ndarray],
                            maps: Dict[str, np.ndarray], shares: Dict[str, Optional[float]],
                            prediction: np.ndarray, pixel_aspect: float = 1.0, n_slices: int = 3,
-                           read: Optional[str] = None, outline: Optional[Tuple[str, np.ndarray]] = None) -> List[int]:
+                           read: Optional[str] = None, outline: Optional[Tuple[str, np.ndarray]] = None,
+                           missing: Sequence[str] = ()) -> List[int]:
     """Write the overlay PNG; returns the slice indices shown.
 
     ``images``: modality name -> ``(S, Y, X)`` image; ``maps``: sender -> ``(S, Y, X)`` map;
     ``prediction``: ``(S, Y, X)`` bool, the subtask's predicted outputs; ``pixel_aspect``: row spacing /
     column spacing; ``read``: the modality whose branch the subtask read (default its ``primary``; a fallback
     when the primary is missing), shown in the first row; ``outline``: ``(what, (S, Y, X) bool)``, a region
-    drawn in white on every panel and named in the title (the demo: its decoy/twin pairs).
+    drawn in white on every panel and named in the title (the demo: its decoy/twin pairs); ``missing``: the case's
+    missing modalities, named in the title (they send nothing and have no row) and on the first row when it is one.
     """
     # matplotlib's own defaults, whatever styles others set globally (nnU-Net's progress plot calls seaborn.set)
     defaults = {k: v for k, v in matplotlib.rcParamsDefault.items() if k != "backend"}
     with matplotlib.rc_context(defaults):
         return _render(path, case, subtask, primary, read or primary, images, maps, shares, prediction, pixel_aspect,
-                       n_slices, outline)
+                       n_slices, outline, list(missing))
 
 
 def _render(path: Path, case: str, subtask: str, primary: str, read: str, images: Dict[str, np.ndarray],
             maps: Dict[str, np.ndarray], shares: Dict[str, Optional[float]], prediction: np.ndarray,
-            pixel_aspect: float, n_slices: int, outline: Optional[Tuple[str, np.ndarray]]) -> List[int]:
+            pixel_aspect: float, n_slices: int, outline: Optional[Tuple[str, np.ndarray]],
+            missing: List[str]) -> List[int]:
     slices = informative_slices(list(maps.values()), prediction, n_slices)
     vmax = max([float(m.max()) for m in maps.values()] + [0.0]) or 1.0
     rows = [read, *maps]
@@ -90,12 +93,17 @@ def _render(path: Path, case: str, subtask: str, primary: str, read: str, images
             if c == 0:
                 share = shares.get(name)
                 first = f"{name} (primary)" if name == primary else f"{name} (read for missing {primary})"
+                if name in missing:
+                    first = f"{name} (primary, missing:\ndecoded from messages only)"
                 label = first if r == 0 else \
                     f"{pair_name(name, subtask)}\nshare {share:.2f}" if share is not None else pair_name(name, subtask)
                 ax.set_ylabel(label, fontsize=8)
     if mappable is not None:
         fig.colorbar(mappable, ax=axes.ravel().tolist(), shrink=0.6, label="message Grad-CAM")
     legend = "cyan: its predicted outputs" + (f"; dashed white: {outline[0]}" if outline is not None else "")
+    absent = [m for m in missing if m not in maps and m not in (read, primary)]
+    if absent:
+        legend += f"\nmissing in this case, no messages (no row): {', '.join(absent)}"
     fig.suptitle(f"{case}: messages to subtask '{subtask}'\n{legend}", fontsize=9)
     fig.savefig(str(path))
     return slices

@@ -23,7 +23,7 @@ def map_file_name(sender: str, subtask: str) -> str:
 
 def write_case_explanation(explanation: CaseExplanation, out_dir: Union[str, Path],
                            outlines: Optional[Dict[str, Tuple[str, np.ndarray]]] = None) -> dict:
-    """Write ``out_dir/<case>/``: one NIfTI map per (sender, subtask) ``<sender>_to_<subtask>.nii.gz``,
+    """Write ``out_dir/<case>/``: one NIfTI map per (sender the case has, subtask) ``<sender>_to_<subtask>.nii.gz``,
     ``prediction.nii.gz`` (nnU-Net's segmentation) and ``messages_to_<subtask>.png``, all in the input's
     geometry; ``outlines[subtask]``: ``(what, mask)`` outlined in that subtask's overlay. Returns the case's summary
     (shares, masses, file names relative to ``out_dir``).
@@ -56,7 +56,8 @@ def write_case_explanation(explanation: CaseExplanation, out_dir: Union[str, Pat
             entry["slices"] = render_subtask_overlay(png, explanation.case, subtask, explanation.primaries[subtask],
                                                      images, shown, shares, explanation.predicted[subtask], aspect,
                                                      read=reads[0] if reads else None,
-                                                     outline=(outlines or {}).get(subtask))
+                                                     outline=(outlines or {}).get(subtask),
+                                                     missing=explanation.missing)
             entry["overlay"] = png.relative_to(out_dir).as_posix()
         summary["subtasks"][subtask] = entry
     return summary

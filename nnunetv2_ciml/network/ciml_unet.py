@@ -1,4 +1,4 @@
-"""CIMLUNet: one grouped encoder for the modality branches, one decoder per subtask, complementary messages."""
+"""CIMLUNet: modality branches (one shared encoder, or one grouped encoder), a decoder per subtask, messages."""
 from contextlib import contextmanager
 from typing import Iterator, List, Optional, Sequence, Tuple, Type, Union
 
@@ -17,6 +17,9 @@ from torch.utils.checkpoint import checkpoint
 from nnunetv2_ciml.network.decoder import DecoderSpec, SubtaskDecoder, SubtaskDecoders
 from nnunetv2_ciml.network.grouped import check_channelwise_norm, grouped_conv
 from nnunetv2_ciml.network.message import MessagePair, StageMessages, pair_name
+from nnunetv2_ciml.network.shared import (MODALITY_CONDITIONINGS, EMBEDDING_CHANNELS, ModalityEmbedding,
+                                          check_shared_norm, fold_modalities, modality_instance_norm,
+                                          unfold_modalities)
 
 IntOrSeq = Union[int, Sequence[int]]
 
@@ -56,6 +59,13 @@ class CIMLUNet(nn.Module):
     ``n_blocks_per_stage`` is given as in ResEnc plans) with M x ``features_per_stage`` channels whose
     convolutions have M groups (:func:`~nnunetv2_ciml.network.grouped.grouped_conv`): with a per-channel norm,
     channel block ``c`` of every stage is exactly the encoder of modality ``c``, seeing channel ``c`` only.
+    ``shared_branches=True`` instead folds the modalities into the batch through ONE encoder of branch width
+    (:mod:`nnunetv2_ciml.network.shared`): every branch has the same convolutions, still sees its own modality
+    only, and is told which modality it is by ``modality_conditioning``: ``"norm_affine"``, a scale and shift per
+    modality after every normalisation, or ``"input_embedding"``, a learnt code per modality as extra input
+    channels. The stage outputs have the grouped encoder's layout ``(B, M * C_s, *spatial_s)`` either way.
+    (``nnUNetTrainerCIML`` writes ``shared_branches=True`` into its plans; the constructor's default, False, is what
+    plans written before the option existed describe.)
     Subtask ``i`` has a :class:`~nnunetv2_ciml.network.decoder.SubtaskDecoder` fed by the block of
     ``subtask_primaries[i]``; at each stage ``s`` of ``message_stages`` every other modality ``j`` adds a message
     to that skip, ``skip_i^s = h_i^s + sum_j m_{j->i}^s`` (``messages[str(s)]``, one :class:`StageMessages` for all
@@ -66,8 +76,10 @@ class CIMLUNet(nn.Module):
     ``deep_supervision`` (nnU-Net loads weights strictly).
 
     After each training-mode forward, ``kl`` holds the mean KL over all messages (a scalar with grad),
-    ``message_kl`` and ``message_magnitude`` (detached, ``(len(message_pairs),)``) the KL and root-mean-square
-    message per pair, averaged over stages. Eval mode skips these statistics (``kl`` is 0).
+    ``stage_kl`` the KL per message stage and pair (``(len(message_stages), len(message_pairs))``, with grad),
+    ``message_kl``, ``message_magnitude`` and ``message_gate`` (detached, ``(len(message_pairs),)``) the KL,
+    root-mean-square message and mean attention gate per pair, averaged over stages. Eval mode skips these
+    statistics (``kl`` is 0).
 
     Widths (see ``nnunetv2_ciml.planning``): ``features_per_stage`` is each modality branch's width per stage,
     ``decoder_features_per_stage`` each subtask decoder's per stage above the bottleneck (default: the branch
@@ -129,7 +141,9 @@ class CIMLUNet(nn.Module):
                  fallback_mode: str = "first",
                  fallback_affine: bool = False,
                  modality_names: Optional[Sequence[str]] = None,
-                 subtask_names: Optional[Sequence[str]] = None):
+                 subtask_names: Optional[Sequence[str]] = None,
+                 shared_branches: bool = False,
+                 modality_conditioning: str = "norm_affine"):
         super().__init__()
         if (n_conv_per_stage is None) == (n_blocks_per_stage is None):
             raise ValueError("CIMLUNet needs exactly one of n_conv_per_stage (PlainConvUNet plans) or "
@@ -142,6 +156,12 @@ class CIMLUNet(nn.Module):
             raise ValueError(f"subtask_primaries {list(subtask_primaries)} must give one input channel in "
                              f"[0, {input_channels}) per subtask ({len(subtask_outputs)} subtasks)")
         check_channelwise_norm(norm_op)
+        if modality_conditioning not in MODALITY_CONDITIONINGS:
+            raise ValueError(f"modality_conditioning must be one of {MODALITY_CONDITIONINGS}, not "
+                             f"{modality_conditioning!r}")
+        if shared_branches:
+            check_shared_norm(norm_op, norm_op_kwargs)
+        self.shared_branches, self.modality_conditioning = bool(shared_branches), modality_conditioning
         self.features_per_stage = _per_stage(features_per_stage, n_stages)
         self.decoder_features_per_stage = (self.features_per_stage[:-1] if decoder_features_per_stage is None
                                            else _per_stage(decoder_features_per_stage, n_stages - 1))
@@ -162,6 +182,8 @@ class CIMLUNet(nn.Module):
         convolutions = dict(conv_bias=conv_bias, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, dropout_op=dropout_op,
                             dropout_op_kwargs=dropout_op_kwargs, nonlin=nonlin, nonlin_kwargs=nonlin_kwargs)
 
+        self.modality_embedding = (ModalityEmbedding(self.num_modalities) if self.shared_branches
+                                   and modality_conditioning == "input_embedding" else None)
         self.encoder = self._build_encoder(conv_op, kernel_sizes, strides, n_conv_per_stage, n_blocks_per_stage, block,
                                            bottleneck_channels, stem_channels, convolutions)
         self.decoder = self._build_decoders(conv_op, kernel_sizes, n_conv_per_stage_decoder, deep_supervision,
@@ -176,24 +198,36 @@ class CIMLUNet(nn.Module):
         self._identity_order = order == list(range(num_classes))
         self.present_modalities: Optional[torch.Tensor] = None
         self.kl: torch.Tensor = torch.zeros(())
+        self.stage_kl = torch.zeros(len(self.message_stages), len(self.message_pairs))
         self.message_kl = torch.zeros(len(self.message_pairs))
         self.message_magnitude = torch.zeros(len(self.message_pairs))
+        self.message_gate = torch.zeros(len(self.message_pairs))
 
     def _build_encoder(self, conv_op, kernel_sizes, strides, n_conv_per_stage, n_blocks_per_stage, block,
                        bottleneck_channels, stem_channels, convolutions: dict) -> nn.Module:
-        """The M modality branches as one DNA encoder with M-grouped convolutions and M times the widths."""
+        """The M modality branches as one DNA encoder: with M-grouped convolutions and M times the widths, or shared
+        (one branch wide, the modalities folded into the batch; a norm with per-modality affine, or extra input
+        channels for the modality embedding)."""
         m, n_stages = self.num_modalities, len(self.features_per_stage)
-        grouped = grouped_conv(conv_op, m)
+        if self.shared_branches:
+            inputs, copies, conv = 1, 1, conv_op
+            if self.modality_embedding is not None:
+                inputs += EMBEDDING_CHANNELS
+            elif convolutions["norm_op_kwargs"] and convolutions["norm_op_kwargs"].get("affine"):
+                convolutions = dict(convolutions, norm_op=modality_instance_norm(convolutions["norm_op"], m))
+        else:
+            inputs, copies, conv = m, m, grouped_conv(conv_op, m)
 
         def times_m(v):
-            return None if v is None else [m * int(c) for c in v] if isinstance(v, (list, tuple)) else m * int(v)
+            return (None if v is None else [copies * int(c) for c in v] if isinstance(v, (list, tuple))
+                    else copies * int(v))
 
         if n_blocks_per_stage is not None:
-            return ResidualEncoder(m, n_stages, times_m(self.features_per_stage), grouped, kernel_sizes, strides,
+            return ResidualEncoder(inputs, n_stages, times_m(self.features_per_stage), conv, kernel_sizes, strides,
                                    n_blocks_per_stage, block=block, bottleneck_channels=times_m(bottleneck_channels),
                                    disable_default_stem=False, stem_channels=times_m(stem_channels), return_skips=True,
                                    **convolutions)
-        return PlainConvEncoder(m, n_stages, times_m(self.features_per_stage), grouped, kernel_sizes, strides,
+        return PlainConvEncoder(inputs, n_stages, times_m(self.features_per_stage), conv, kernel_sizes, strides,
                                 n_conv_per_stage, return_skips=True, **convolutions)
 
     def _build_decoders(self, conv_op, kernel_sizes, n_conv_per_stage_decoder, deep_supervision: bool,
@@ -261,16 +295,22 @@ class CIMLUNet(nn.Module):
         return features[:, modality * c:(modality + 1) * c]
 
     def _encode(self, x: torch.Tensor) -> List[torch.Tensor]:
-        """The grouped encoder's stage outputs ``(B, M * C_s, *spatial_s)``, as ``PlainConvEncoder`` and
+        """The modality branches' stage outputs ``(B, M * C_s, *spatial_s)``, as ``PlainConvEncoder`` and
         ``ResidualEncoder`` compute them, with the stages of ``recomputed_stages`` checkpointed (the stem of a
-        residual encoder with stage 0)."""
+        residual encoder with stage 0); shared branches run on the modalities folded into the batch."""
         recompute = self.training and torch.is_grad_enabled()
         stem = getattr(self.encoder, "stem", None)
+        if self.shared_branches:
+            x = fold_modalities(x)
+            if self.modality_embedding is not None:
+                x = self.modality_embedding(x)
         features = []
         for s, stage in enumerate(self.encoder.stages):
             run = (lambda t, stage=stage: stage(stem(t))) if s == 0 and stem is not None else stage
             x = checkpoint(run, x, use_reentrant=False) if recompute and s in self.recomputed_stages else run(x)
             features.append(x)
+        if self.shared_branches:
+            return [unfold_modalities(f, self.num_modalities) for f in features]
         return features
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
@@ -282,7 +322,8 @@ class CIMLUNet(nn.Module):
         per element; a recomputed stage with messages also keeps each decoder's skip (its branch's features plus the
         messages). Message modules keep nothing of their own when recomputed (``checkpoint_messages``), else about
         six latent-sized maps per pair."""
-        total = self.encoder.compute_conv_feature_map_size(input_size)
+        copies = self.num_modalities if self.shared_branches else 1  # shared: the encoder runs once per modality
+        total = copies * self.encoder.compute_conv_feature_map_size(input_size)
         total += sum(d.compute_conv_feature_map_size(input_size) for d in self.decoder)
         size, sizes = list(input_size), []
         for stride in self.encoder.strides:
@@ -292,9 +333,9 @@ class CIMLUNet(nn.Module):
         for s in self.recomputed_stages:
             stage = self.encoder.stages[s]
             block = stage[-1] if isinstance(stage, nn.Sequential) else stage
-            total -= block.compute_conv_feature_map_size(sizes[s - 1] if s else list(input_size))
+            total -= copies * block.compute_conv_feature_map_size(sizes[s - 1] if s else list(input_size))
             if s == 0 and stem is not None:
-                total -= stem.compute_conv_feature_map_size(input_size)
+                total -= copies * stem.compute_conv_feature_map_size(input_size)
             total += np.prod([self.num_modalities * self.features_per_stage[s], *sizes[s]], dtype=np.int64) // 2
             if s in self.message_stages:  # each decoder's skip with its messages added, kept as a stage input
                 total += np.prod([len(self.decoder) * self.features_per_stage[s], *sizes[s]], dtype=np.int64) // 2
@@ -397,20 +438,23 @@ class CIMLUNet(nn.Module):
             sender_present = (torch.stack([present[:, p.sender] * (weights[:, p.subtask, p.sender] == 0).to(x.dtype)
                                            for p in self.message_pairs], 1) if self.message_pairs else None)
             routing = [(r, sender_present, 1 - weights.sum(-1)) for r in read]
-        messages, kls, rms = {}, [], []
+        messages, kls, rms, gates = {}, [], [], []
         for s in self.message_stages:
-            messages[s], kl, magnitude = self._stage_messages(s, features[s], *routing[s])
+            messages[s], kl, magnitude, gate = self._stage_messages(s, features[s], *routing[s])
             if self.training:
                 kls.append(kl)
                 rms.append(magnitude)
+                gates.append(gate)
         logits = []
         for i, decoder in enumerate(self.decoder):
             for s, message in messages.items():
                 skips[i][s] = skips[i][s] + self.modality_features(message, s, i)
             logits.append(decoder(skips[i]))
         if kls:
-            kl = torch.stack(kls).mean(0)  # (P,): per pair, mean over stages
-            self.kl, self.message_kl, self.message_magnitude = kl.mean(), kl.detach(), torch.stack(rms).mean(0)
+            self.stage_kl = torch.stack(kls)  # (stages, P)
+            kl = self.stage_kl.mean(0)  # (P,): per pair, mean over stages
+            self.kl, self.message_kl = kl.mean(), kl.detach()
+            self.message_magnitude, self.message_gate = torch.stack(rms).mean(0), torch.stack(gates).mean(0)
         else:
             self.kl = x.new_zeros((), dtype=torch.float32)
         if isinstance(logits[0], torch.Tensor):

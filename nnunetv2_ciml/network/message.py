@@ -11,6 +11,8 @@ GATE_INIT_LOGIT = -3.0  # initial attention logit: gates start nearly closed (se
 # Initial logit added to a pair's attention when its subtask's primary modality is absent: the gate starts at
 # sigmoid(GATE_INIT_LOGIT + ABSENT_PRIMARY_LOGIT) = 0.95, open (see StageMessages, missing modalities).
 ABSENT_PRIMARY_LOGIT = 6.0
+# Scale of the posterior means' initial weights in StageMessages.start_posteriors_near_the_prior (a study candidate).
+POSTERIOR_MEAN_SCALE = 0.1
 
 
 def pair_name(sender: str, subtask: str) -> str:
@@ -78,9 +80,15 @@ class StageMessages(nn.Module):
     its primary, in channel order): the order of ``u``, of the KL and of the RMS vectors.
 
     In training the module also returns per pair the KL ``KL(N(mu, sigma^2) || N(0, I))`` summed over latent
-    channels and averaged over batch and voxels (nats per voxel), and the message's root-mean-square over
-    channels and voxels (exact, from the latents' Gram matrix), both float32 (safe under AMP). Eval mode skips
-    them: sliding-window inference pays for the messages alone.
+    channels and averaged over batch and voxels (nats per voxel), the message's root-mean-square over
+    channels and voxels (exact, from the latents' Gram matrix) and the mean of its attention gate over batch and
+    voxels, all float32 (safe under AMP). Eval mode skips them: sliding-window inference pays for the messages
+    alone. The KL's gradient reaches the message module's own weights, not the branches' features it is computed
+    from (the same posterior evaluated on detached features): the bottleneck decides what a message carries, and
+    the modality branches, which also feed their own subtasks, learn from the segmentation loss alone. Letting it
+    reach the branches (``kl_reaches_branches = True``, the first version's KL, kept for the KL-schedule study)
+    pulls every branch towards features whose posterior is the prior, and at the start of training, when the
+    posteriors are far from it, that gradient is tens of times the segmentation's (docs/design.md).
 
     Missing modalities (:meth:`forward`): the caller says which features each subtask reads (``receivers``: its
     primary's, or a fallback's), which pairs may send (``sender_present``) and which subtasks read nothing
@@ -120,6 +128,7 @@ class StageMessages(nn.Module):
         self.project = conv_op(n_pairs * latent, n_subtasks * channels, 1, groups=n_subtasks, bias=False)
         self.absent_primary_logit = nn.Parameter(torch.empty(n_pairs))
         self.message = nn.Identity()
+        self.kl_reaches_branches = False
         self.register_buffer("_pair_subtasks", torch.tensor([p.subtask for p in self.pairs]), persistent=False)
         self.register_buffer("_sender_channels", self._channel_index([p.sender for p in self.pairs]), persistent=False)
         self.register_buffer("_receiver_channels", self._channel_index(self.subtask_primaries), persistent=False)
@@ -138,6 +147,19 @@ class StageMessages(nn.Module):
         nn.init.zeros_(self.project.weight)
         nn.init.constant_(self.receiver_attention.bias, GATE_INIT_LOGIT)
         nn.init.constant_(self.absent_primary_logit, ABSENT_PRIMARY_LOGIT)
+
+    def start_posteriors_near_the_prior(self, mean_scale: float = POSTERIOR_MEAN_SCALE) -> None:
+        """Posteriors that start (nearly) at the prior N(0, I): the log-variance weights and bias zero (sigma = 1)
+        and the mean weights scaled by ``mean_scale`` (a faint signal for the messages to grow from), so that
+        the KL starts near 0 instead of tens of nats per voxel. A candidate of the KL-schedule study, not the
+        default: with it the messages may never form (docs/design.md)."""
+        n_pairs, latent = len(self.pairs), self.latent_channels
+        with torch.no_grad():
+            for conv in (self.sender_posterior, self.receiver_posterior):
+                rows = conv.weight.view(n_pairs, 2, latent, -1)  # per pair: mu rows, then logvar rows
+                rows[:, 0].mul_(mean_scale)
+                rows[:, 1].zero_()
+            self.receiver_posterior.bias.zero_()
 
     def latent_slice(self, pair: MessagePair) -> slice:
         """Channels of ``pair``'s gated latent in ``u`` (what ``message`` sees)."""
@@ -164,6 +186,20 @@ class StageMessages(nn.Module):
                 "attention_bias": self.receiver_attention.bias[p:p + 1],
                 "projection": self.projection(pair)}
 
+    def _posterior(self, senders: torch.Tensor, receivers: torch.Tensor, sender_present: Optional[torch.Tensor]
+                   ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``mu, logvar`` ``(B, P, L, *spatial)`` of every pair; a silent sender's (``sender_present`` 0) is
+        N(0, I), whose KL is exactly 0."""
+        n_pairs, n_subtasks = len(self.pairs), len(self.subtask_primaries)
+        posterior = (grouped_pointwise(self.sender_posterior.weight, None, senders, n_pairs)
+                     + grouped_pointwise(self.receiver_posterior.weight, self.receiver_posterior.bias, receivers,
+                                         n_subtasks))
+        mu, logvar = posterior.unflatten(1, (n_pairs, 2 * self.latent_channels)).chunk(2, dim=2)
+        logvar = logvar.clamp(-10.0, 10.0)
+        if sender_present is not None:
+            mu, logvar = mu * sender_present, logvar * sender_present
+        return mu, logvar
+
     def forward(self, features: torch.Tensor, receivers: Optional[torch.Tensor] = None,
                 sender_present: Optional[torch.Tensor] = None, receiver_absent: Optional[torch.Tensor] = None
                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
@@ -175,22 +211,16 @@ class StageMessages(nn.Module):
         exists and each subtask reads its primary.
 
         Returns the summed messages of every subtask ``(B, S * C, *spatial)`` (block ``i`` for subtask ``i``),
-        and per pair the KL and the message RMS (``(P,)`` float32 each; ``None`` in eval mode)."""
+        and per pair the KL, the message RMS and the mean gate (``(P,)`` float32 each; ``None`` in eval mode)."""
         n_pairs, n_subtasks, latent = len(self.pairs), len(self.subtask_primaries), self.latent_channels
         b, spatial = features.shape[0], features.shape[2:]
         senders = features.index_select(1, self._sender_channels)  # (B, P * C, *spatial)
         if receivers is None:
             receivers = features.index_select(1, self._receiver_channels)  # (B, S * C, *spatial)
-        posterior = (grouped_pointwise(self.sender_posterior.weight, None, senders, n_pairs)
-                     + grouped_pointwise(self.receiver_posterior.weight, self.receiver_posterior.bias, receivers,
-                                         n_subtasks))
-        mu, logvar = posterior.unflatten(1, (n_pairs, 2 * latent)).chunk(2, dim=2)  # (B, P, L, *spatial)
-        logvar = logvar.clamp(-10.0, 10.0)
         if sender_present is not None:
-            # (B, P, 1, ...) in the posterior's dtype (a float32 mask would promote half-precision activations):
-            # a silent sender's posterior becomes N(0, I), whose KL is exactly 0
-            sender_present = sender_present.to(posterior.dtype).view(b, n_pairs, 1, *[1] * len(spatial))
-            mu, logvar = mu * sender_present, logvar * sender_present
+            # (B, P, 1, ...) in the features' dtype (a float32 mask would promote half-precision activations)
+            sender_present = sender_present.to(features.dtype).view(b, n_pairs, 1, *[1] * len(spatial))
+        mu, logvar = self._posterior(senders, receivers, sender_present)
         if self.training:
             std = torch.exp(0.5 * logvar)
             z = torch.addcmul(mu, std, torch.randn_like(mu)).flatten(1, 2)
@@ -214,9 +244,12 @@ class StageMessages(nn.Module):
         u = self.message((attention.unsqueeze(2) * gated).flatten(1, 2))
         message = grouped_pointwise(self.project.weight, None, u, n_subtasks)
         if not self.training:
-            return message, None, None
+            return message, None, None, None
         # KL = (|mu|^2 + |sigma|^2 - sum(log sigma^2)) / 2 per voxel - L / 2, from three float32 reductions
         # (no elementwise intermediates: this runs twice per step with checkpointing).
+        if not self.kl_reaches_branches:  # the same posterior, evaluated on the branches' features detached
+            mu, logvar = self._posterior(senders.detach(), receivers.detach(), sender_present)
+            std = torch.exp(0.5 * logvar)
         dims, voxels = (0, *range(2, 3 + len(spatial))), b * spatial.numel()
         square_sums = [torch.linalg.vector_norm(t, dim=dims, dtype=torch.float32).square() for t in (mu, std)]
         kl = 0.5 * (sum(square_sums) - logvar.sum(dims, dtype=torch.float32)) / voxels - 0.5 * latent
@@ -228,4 +261,5 @@ class StageMessages(nn.Module):
             w = w.permute(0, 2, 1, 3).flatten(0, 1)  # (P, C, L)
             square = (gram * torch.einsum("pcl,pck->plk", w, w)).sum((1, 2))  # mean_x |m_p(x)|^2
             rms = (square.clamp_min(0) / self.channels).sqrt()
-        return message, kl, rms
+            gate = attention.detach().float().transpose(0, 1).flatten(1).mean(1)
+        return message, kl, rms, gate

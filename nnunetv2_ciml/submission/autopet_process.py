@@ -35,6 +35,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunetv2_ciml.errors import CIMLError
+from nnunetv2_ciml.folds import fold_argument
 
 __all__ = ["OUTPUT_SLUG", "SubmissionError", "pair_inputs", "read_input", "channel_order", "ct_on_pet_grid", "process",
            "main"]
@@ -165,14 +166,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--input", default="/input", help="input root (default /input)")
     parser.add_argument("--output", default="/output", help="output root (default /output)")
     parser.add_argument("--model", default="/opt/algorithm/model", help="nnU-Net model folder")
-    parser.add_argument("--folds", nargs="+", default=["0"], help="folds to ensemble (default 0)")
+    parser.add_argument("--folds", nargs="+", type=fold_argument, default=[0], help="folds to ensemble (default 0)")
     parser.add_argument("--checkpoint", default="checkpoint_final.pth")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--tta", action="store_true", help="test-time mirroring")
     args = parser.parse_args(argv)
-    folds = [f if f == "all" else int(f) for f in args.folds]
     try:
-        for path in process(args.input, args.output, args.model, folds, args.checkpoint, args.device, args.tta):
+        for path in process(args.input, args.output, args.model, args.folds, args.checkpoint, args.device, args.tta):
             print(f"written: {path}")
     except SubmissionError as e:
         print(f"autoPET entry point: error: {e}", file=sys.stderr)

@@ -11,9 +11,9 @@ class KLRegularizedLoss(nn.Module):
     The KL is the network's mean message KL of the forward pass that produced ``output``, read
     through ``kl_of_last_forward`` (the network keeps it, so the output format stays exactly
     nnU-Net's and ``DeepSupervisionWrapper``, DDP and torch.compile are untouched). ``beta`` is set
-    by the trainer each epoch (warm-up); with ``beta == 0`` the KL is left out of the graph.
-    ``last_terms`` keeps the detached terms of the last call (read only when the loss is not finite,
-    to say which term was not: no device synchronisation otherwise).
+    by the trainer at every training iteration (its ``kl_schedule``); with ``beta == 0`` the KL is left out of
+    the graph. ``last_terms`` keeps the detached terms of the last call (read when the loss is not finite, to say
+    which term was not, and by the KL-schedule study's iteration log).
     """
 
     def __init__(self, segmentation_loss: nn.Module, kl_of_last_forward: Callable[[], torch.Tensor]):

@@ -11,8 +11,8 @@ every modality.
 
 Defaults: half of the samples (``modality_dropout_rate = 0.5``) lose modalities, primaries included
 (``primaries_droppable = True``), and the kept subset of such a sample is drawn uniformly from the non-empty
-proper subsets; a fallback's skip features are read as they are. How these were chosen, and what they give:
-docs/missing_modalities.md.
+proper subsets; a fallback's skip features are read as they are; the CIML branches are one shared encoder. How
+these were chosen, and what they give: docs/missing_modalities.md.
 """
 from itertools import product
 from typing import List, Optional, Sequence
@@ -70,7 +70,10 @@ class nnUNetTrainer_modalityDropout(GuardedTraining, nnUNetTrainer):
 class nnUNetTrainerCIML_modalityDropout(nnUNetTrainerCIML):
     """CIML trained with modality dropout: removed modalities are zeroed AND masked in the network (no
     messages from them; a subtask without its primary reads its first present fallback's branch as it is, see
-    :class:`~nnunetv2_ciml.network.CIMLUNet`), so that the fallbacks learn to act as primaries.
+    :class:`~nnunetv2_ciml.network.CIMLUNet`), so that the fallbacks learn to act as primaries. The shared encoder
+    of :class:`nnUNetTrainerCIML` matters most here: a fallback's branch computes its features with the filters of
+    the primary it replaces, which measured better with missing modalities than separate branches
+    (docs/missing_modalities.md).
 
     ``modality_dropout_rate``: fraction of samples that lose modalities; ``primaries_droppable``: whether a
     subtask's primary may be removed (False: only modalities that are nobody's primary are, and fallbacks never
@@ -109,3 +112,4 @@ class nnUNetTrainerCIML_modalityDropout(nnUNetTrainerCIML):
         self.logger.log(READING_LOG_KEY, shares, self.current_epoch)
         self.print_to_log_file("branches read (share of samples): " + "; ".join(
             f"{name}: " + ", ".join(f"{m} {v:.2f}" for m, v in row.items()) for name, row in shares.items()))
+
