@@ -74,12 +74,12 @@ def refuse_foreign(out: PathLike, names: Iterable[str], earlier: Set[str], recor
     if record_name in foreign:  # a record of an older version, or of another program: its files cannot be told
         raise OutputFolderError(f"the output folder {str(out)!r} holds a {record_name} that lists no files of an "
                                 f"earlier run (an older version's, or another program's): the earlier results "
-                                f"cannot be told from your files, and nothing was changed. Move them, or choose "
+                                f"cannot be told from your files, so this run changes nothing. Move them, or choose "
                                 f"another output folder")
     if foreign:
         more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
         raise OutputFolderError(f"the output folder {str(out)!r} holds {foreign[0]!r}{more}, which no earlier run "
-                                f"recorded as its own (in {record_name}); it is not replaced and nothing was changed: "
+                                f"recorded as its own (in {record_name}); this run replaces nothing and changes nothing: "
                                 f"move it, or choose another output folder")
 
 

@@ -9,6 +9,8 @@ an earlier run recorded in ``modalities.json``, so no earlier prediction outlive
 segmentation, and files of yours stay; ``modalities.json`` describes every segmentation the runs wrote.
 """
 import argparse
+import contextlib
+import io
 import sys
 from pathlib import Path
 from typing import Dict
@@ -61,9 +63,6 @@ def _case_outputs(folder: Path, file_ending: str, case: str) -> list:
 def _trained_with_dropout(trainer_name: str) -> bool:
     """Whether nnU-Net's trainer class ``trainer_name`` trains with modality dropout (True when it cannot be found:
     say nothing rather than something wrong)."""
-    import contextlib
-    import io
-
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     from nnunetv2_ciml.training.modality_dropout import (nnUNetTrainer_modalityDropout,

@@ -261,5 +261,5 @@ class StageMessages(nn.Module):
             w = w.permute(0, 2, 1, 3).flatten(0, 1)  # (P, C, L)
             square = (gram * torch.einsum("pcl,pck->plk", w, w)).sum((1, 2))  # mean_x |m_p(x)|^2
             rms = (square.clamp_min(0) / self.channels).sqrt()
-            gate = attention.detach().float().transpose(0, 1).flatten(1).mean(1)
+            gate = attention.detach().mean(dim=(0, *range(2, attention.dim())), dtype=torch.float32)  # (P,)
         return message, kl, rms, gate

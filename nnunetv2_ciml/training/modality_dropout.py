@@ -112,4 +112,3 @@ class nnUNetTrainerCIML_modalityDropout(nnUNetTrainerCIML):
         self.logger.log(READING_LOG_KEY, shares, self.current_epoch)
         self.print_to_log_file("branches read (share of samples): " + "; ".join(
             f"{name}: " + ", ".join(f"{m} {v:.2f}" for m, v in row.items()) for name, row in shares.items()))
-

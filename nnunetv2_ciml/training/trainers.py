@@ -19,7 +19,7 @@ from nnunetv2.utilities.label_handling.label_handling import determine_num_input
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunetv2_ciml.decomposition import Decomposition, count_label_voxels, resolve_decomposition
-from nnunetv2_ciml.errors import CIMLError
+from nnunetv2_ciml.errors import CIMLError, report_without_traceback
 from nnunetv2_ciml.network import unwrap
 from nnunetv2_ciml.network.shared import MODALITY_CONDITIONINGS
 from nnunetv2_ciml.planning import CIML_NETWORK, ciml_architecture
@@ -122,7 +122,6 @@ class nnUNetTrainerCIML(GuardedTraining, nnUNetTrainer):
                 validate_ciml_attributes(self)
                 self._use_ciml_architecture()
             except CIMLError as e:  # the training log is where users look first; the console gets the line alone
-                from nnunetv2_ciml.errors import report_without_traceback
                 self.print_to_log_file(f"ERROR: {e}")
                 report_without_traceback(e)
                 raise
